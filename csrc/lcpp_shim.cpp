@@ -1,0 +1,215 @@
+// Thin extern "C" shim: llama.cpp's C++ `common` helpers behind a C ABI that never
+// throws, plus the few per-token loops that must not run in Python.
+#include "lcpp_shim.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <string>
+#include <vector>
+
+#include "chat.h"
+#include "json-schema-to-grammar.h"
+#include "json.h"
+
+struct lcpp_chat_templates {
+    common_chat_templates_ptr ptr;
+};
+
+namespace {
+
+char * copy_string(const std::string & s) {
+    char * out = static_cast<char *>(std::malloc(s.size() + 1));
+    if (out != nullptr) {
+        std::memcpy(out, s.data(), s.size());
+        out[s.size()] = '\0';
+    }
+    return out;
+}
+
+// Run `body`, storing its string result (or the exception's message) in *out.
+template <typename Body>
+int guarded(char ** out, Body && body) {
+    try {
+        *out = copy_string(body());
+        return 0;
+    } catch (const std::exception & e) {
+        *out = copy_string(e.what());
+    } catch (...) {
+        *out = copy_string("unknown C++ exception");
+    }
+    return 1;
+}
+
+common_json trigger_to_json(const common_grammar_trigger & trigger) {
+    common_json item = common_json::object();
+    item["type"] = static_cast<int>(trigger.type);
+    item["value"] = trigger.value;
+    item["token"] = static_cast<int>(trigger.token);
+    return item;
+}
+
+}  // namespace
+
+extern "C" {
+
+void lcpp_string_free(char * s) { std::free(s); }
+
+int lcpp_json_schema_to_grammar(const char * schema_json, char ** out) {
+    return guarded(out, [&] { return json_schema_to_grammar(common_json::parse(schema_json), true); });
+}
+
+int lcpp_chat_templates_init(const struct llama_model * model, const char * template_override,
+                             lcpp_chat_templates ** out, char ** err) {
+    *out = nullptr;
+    *err = nullptr;
+    try {
+        auto tmpls = common_chat_templates_init(model, template_override ? template_override : "");
+        if (!tmpls) {
+            *err = copy_string("no chat template could be loaded");
+            return 1;
+        }
+        *out = new lcpp_chat_templates{std::move(tmpls)};
+        return 0;
+    } catch (const std::exception & e) {
+        *err = copy_string(e.what());
+    } catch (...) {
+        *err = copy_string("unknown C++ exception");
+    }
+    return 1;
+}
+
+void lcpp_chat_templates_free(lcpp_chat_templates * tmpls) { delete tmpls; }
+
+int lcpp_chat_apply(const lcpp_chat_templates * tmpls, const char * request_json, char ** out) {
+    return guarded(out, [&] {
+        const common_json request = common_json::parse(request_json);
+        common_chat_templates_inputs inputs;
+        inputs.use_jinja = true;
+        inputs.messages = common_chat_msgs_parse_oaicompat(request.at("messages"));
+        if (request.contains("tools") && !request.at("tools").is_null()) {
+            inputs.tools = common_chat_tools_parse_oaicompat(request.at("tools"));
+        }
+        if (request.contains("tool_choice")) {
+            inputs.tool_choice = common_chat_tool_choice_parse_oaicompat(request.at("tool_choice").get<std::string>());
+        }
+        inputs.parallel_tool_calls = request.value("parallel_tool_calls", false);
+        inputs.add_generation_prompt = request.value("add_generation_prompt", true);
+        if (request.contains("json_schema") && !request.at("json_schema").is_null()) {
+            inputs.json_schema = request.at("json_schema").dump();
+        }
+        inputs.grammar = request.value("grammar", std::string());
+
+        const common_chat_params params = common_chat_templates_apply(tmpls->ptr.get(), inputs);
+        common_json result = common_json::object();
+        result["prompt"] = params.prompt;
+        result["grammar"] = params.grammar;
+        result["grammar_lazy"] = params.grammar_lazy;
+        common_json triggers = common_json::array();
+        for (const auto & trigger : params.grammar_triggers) {
+            triggers.push_back(trigger_to_json(trigger));
+        }
+        result["grammar_triggers"] = triggers;
+        result["preserved_tokens"] = params.preserved_tokens;
+        result["additional_stops"] = params.additional_stops;
+        result["format"] = static_cast<int>(params.format);
+        result["format_name"] = std::string(common_chat_format_name(params.format));
+        result["generation_prompt"] = params.generation_prompt;
+        result["parser"] = params.parser;
+        return result.dump();
+    });
+}
+
+int lcpp_chat_parse(const char * params_json, const char * text, bool is_partial, char ** out) {
+    return guarded(out, [&] {
+        const common_json request = common_json::parse(params_json);
+        common_chat_parser_params params;
+        params.format = static_cast<common_chat_format>(request.value("format", 0));
+        params.generation_prompt = request.value("generation_prompt", std::string());
+        params.parse_tool_calls = request.value("parse_tool_calls", true);
+        const std::string parser = request.value("parser", std::string());
+        if (!parser.empty()) {
+            params.parser.load(parser);
+        }
+        const common_chat_msg msg = common_chat_parse(text, is_partial, params);
+        return msg.to_json_oaicompat().dump();
+    });
+}
+
+void lcpp_log_discard(enum ggml_log_level, const char *, void *) {}
+
+bool lcpp_abort_when_flag_set(void * flag) {
+    return *static_cast<volatile int *>(flag) != 0;
+}
+
+void lcpp_batch_add(struct llama_batch * batch, llama_token token, llama_pos pos, llama_seq_id seq_id, bool logits) {
+    const int32_t i = batch->n_tokens;
+    batch->token[i] = token;
+    batch->pos[i] = pos;
+    batch->n_seq_id[i] = 1;
+    batch->seq_id[i][0] = seq_id;
+    batch->logits[i] = logits ? 1 : 0;
+    batch->n_tokens = i + 1;
+}
+
+int32_t lcpp_decode_sequence(struct llama_context * ctx, struct llama_batch * batch, int32_t n_batch,
+                             const llama_token * tokens, int32_t n, llama_pos pos0, llama_seq_id seq_id) {
+    for (int32_t start = 0; start < n; start += n_batch) {
+        const int32_t end = std::min(n, start + n_batch);
+        batch->n_tokens = 0;
+        for (int32_t i = start; i < end; ++i) {
+            lcpp_batch_add(batch, tokens[i], pos0 + i, seq_id, i == n - 1);
+        }
+        const int32_t status = llama_decode(ctx, *batch);
+        if (status != 0) {
+            return status;
+        }
+    }
+    return 0;
+}
+
+llama_token lcpp_step(struct llama_context * ctx, struct llama_sampler * smpl, const struct llama_vocab * vocab,
+                      struct llama_batch * batch, int32_t idx, llama_pos pos, llama_seq_id seq_id, bool decode,
+                      bool special, char * piece, int32_t piece_cap, int32_t * piece_len, int32_t * decode_status) {
+    const llama_token token = llama_sampler_sample(smpl, ctx, idx);
+    *decode_status = 0;
+    *piece_len = llama_token_to_piece(vocab, token, piece, piece_cap, 0, special);
+    if (decode && !llama_vocab_is_eog(vocab, token)) {
+        batch->n_tokens = 0;
+        lcpp_batch_add(batch, token, pos, seq_id, true);
+        *decode_status = llama_decode(ctx, *batch);
+    }
+    return token;
+}
+
+float lcpp_logprobs(struct llama_context * ctx, int32_t idx, int32_t n_vocab, llama_token token, int32_t k,
+                    llama_token * top_ids, float * top_logprobs) {
+    const float * logits = llama_get_logits_ith(ctx, idx);
+    if (logits == nullptr || n_vocab <= 0) {
+        return NAN;
+    }
+    const float max_logit = *std::max_element(logits, logits + n_vocab);
+    double sum = 0.0;
+    for (int32_t i = 0; i < n_vocab; ++i) {
+        sum += std::exp(static_cast<double>(logits[i] - max_logit));
+    }
+    const float log_norm = max_logit + static_cast<float>(std::log(sum));
+    k = std::max(0, std::min(k, n_vocab));
+    if (k > 0) {
+        std::vector<llama_token> order(n_vocab);
+        for (int32_t i = 0; i < n_vocab; ++i) {
+            order[i] = i;
+        }
+        std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                          [logits](llama_token a, llama_token b) { return logits[a] > logits[b]; });
+        for (int32_t i = 0; i < k; ++i) {
+            top_ids[i] = order[i];
+            top_logprobs[i] = logits[order[i]] - log_norm;
+        }
+    }
+    return (token >= 0 && token < n_vocab) ? logits[token] - log_norm : NAN;
+}
+
+}  // extern "C"

@@ -1,0 +1,79 @@
+/* C interface of our thin shim over llama.cpp's C++ helpers and hot loops.
+ *
+ * Every function here is callable from C, never throws, and reports failure
+ * through its return value.  Strings handed out through `char **out` are
+ * allocated by the shim and must be released with lcpp_string_free().
+ */
+#ifndef LCPP_SHIM_H
+#define LCPP_SHIM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "llama.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct lcpp_chat_templates lcpp_chat_templates;
+
+/* Release a string returned by the shim (NULL is accepted). */
+void lcpp_string_free(char * s);
+
+/* JSON schema (text) -> GBNF grammar.  0 on success; else *out holds the reason. */
+int lcpp_json_schema_to_grammar(const char * schema_json, char ** out);
+
+/* Load the model's chat templates, or `template_override` when non-empty.
+ * 0 on success with *out set; else *err holds the reason. */
+int lcpp_chat_templates_init(const struct llama_model * model, const char * template_override,
+                             lcpp_chat_templates ** out, char ** err);
+void lcpp_chat_templates_free(lcpp_chat_templates * tmpls);
+
+/* Render a chat request (JSON: messages, tools, tool_choice, parallel_tool_calls,
+ * add_generation_prompt, json_schema, grammar) into JSON: prompt, grammar,
+ * grammar_lazy, grammar_triggers, preserved_tokens, additional_stops, format,
+ * generation_prompt, parser.  0 on success; else *out holds the reason. */
+int lcpp_chat_apply(const lcpp_chat_templates * tmpls, const char * request_json, char ** out);
+
+/* Parse generated text back into an OpenAI-style assistant message (JSON).
+ * `params_json` carries format, generation_prompt, parser and parse_tool_calls
+ * as returned by lcpp_chat_apply.  0 on success; else *out holds the reason. */
+int lcpp_chat_parse(const char * params_json, const char * text, bool is_partial, char ** out);
+
+/* Log callback that drops everything (installed at interpreter exit). */
+void lcpp_log_discard(enum ggml_log_level level, const char * text, void * user_data);
+
+/* Abort callback for llama_set_abort_callback: aborts while *(int *)flag != 0. */
+bool lcpp_abort_when_flag_set(void * flag);
+
+/* Append one token to a batch. */
+void lcpp_batch_add(struct llama_batch * batch, llama_token token, llama_pos pos,
+                    llama_seq_id seq_id, bool logits);
+
+/* Decode tokens[0..n) of one sequence from position pos0 in chunks of at most
+ * n_batch, asking for logits of the last token only.  Returns llama_decode's
+ * status of the first failing chunk, or 0. */
+int32_t lcpp_decode_sequence(struct llama_context * ctx, struct llama_batch * batch, int32_t n_batch,
+                             const llama_token * tokens, int32_t n, llama_pos pos0, llama_seq_id seq_id);
+
+/* One generation step for one sequence: sample at logits index `idx`, write the
+ * token's text piece, and (unless it ends generation or `decode` is false) decode
+ * it at `pos`.  Returns the token; *decode_status receives llama_decode's status
+ * (0 when nothing was decoded); *piece_len the piece length, or the negative
+ * size needed when `piece_cap` was too small. */
+llama_token lcpp_step(struct llama_context * ctx, struct llama_sampler * smpl,
+                      const struct llama_vocab * vocab, struct llama_batch * batch,
+                      int32_t idx, llama_pos pos, llama_seq_id seq_id, bool decode, bool special,
+                      char * piece, int32_t piece_cap, int32_t * piece_len, int32_t * decode_status);
+
+/* Log-probability of `token` and the k most likely tokens at logits index `idx`.
+ * Writes k ids and log-probs (descending) and returns the token's log-prob. */
+float lcpp_logprobs(struct llama_context * ctx, int32_t idx, int32_t n_vocab, llama_token token,
+                    int32_t k, llama_token * top_ids, float * top_logprobs);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* LCPP_SHIM_H */

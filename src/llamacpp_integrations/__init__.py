@@ -1,0 +1,1 @@
+"""LangChain and LlamaIndex integrations (placeholder during bootstrap)."""

@@ -1,0 +1,78 @@
+"""llamacpp_native: llama.cpp bound with cffi, and the generation engine on top.
+
+``Llama`` is the high-level, OpenAI-shaped API; ``Model`` and ``Context`` are
+the low-level objects that own llama.cpp's handles.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from llamacpp_native._library import ffi, lib
+from llamacpp_native.chat_template import ChatTemplates, RenderedChat, parse_chat_output
+from llamacpp_native.context import Context
+from llamacpp_native.engine import Cancellation, Chunk, Engine, GenerationRequest, GenerationResult, TokenLogprob
+from llamacpp_native.errors import (
+    ChatTemplateError,
+    ClosedError,
+    ContextError,
+    ContextOverflowError,
+    DecodeError,
+    GenerationCancelled,
+    GrammarError,
+    LlamaError,
+    ModelLoadError,
+    ModelNotFoundError,
+    SchemaValidationError,
+    TokenizeError,
+)
+from llamacpp_native.grammar import LlamaGrammar, json_schema_to_grammar, read_grammar
+from llamacpp_native.llama import Llama
+from llamacpp_native.model import Model
+from llamacpp_native.sampling import GrammarSpec, SamplerChain, SamplingParams
+from llamacpp_native.vocab import Vocab
+
+try:
+    __version__ = version("llamacpp-integrations")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+
+def system_info() -> str:
+    """llama.cpp's description of the CPU features and backends compiled in."""
+    return str(ffi.string(lib.llama_print_system_info()).decode())
+
+
+__all__ = [
+    "Cancellation",
+    "ChatTemplateError",
+    "ChatTemplates",
+    "Chunk",
+    "ClosedError",
+    "Context",
+    "ContextError",
+    "ContextOverflowError",
+    "DecodeError",
+    "Engine",
+    "GenerationCancelled",
+    "GenerationRequest",
+    "GenerationResult",
+    "GrammarError",
+    "GrammarSpec",
+    "Llama",
+    "LlamaError",
+    "LlamaGrammar",
+    "Model",
+    "ModelLoadError",
+    "ModelNotFoundError",
+    "RenderedChat",
+    "SamplerChain",
+    "SamplingParams",
+    "SchemaValidationError",
+    "TokenLogprob",
+    "TokenizeError",
+    "Vocab",
+    "__version__",
+    "json_schema_to_grammar",
+    "parse_chat_output",
+    "read_grammar",
+    "system_info",
+]

@@ -1,0 +1,103 @@
+"""The one place that owns the native library at run time.
+
+Loads the compiled cffi module, initialises the llama.cpp backend once under a
+lock, routes llama.cpp's log output into the ``llamacpp_native`` logger, and
+remembers the latest error lines so exceptions can quote llama.cpp's reason.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import logging
+import threading
+from typing import Any
+
+from llamacpp_native.errors import LlamaError
+
+try:
+    from llamacpp_native._llama_cffi import ffi, lib
+except ImportError as error:  # pragma: no cover - only without a build
+    raise ImportError(
+        "llamacpp_native's compiled extension is missing; install the package with pip "
+        "(`pip install .` from the repository) so that it is built."
+    ) from error
+
+__all__ = ["ffi", "lib", "ensure_backend", "logger", "recent_errors", "take_string", "set_verbose"]
+
+logger = logging.getLogger("llamacpp_native")
+logger.addHandler(logging.NullHandler())
+
+_LEVELS = {
+    lib.GGML_LOG_LEVEL_DEBUG: logging.DEBUG,
+    lib.GGML_LOG_LEVEL_INFO: logging.DEBUG,
+    lib.GGML_LOG_LEVEL_WARN: logging.WARNING,
+    lib.GGML_LOG_LEVEL_ERROR: logging.ERROR,
+}
+_init_lock = threading.Lock()
+_initialised = False
+_last_level = logging.DEBUG
+_line_buffer: list[str] = []
+_recent_errors: collections.deque[str] = collections.deque(maxlen=8)
+
+
+@ffi.def_extern()  # type: ignore[untyped-decorator]
+def lcpp_on_log(level: int, text: Any, _user_data: Any) -> None:
+    """Receive one llama.cpp log fragment and forward complete lines to logging."""
+    global _last_level
+    if level != lib.GGML_LOG_LEVEL_CONT:
+        _last_level = _LEVELS.get(level, logging.DEBUG)
+    if _last_level >= logging.ERROR:
+        _recent_errors.append(ffi.string(text).decode("utf-8", "replace").strip())
+    if not logger.isEnabledFor(_last_level):
+        return
+    _line_buffer.append(ffi.string(text).decode("utf-8", "replace"))
+    if _line_buffer[-1].endswith("\n"):
+        message = "".join(_line_buffer).rstrip("\n")
+        _line_buffer.clear()
+        logger.log(_last_level, "%s", message)
+
+
+def _silence_at_exit() -> None:
+    """Stop calling into Python once the interpreter is shutting down."""
+    lib.llama_log_set(lib.lcpp_log_discard, ffi.NULL)
+
+
+def ensure_backend() -> None:
+    """Initialise llama.cpp's backend and logging exactly once per process."""
+    global _initialised
+    if _initialised:
+        return
+    with _init_lock:
+        if _initialised:
+            return
+        lib.llama_log_set(lib.lcpp_on_log, ffi.NULL)
+        lib.llama_backend_init()
+        atexit.register(_silence_at_exit)
+        _initialised = True
+
+
+def set_verbose(verbose: bool) -> None:
+    """Show llama.cpp's informational output (``True``) or only warnings and errors."""
+    logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    if verbose and not logging.getLogger().handlers:
+        logging.basicConfig(format="%(name)s: %(message)s")
+
+
+def recent_errors(clear: bool = True) -> str:
+    """Return llama.cpp's latest error lines as one string (and forget them)."""
+    text = " ".join(line for line in _recent_errors if line)
+    if clear:
+        _recent_errors.clear()
+    return text
+
+
+def take_string(status: int, out: Any, error_type: type[LlamaError]) -> str:
+    """Take ownership of a shim-allocated string; raise ``error_type`` if status failed."""
+    try:
+        text = ffi.string(out[0]).decode("utf-8", "replace") if out[0] != ffi.NULL else ""
+    finally:
+        lib.lcpp_string_free(out[0])
+    if status != 0:
+        raise error_type(text or "unknown error in llama.cpp")
+    return text

@@ -1,0 +1,100 @@
+"""Chat templates through llama.cpp's template engine (Jinja, tools, parsing)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from llamacpp_native._library import ffi, lib, take_string
+from llamacpp_native.errors import ChatTemplateError, ClosedError
+from llamacpp_native.model import Model
+
+# common_grammar_trigger_type in llama.cpp's common/common.h
+TRIGGER_TOKEN, TRIGGER_WORD, TRIGGER_PATTERN, TRIGGER_PATTERN_FULL = range(4)
+
+
+@dataclass(frozen=True)
+class RenderedChat:
+    """A chat rendered to a prompt, with what generation and parsing need."""
+
+    prompt: str
+    grammar: str
+    grammar_lazy: bool
+    grammar_triggers: list[dict[str, Any]]
+    preserved_tokens: list[str]
+    additional_stops: list[str]
+    format_name: str
+    parser_params: dict[str, Any]
+
+
+class ChatTemplates:
+    """The chat templates of a model (or an override), owned exactly once."""
+
+    def __init__(self, model: Model, template: str | None = None) -> None:
+        out = ffi.new("lcpp_chat_templates **")
+        err = ffi.new("char **")
+        status = lib.lcpp_chat_templates_init(model.handle, (template or "").encode("utf-8"), out, err)
+        if status != 0:
+            take_string(status, err, ChatTemplateError)
+        self._handle: Any = ffi.gc(out[0], lib.lcpp_chat_templates_free)
+
+    def render(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: str = "auto",
+        parallel_tool_calls: bool = True,
+        add_generation_prompt: bool = True,
+        json_schema: dict[str, Any] | None = None,
+        grammar: str | None = None,
+    ) -> RenderedChat:
+        """Render OpenAI-style ``messages`` (and ``tools``) to a prompt and grammar."""
+        if self._handle is None:
+            raise ClosedError("chat templates are closed")
+        request: dict[str, Any] = {
+            "messages": messages,
+            "tool_choice": tool_choice,
+            "parallel_tool_calls": parallel_tool_calls,
+            "add_generation_prompt": add_generation_prompt,
+        }
+        if tools:
+            request["tools"] = tools
+        if json_schema is not None:
+            request["json_schema"] = json_schema
+        if grammar:
+            request["grammar"] = grammar
+        out = ffi.new("char **")
+        status = lib.lcpp_chat_apply(self._handle, json.dumps(request).encode("utf-8"), out)
+        result = json.loads(take_string(status, out, ChatTemplateError))
+        return RenderedChat(
+            prompt=result["prompt"],
+            grammar=result["grammar"],
+            grammar_lazy=bool(result["grammar_lazy"]),
+            grammar_triggers=result["grammar_triggers"],
+            preserved_tokens=result["preserved_tokens"],
+            additional_stops=result["additional_stops"],
+            format_name=result["format_name"],
+            parser_params={
+                "format": result["format"],
+                "generation_prompt": result["generation_prompt"],
+                "parser": result["parser"],
+            },
+        )
+
+    def close(self) -> None:
+        """Free the templates.  Safe to call twice."""
+        if self._handle is not None:
+            handle, self._handle = self._handle, None
+            ffi.release(handle)
+
+
+def parse_chat_output(parser_params: dict[str, Any], text: str, *, partial: bool = False,
+                      parse_tool_calls: bool = True) -> dict[str, Any]:
+    """Parse generated text into an OpenAI-style assistant message (content, tool_calls)."""
+    params = dict(parser_params, parse_tool_calls=parse_tool_calls)
+    out = ffi.new("char **")
+    status = lib.lcpp_chat_parse(json.dumps(params).encode("utf-8"), text.encode("utf-8"), partial, out)
+    message: dict[str, Any] = json.loads(take_string(status, out, ChatTemplateError))
+    return message

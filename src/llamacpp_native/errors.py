@@ -1,0 +1,57 @@
+"""Typed exceptions raised by the native layer.
+
+Every failure in llama.cpp surfaces as one of these, with a message that says
+what was wrong and how to fix it.  Subclasses also derive from the matching
+built-in exception (``ValueError``, ``FileNotFoundError``...) so callers that
+catch those keep working.
+"""
+
+from __future__ import annotations
+
+
+class LlamaError(Exception):
+    """Base class of every error raised by llamacpp_native."""
+
+
+class ModelLoadError(LlamaError):
+    """A model file could not be loaded (missing, not GGUF, truncated, unsupported)."""
+
+
+class ModelNotFoundError(ModelLoadError, FileNotFoundError):
+    """The model path does not exist or is not a regular file."""
+
+
+class ContextError(LlamaError):
+    """A context could not be created or used with the given parameters."""
+
+
+class ContextOverflowError(ContextError, ValueError):
+    """The prompt (plus what must be generated) does not fit in the context."""
+
+
+class DecodeError(LlamaError):
+    """llama_decode failed for a reason other than cancellation."""
+
+
+class GenerationCancelled(LlamaError):
+    """Decoding was aborted on request (stream closed, task cancelled, interrupt)."""
+
+
+class GrammarError(LlamaError, ValueError):
+    """A GBNF grammar or JSON schema is invalid or unsupported."""
+
+
+class SchemaValidationError(GrammarError):
+    """Generated JSON failed a schema rule that the grammar could not enforce."""
+
+
+class TokenizeError(LlamaError, ValueError):
+    """Text could not be tokenized, or tokens are outside the vocabulary."""
+
+
+class ChatTemplateError(LlamaError, ValueError):
+    """A chat template could not be loaded, rendered or parsed."""
+
+
+class ClosedError(LlamaError, RuntimeError):
+    """The object was used after close()."""

@@ -1,0 +1,490 @@
+"""``Llama``: the high-level, OpenAI-shaped API (same call shapes as llama-cpp-python)."""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from llamacpp_native._library import set_verbose
+from llamacpp_native.chat_formats import template_for
+from llamacpp_native.chat_template import TRIGGER_PATTERN, TRIGGER_PATTERN_FULL, TRIGGER_TOKEN, ChatTemplates, \
+    RenderedChat, parse_chat_output
+from llamacpp_native.context import Context
+from llamacpp_native.engine import Cancellation, Chunk, Engine, GenerationRequest, GenerationResult
+from llamacpp_native.errors import ChatTemplateError, ContextOverflowError
+from llamacpp_native.grammar import LlamaGrammar, json_schema_to_grammar
+from llamacpp_native.model import Model, ProgressCallback
+from llamacpp_native import responses
+from llamacpp_native.sampling import DEFAULT_SEED, GrammarSpec, SamplingParams
+
+GrammarLike = LlamaGrammar | str | None
+
+
+def _trigger_pattern(trigger: Mapping[str, Any]) -> str | None:
+    kind, value = trigger["type"], trigger["value"]
+    if kind == TRIGGER_PATTERN:
+        return str(value)
+    if kind == TRIGGER_PATTERN_FULL:
+        return ("" if value.startswith("^") else "^") + value + ("" if value.endswith("$") else "$")
+    if kind == TRIGGER_TOKEN:
+        return None
+    return "".join("\\" + c if c in r"\^$.|?*+()[]{}" else c for c in value)  # a literal word
+
+
+def _normalise_tool_choice(tools: list[dict[str, Any]] | None, tool_choice: Any) -> tuple[list[dict[str, Any]] | None, str]:
+    """OpenAI ``tool_choice`` -> (tools to offer, auto|required|none)."""
+    if not tools:
+        return None, "none"
+    if tool_choice is None or tool_choice == "auto":
+        return tools, "auto"
+    if tool_choice in ("none", "required"):
+        return tools, tool_choice
+    if isinstance(tool_choice, Mapping):
+        name = (tool_choice.get("function") or {}).get("name")
+        chosen = [t for t in tools if t.get("function", {}).get("name") == name]
+        if not chosen:
+            known = [t.get("function", {}).get("name") for t in tools]
+            raise ValueError(f"tool_choice names tool {name!r}, which is not among the tools offered: {known}")
+        return chosen, "required"
+    raise ValueError(f"tool_choice must be 'auto', 'none', 'required' or {{'type': 'function', ...}}, not {tool_choice!r}")
+
+
+def _check_tools(tools: list[dict[str, Any]] | None) -> None:
+    for tool in tools or []:
+        function = tool.get("function") if isinstance(tool, Mapping) else None
+        if not isinstance(function, Mapping) or not function.get("name"):
+            raise ValueError(f"each tool needs {{'type': 'function', 'function': {{'name': ...}}}}; got {tool!r}")
+
+
+def _schema_from_response_format(response_format: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if not response_format:
+        return None
+    kind = response_format.get("type")
+    if kind == "json_object":
+        return dict(response_format.get("schema") or {"type": "object"})
+    if kind == "json_schema":
+        spec = response_format.get("json_schema") or {}
+        return dict(spec.get("schema") or response_format.get("schema") or {"type": "object"})
+    if kind == "text":
+        return None
+    raise ValueError(f"response_format type must be text, json_object or json_schema, not {kind!r}")
+
+
+class Llama:
+    """A local GGUF model with llama-cpp-python's call shapes, OpenAI-shaped results.
+
+    The model loads in the constructor.  One instance is safe to use from many
+    threads (requests are serialised per context); ``create_completions`` runs
+    several prompts as parallel sequences.  ``close()`` frees everything.
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        *,
+        n_ctx: int = 512,
+        n_batch: int = 512,
+        n_ubatch: int | None = None,
+        n_threads: int | None = None,
+        n_threads_batch: int | None = None,
+        n_gpu_layers: int = 0,
+        main_gpu: int = 0,
+        split_mode: str = "layer",
+        tensor_split: Sequence[float] | None = None,
+        use_mmap: bool = True,
+        use_mlock: bool = False,
+        vocab_only: bool = False,
+        f16_kv: bool = True,
+        type_k: str | None = None,
+        type_v: str | None = None,
+        flash_attn: bool | None = None,
+        rope_freq_base: float = 0.0,
+        rope_freq_scale: float = 0.0,
+        seed: int = DEFAULT_SEED,
+        chat_format: str | None = None,
+        embedding: bool = False,
+        pooling: str | None = None,
+        n_parallel: int = 4,
+        last_n_tokens_size: int = 64,
+        verbose: bool = False,
+        progress: ProgressCallback | None = None,
+    ) -> None:
+        set_verbose(verbose)
+        self.model_path = str(model_path)
+        self.model = Model(
+            model_path, n_gpu_layers=n_gpu_layers, main_gpu=main_gpu, split_mode=split_mode,
+            tensor_split=tensor_split, use_mmap=use_mmap, use_mlock=use_mlock, vocab_only=vocab_only,
+            progress=progress,
+        )
+        self.seed = seed
+        self.last_n_tokens_size = last_n_tokens_size
+        self.chat_format = chat_format
+        self._context_kwargs: dict[str, Any] = dict(
+            n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch, n_threads=n_threads, n_threads_batch=n_threads_batch,
+            f16_kv=f16_kv, type_k=type_k, type_v=type_v, flash_attn=flash_attn,
+            rope_freq_base=rope_freq_base, rope_freq_scale=rope_freq_scale,
+        )
+        self._pooling = pooling
+        self._n_parallel = n_parallel
+        self._engine: Engine | None = None
+        self._embedder: Context | None = None
+        self._embed_lock = threading.Lock()
+        self._templates: ChatTemplates | None = None
+        if not vocab_only:
+            self._engine = Engine(self.model, n_slots=n_parallel, **self._context_kwargs)
+            if embedding:
+                self._embedding_context()
+
+    # -- lifetime & basics ----------------------------------------------------------
+    @property
+    def engine(self) -> Engine:
+        """The generation engine (raises for a vocab-only model)."""
+        if self._engine is None:
+            raise ValueError("this Llama was loaded with vocab_only=True; it can only tokenize")
+        return self._engine
+
+    @property
+    def n_ctx(self) -> int:
+        """The context window in tokens."""
+        return self.engine.n_ctx
+
+    def close(self) -> None:
+        """Free contexts and the model.  Safe to call twice."""
+        if self._templates is not None:
+            self._templates.close()
+        self.model.close()
+
+    def __enter__(self) -> Llama:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def tokenize(self, text: bytes | str, add_bos: bool = True, special: bool = False) -> list[int]:
+        """Text (bytes or str) -> token ids."""
+        return self.model.vocab.tokenize(text, add_special=add_bos, parse_special=special)
+
+    def detokenize(self, tokens: Sequence[int], special: bool = False) -> bytes:
+        """Token ids -> bytes."""
+        return self.model.vocab.detokenize_bytes(tokens, special)
+
+    def token_eos(self) -> int:
+        """The end-of-sequence token id."""
+        return self.model.vocab.eos
+
+    def token_bos(self) -> int:
+        """The beginning-of-sequence token id."""
+        return self.model.vocab.bos
+
+    # -- requests --------------------------------------------------------------------------
+    def _sampling(self, *, temperature: float, top_k: int, top_p: float, min_p: float, typical_p: float,
+                  repeat_penalty: float, frequency_penalty: float, presence_penalty: float,
+                  seed: int | None, logit_bias: Mapping[int | str, float] | None,
+                  grammar: GrammarSpec | None) -> SamplingParams:
+        bias = {int(k): float(v) for k, v in (logit_bias or {}).items()}
+        return SamplingParams(
+            temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
+            repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
+            presence_penalty=presence_penalty, penalty_last_n=self.last_n_tokens_size,
+            seed=self.seed if seed is None else seed, logit_bias=bias, grammar=grammar,
+        )
+
+    @staticmethod
+    def _grammar_spec(grammar: GrammarLike) -> GrammarSpec | None:
+        if grammar is None:
+            return None
+        if isinstance(grammar, LlamaGrammar):
+            return GrammarSpec(grammar.text, grammar.root)
+        return GrammarSpec(LlamaGrammar(grammar).text)
+
+    def _prompt_tokens(self, prompt: str | Sequence[int]) -> list[int]:
+        if isinstance(prompt, str):
+            if not prompt:
+                tokens = [self.model.vocab.bos] if self.model.vocab.add_bos else []
+                if not tokens:
+                    raise ValueError("the prompt is empty")
+                return tokens
+            return self.tokenize(prompt, add_bos=True, special=True)
+        tokens = list(prompt)
+        self.model.vocab.check_tokens(tokens)
+        return tokens
+
+    def completion_request(
+        self, prompt: str | Sequence[int], *, max_tokens: int | None = 16, temperature: float = 0.8,
+        top_p: float = 0.95, min_p: float = 0.05, typical_p: float = 1.0, top_k: int = 40,
+        stop: str | Sequence[str] | None = None, frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
+        repeat_penalty: float = 1.0, seed: int | None = None, logit_bias: Mapping[int | str, float] | None = None,
+        grammar: GrammarLike = None, logprobs: int | None = None,
+    ) -> GenerationRequest:
+        """Build the engine request that ``create_completion`` would run."""
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        sampling = self._sampling(
+            temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
+            repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
+            seed=seed, logit_bias=logit_bias, grammar=self._grammar_spec(grammar),
+        )
+        return GenerationRequest(self._prompt_tokens(prompt), sampling, max_tokens, stops, logprobs)
+
+    # -- completions --------------------------------------------------------------------------
+    def create_completion(
+        self, prompt: str | Sequence[int], suffix: str | None = None, max_tokens: int | None = 16,
+        echo: bool = False, stream: bool = False, cancellation: Cancellation | None = None, **kwargs: Any,
+    ) -> dict[str, Any] | Iterator[dict[str, Any]]:
+        """Complete ``prompt``; a dict, or an iterator of chunk dicts with ``stream=True``.
+
+        ``suffix`` is appended to the generated text; ``echo`` prepends the prompt.
+        Other keyword arguments are those of ``completion_request``.
+        """
+        request = self.completion_request(prompt, max_tokens=max_tokens, **kwargs)
+        prefix = (prompt if isinstance(prompt, str) else self.detokenize(prompt).decode("utf-8", "replace")) \
+            if echo else ""
+        chunks = self._completion_chunks(request, prefix, suffix or "", cancellation)
+        if stream:
+            return chunks
+        response_id, texts, last, logprob_items = "", [], None, []
+        for chunk in chunks:
+            response_id = chunk["id"]
+            choice = chunk["choices"][0]
+            texts.append(choice["text"])
+            if choice["logprobs"]:
+                logprob_items.append(choice["logprobs"])
+            last = chunk
+        assert last is not None
+        logprobs = _merge_completion_logprobs(logprob_items) if request.logprobs is not None else None
+        return responses.completion(response_id, self.model_path, "".join(texts), last["choices"][0]["finish_reason"],
+                                    logprobs, last.get("usage"))
+
+    __call__ = create_completion
+
+    def _completion_chunks(self, request: GenerationRequest, prefix: str, suffix: str,
+                           cancellation: Cancellation | None) -> Iterator[dict[str, Any]]:
+        response_id = responses.new_id("cmpl")
+        offset = len(prefix)
+        if prefix:
+            yield responses.completion(response_id, self.model_path, prefix, None, None, None)
+        for chunk in self.engine.stream(request, cancellation):
+            text = chunk.text + (suffix if chunk.finish_reason else "")
+            logprobs = responses.completion_logprobs(chunk.logprobs, offset) if chunk.logprobs else None
+            offset += len(chunk.text)
+            token_usage = responses.usage(chunk.prompt_tokens, chunk.completion_tokens) if chunk.finish_reason else None
+            yield responses.completion(response_id, self.model_path, text, chunk.finish_reason, logprobs, token_usage)
+
+    def create_completions(self, prompts: Sequence[str | Sequence[int]],
+                           on_chunk: Callable[[int, Chunk], None] | None = None,
+                           **kwargs: Any) -> list[GenerationResult]:
+        """Complete several prompts as parallel sequences in shared batches."""
+        requests = [self.completion_request(p, **kwargs) for p in prompts]
+        return self.engine.generate_many(requests, on_chunk)
+
+    # -- chat --------------------------------------------------------------------------------
+    @property
+    def chat_templates(self) -> ChatTemplates:
+        """The chat templates in use (the GGUF's, or the fallback ``chat_format``)."""
+        if self._templates is None:
+            override = template_for(self.chat_format, self.model.architecture, self.model.chat_template)
+            self._templates = ChatTemplates(self.model, override)
+        return self._templates
+
+    def render_chat(
+        self, messages: Sequence[Mapping[str, Any]], *, tools: list[dict[str, Any]] | None = None,
+        tool_choice: Any = None, response_format: Mapping[str, Any] | None = None,
+        parallel_tool_calls: bool = True,
+    ) -> RenderedChat:
+        """Render messages (and tools, response format) to a prompt, grammar and parser settings."""
+        _check_tools(tools)
+        offered, choice = _normalise_tool_choice(tools, tool_choice)
+        schema = _schema_from_response_format(response_format)
+        if schema is not None:
+            json_schema_to_grammar(schema)  # a clear GrammarError before rendering
+        return self.chat_templates.render(
+            [dict(m) for m in messages], tools=offered if choice != "none" else None, tool_choice=choice,
+            parallel_tool_calls=parallel_tool_calls, json_schema=schema,
+        )
+
+    def chat_request(
+        self, rendered: RenderedChat, *, temperature: float = 0.2, top_p: float = 0.95, top_k: int = 40,
+        min_p: float = 0.05, typical_p: float = 1.0, stop: str | Sequence[str] | None = None,
+        max_tokens: int | None = None, presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
+        repeat_penalty: float = 1.0, seed: int | None = None, logit_bias: Mapping[int | str, float] | None = None,
+        grammar: GrammarLike = None, logprobs: bool = False, top_logprobs: int | None = None,
+    ) -> GenerationRequest:
+        """The engine request for a rendered chat."""
+        spec = self._grammar_spec(grammar)
+        if spec is None and rendered.grammar:
+            patterns = [p for p in (_trigger_pattern(t) for t in rendered.grammar_triggers) if p is not None]
+            tokens = [int(t["token"]) for t in rendered.grammar_triggers if t["type"] == TRIGGER_TOKEN]
+            spec = GrammarSpec(rendered.grammar, "root", rendered.grammar_lazy, tuple(patterns), tuple(tokens))
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        sampling = self._sampling(
+            temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
+            repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
+            seed=seed, logit_bias=logit_bias, grammar=spec,
+        )
+        prompt = self.tokenize(rendered.prompt, add_bos=False, special=True)
+        n_logprobs = (top_logprobs or 0) if logprobs else None
+        return GenerationRequest(prompt, sampling, max_tokens, stops + rendered.additional_stops, n_logprobs)
+
+    def create_chat_completion(
+        self, messages: Sequence[Mapping[str, Any]], *, tools: list[dict[str, Any]] | None = None,
+        tool_choice: Any = None, response_format: Mapping[str, Any] | None = None, stream: bool = False,
+        parallel_tool_calls: bool = True, cancellation: Cancellation | None = None, **kwargs: Any,
+    ) -> dict[str, Any] | Iterator[dict[str, Any]]:
+        """Chat with OpenAI-style ``messages``; tool calls and JSON output grammar-constrained.
+
+        Returns a ``chat.completion`` dict, or an iterator of ``chat.completion.chunk``
+        dicts with ``stream=True``.  Keyword arguments are those of ``chat_request``.
+        """
+        rendered = self.render_chat(messages, tools=tools, tool_choice=tool_choice,
+                                    response_format=response_format, parallel_tool_calls=parallel_tool_calls)
+        request = self.chat_request(rendered, **kwargs)
+        chunks = self._chat_chunks(rendered, request, bool(tools) and tool_choice != "none", cancellation)
+        if stream:
+            return chunks
+        return _collect_chat(chunks)
+
+    def _chat_chunks(self, rendered: RenderedChat, request: GenerationRequest, parse_tools: bool,
+                     cancellation: Cancellation | None) -> Iterator[dict[str, Any]]:
+        response_id = responses.new_id("chatcmpl")
+        model = self.model_path
+        yield responses.chat_chunk(response_id, model, {"role": "assistant", "content": ""})
+        text = ""
+        sent = 0
+        for chunk in self.engine.stream(request, cancellation):
+            text += chunk.text
+            logprobs = responses.chat_logprobs(chunk.logprobs) if chunk.logprobs else None
+            if chunk.finish_reason is None:
+                if parse_tools:
+                    # Content is streamed once the parser sees it is not a tool call.
+                    partial = self._parse_chat(rendered, text, partial=True, parse_tools=True)
+                    content = partial.get("content") or ""
+                    if len(content) > sent and not partial.get("tool_calls"):
+                        yield responses.chat_chunk(response_id, model, {"content": content[sent:]}, None, None,
+                                                   logprobs)
+                        sent = len(content)
+                elif chunk.text or logprobs:
+                    yield responses.chat_chunk(response_id, model, {"content": chunk.text}, None, None, logprobs)
+                continue
+            message = self._parse_chat(rendered, text, partial=False, parse_tools=parse_tools)
+            content = message.get("content") or ""
+            tool_calls = message.get("tool_calls") or []
+            delta: dict[str, Any] = {}
+            if parse_tools and len(content) > sent:
+                delta["content"] = content[sent:]
+            elif not parse_tools and chunk.text:
+                delta["content"] = chunk.text
+            if tool_calls:
+                delta["tool_calls"] = [
+                    {"index": i, "id": call.get("id") or responses.new_id("call"), "type": "function",
+                     "function": call["function"]}
+                    for i, call in enumerate(tool_calls)
+                ]
+            finish = "tool_calls" if tool_calls else chunk.finish_reason
+            yield responses.chat_chunk(response_id, model, delta, finish,
+                                       responses.usage(chunk.prompt_tokens, chunk.completion_tokens), logprobs)
+
+    def _parse_chat(self, rendered: RenderedChat, text: str, *, partial: bool, parse_tools: bool) -> dict[str, Any]:
+        try:
+            return parse_chat_output(rendered.parser_params, text, partial=partial, parse_tool_calls=parse_tools)
+        except ChatTemplateError:
+            if partial:
+                return {"content": ""}
+            return {"role": "assistant", "content": text}
+
+    # -- embeddings --------------------------------------------------------------------------
+    def _embedding_context(self) -> Context:
+        if self._embedder is None:
+            pooling = self._pooling or ("unspecified" if self._model_pooling() else "mean")
+            kwargs = dict(self._context_kwargs)
+            kwargs["n_ubatch"] = kwargs["n_batch"]
+            self._embedder = Context(self.model, embeddings=True, pooling=pooling,
+                                     n_seq_max=self._n_parallel, **kwargs)
+        return self._embedder
+
+    def _model_pooling(self) -> bool:
+        return f"{self.model.architecture}.pooling_type" in self.model.metadata
+
+    def embed(
+        self, input: str | Sequence[str], normalize: bool = False, truncate: bool = True
+    ) -> list[float] | list[list[float]]:
+        """Embed one text (-> one vector) or many (-> one vector per text); ``n_embd`` floats each."""
+        if isinstance(input, str):
+            return self._embed_texts([input], normalize, truncate)[0][0]
+        return self._embed_texts(list(input), normalize, truncate)[0]
+
+    def _embed_texts(self, texts: list[str], normalize: bool, truncate: bool) -> tuple[list[list[float]], int]:
+        with self._embed_lock:
+            context = self._embedding_context()
+            limit = context.n_batch
+            token_lists = []
+            for text in texts:
+                tokens = self.tokenize(text, add_bos=True) or [self.model.vocab.bos]
+                if len(tokens) > limit:
+                    if not truncate:
+                        raise ContextOverflowError(
+                            f"a text of {len(tokens)} tokens exceeds the embedding batch of {limit} tokens")
+                    tokens = tokens[:limit]
+                token_lists.append(tokens)
+            vectors: list[list[float]] = []
+            group: list[list[int]] = []
+            for tokens in token_lists + [[]]:
+                full = sum(map(len, group)) + len(tokens) > limit or len(group) == context.n_seq_max
+                if group and (not tokens or full):
+                    vectors.extend(self._embed_group(context, group))
+                    group = []
+                if tokens:
+                    group.append(tokens)
+            if normalize:
+                vectors = [_unit(v) for v in vectors]
+            return vectors, sum(map(len, token_lists))
+
+    @staticmethod
+    def _embed_group(context: Context, group: list[list[int]]) -> list[list[float]]:
+        context.kv_clear()
+        context.decode_many([(tokens, 0, seq) for seq, tokens in enumerate(group)])
+        vectors = [context.embedding(seq) for seq in range(len(group))]
+        context.kv_clear()
+        return vectors
+
+    def create_embedding(self, input: str | Sequence[str], model: str | None = None) -> dict[str, Any]:
+        """OpenAI-shaped embeddings response."""
+        texts = [input] if isinstance(input, str) else list(input)
+        vectors, n_tokens = self._embed_texts(texts, False, True)
+        return responses.embedding_response(model or self.model_path, vectors, n_tokens)
+
+
+def _unit(vector: list[float]) -> list[float]:
+    norm = math.sqrt(sum(x * x for x in vector))
+    return [x / norm for x in vector] if norm > 0 else vector
+
+
+def _merge_completion_logprobs(blocks: list[dict[str, Any]]) -> dict[str, Any]:
+    merged: dict[str, Any] = {"tokens": [], "text_offset": [], "token_logprobs": [], "top_logprobs": []}
+    for block in blocks:
+        for key in merged:
+            merged[key].extend(block[key])
+    return merged
+
+
+def _collect_chat(chunks: Iterator[dict[str, Any]]) -> dict[str, Any]:
+    response_id, content, tool_calls, finish, token_usage = "", "", [], "stop", {}
+    logprob_content: list[Any] = []
+    for chunk in chunks:
+        response_id = chunk["id"]
+        choice = chunk["choices"][0]
+        delta = choice["delta"]
+        content += delta.get("content") or ""
+        tool_calls.extend(delta.get("tool_calls") or [])
+        if choice.get("logprobs"):
+            logprob_content.extend(choice["logprobs"]["content"])
+        if choice["finish_reason"]:
+            finish = choice["finish_reason"]
+            token_usage = chunk.get("usage", {})
+    message: dict[str, Any] = {"role": "assistant", "content": content if content or not tool_calls else None}
+    if tool_calls:
+        message["tool_calls"] = [{k: v for k, v in call.items() if k != "index"} for call in tool_calls]
+    logprobs = {"content": logprob_content} if logprob_content else None
+    return responses.chat_completion(response_id, chunk["model"], message, finish, logprobs, token_usage)
+

@@ -1,0 +1,236 @@
+"""Loading a GGUF model and reading what it says about itself."""
+
+from __future__ import annotations
+
+import os
+import warnings
+import weakref
+from collections.abc import Callable, Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from llamacpp_native._library import ensure_backend, ffi, lib, recent_errors
+from llamacpp_native.errors import ClosedError, ModelLoadError, ModelNotFoundError
+from llamacpp_native.vocab import Vocab
+
+ProgressCallback = Callable[[float], object]
+"""Called with load progress in [0, 1]; returning ``False`` aborts the load."""
+
+GGUF_MAGIC = b"GGUF"
+SPLIT_MODES = {"none": 0, "layer": 1, "row": 2}
+
+
+@ffi.def_extern()  # type: ignore[untyped-decorator]
+def lcpp_on_progress(progress: float, user_data: Any) -> bool:
+    """Forward llama.cpp's load progress to the Python callback in ``user_data``."""
+    callback = ffi.from_handle(user_data)
+    try:
+        return callback(float(progress)) is not False
+    except Exception:  # an exception cannot cross into C: treat it as "abort"
+        return False
+
+
+def _check_model_file(path: Path) -> None:
+    """Raise a precise error for paths llama.cpp would reject with only a log line."""
+    if not path.exists():
+        raise ModelNotFoundError(f"model file not found: {path}")
+    if not path.is_file():
+        raise ModelNotFoundError(f"model path is not a file (a directory?): {path}")
+    with path.open("rb") as handle:
+        magic = handle.read(4)
+    if len(magic) == 0:
+        raise ModelLoadError(f"model file is empty: {path}")
+    if magic != GGUF_MAGIC:
+        raise ModelLoadError(
+            f"not a GGUF file (magic {magic!r}, expected b'GGUF'): {path}; "
+            "convert the model to GGUF with llama.cpp's convert_hf_to_gguf.py"
+        )
+
+
+def _load_mode(use_mmap: bool, use_mlock: bool) -> int:
+    if use_mmap and use_mlock:
+        return int(lib.LLAMA_LOAD_MODE_MMAP_MLOCK)
+    if use_mmap:
+        return int(lib.LLAMA_LOAD_MODE_MMAP)
+    if use_mlock:
+        return int(lib.LLAMA_LOAD_MODE_MLOCK)
+    return int(lib.LLAMA_LOAD_MODE_NONE)
+
+
+class Model:
+    """A loaded GGUF model: weights, metadata and vocabulary.
+
+    Owns its ``llama_model`` handle and frees it exactly once, on ``close()``,
+    on leaving a ``with`` block, or when garbage-collected.  Contexts created
+    from it keep it alive; closing the model closes them first.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        n_gpu_layers: int = 0,
+        main_gpu: int = 0,
+        split_mode: str = "layer",
+        tensor_split: Sequence[float] | None = None,
+        use_mmap: bool = True,
+        use_mlock: bool = False,
+        vocab_only: bool = False,
+        progress: ProgressCallback | None = None,
+    ) -> None:
+        self.path = Path(path)
+        _check_model_file(self.path)
+        ensure_backend()
+        if split_mode not in SPLIT_MODES:
+            raise ValueError(f"split_mode must be one of {sorted(SPLIT_MODES)}, not {split_mode!r}")
+        if n_gpu_layers != 0 and not lib.llama_supports_gpu_offload():
+            warnings.warn(
+                f"n_gpu_layers={n_gpu_layers} ignored: this build has no GPU backend; running on CPU. "
+                'Rebuild with CMAKE_ARGS="-DGGML_CUDA=on" (or Metal/Vulkan) to offload.',
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        params = lib.llama_model_default_params()
+        params.n_gpu_layers = n_gpu_layers
+        params.main_gpu = main_gpu
+        params.split_mode = SPLIT_MODES[split_mode]
+        params.load_mode = _load_mode(use_mmap, use_mlock)
+        params.vocab_only = vocab_only
+        keep_alive: list[Any] = []
+        if tensor_split is not None:
+            max_devices = int(lib.llama_max_devices())
+            if len(tensor_split) > max_devices:
+                raise ValueError(f"tensor_split has {len(tensor_split)} entries; this build supports {max_devices}")
+            split = ffi.new("float[]", max_devices)
+            for i, share in enumerate(tensor_split):
+                split[i] = share
+            params.tensor_split = split
+            keep_alive.append(split)
+        if progress is not None:
+            handle = ffi.new_handle(progress)
+            params.progress_callback = lib.lcpp_on_progress
+            params.progress_callback_user_data = handle
+            keep_alive.append(handle)
+        recent_errors()
+        raw = lib.llama_model_load_from_file(os.fsencode(self.path), params)
+        if raw == ffi.NULL:
+            reason = recent_errors() or "llama.cpp gave no reason"
+            raise ModelLoadError(f"failed to load model {self.path}: {reason}")
+        self._handle: Any = ffi.gc(raw, lib.llama_model_free, size=int(lib.llama_model_size(raw)))
+        self._contexts: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._chat_templates: Any = None
+        self.vocab = Vocab(self, lib.llama_model_get_vocab(raw))
+
+    # -- lifetime -----------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._handle is None:
+            raise ClosedError(f"model {self.path.name} is closed")
+
+    @property
+    def handle(self) -> Any:
+        """The raw ``llama_model *`` (raises ``ClosedError`` after close)."""
+        self._check_open()
+        return self._handle
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` has been called."""
+        return self._handle is None
+
+    def _register_context(self, context: Any) -> None:
+        self._contexts.add(context)
+
+    def close(self) -> None:
+        """Free the model (and any contexts still using it).  Safe to call twice."""
+        if self._handle is None:
+            return
+        for context in list(self._contexts):
+            context.close()
+        if self._chat_templates is not None:
+            self._chat_templates.close()
+        handle, self._handle = self._handle, None
+        ffi.release(handle)
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else self.description
+        return f"<Model {self.path.name}: {state}>"
+
+    # -- metadata -----------------------------------------------------------------
+    @property
+    def n_ctx_train(self) -> int:
+        """Context length the model was trained with."""
+        return int(lib.llama_model_n_ctx_train(self.handle))
+
+    @property
+    def n_embd(self) -> int:
+        """Embedding width."""
+        return int(lib.llama_model_n_embd(self.handle))
+
+    @property
+    def n_layer(self) -> int:
+        """Number of layers."""
+        return int(lib.llama_model_n_layer(self.handle))
+
+    @property
+    def n_params(self) -> int:
+        """Number of parameters."""
+        return int(lib.llama_model_n_params(self.handle))
+
+    @property
+    def size_bytes(self) -> int:
+        """Total size of the weights in bytes."""
+        return int(lib.llama_model_size(self.handle))
+
+    @property
+    def has_encoder(self) -> bool:
+        """Whether the model has an encoder (encoder-decoder models)."""
+        return bool(lib.llama_model_has_encoder(self.handle))
+
+    @property
+    def description(self) -> str:
+        """llama.cpp's one-line description, e.g. ``gemma3 270M Q4_K - Medium``."""
+        buf = ffi.new("char[]", 256)
+        lib.llama_model_desc(self.handle, buf, len(buf))
+        return ffi.string(buf).decode("utf-8", "replace")
+
+    @cached_property
+    def metadata(self) -> dict[str, str]:
+        """All GGUF key/value pairs, values rendered as strings by llama.cpp."""
+        handle = self.handle
+        result: dict[str, str] = {}
+        buf_size = 1 << 16
+        buf = ffi.new("char[]", buf_size)
+        for i in range(lib.llama_model_meta_count(handle)):
+            lib.llama_model_meta_key_by_index(handle, i, buf, buf_size)
+            key = ffi.string(buf).decode("utf-8", "replace")
+            n = lib.llama_model_meta_val_str_by_index(handle, i, buf, buf_size)
+            if n >= buf_size:
+                big = ffi.new("char[]", n + 1)
+                lib.llama_model_meta_val_str_by_index(handle, i, big, n + 1)
+                result[key] = ffi.string(big).decode("utf-8", "replace")
+            else:
+                result[key] = ffi.string(buf).decode("utf-8", "replace")
+        return result
+
+    @property
+    def architecture(self) -> str:
+        """The ``general.architecture`` key, e.g. ``gemma3``."""
+        return self.metadata.get("general.architecture", "")
+
+    @property
+    def name(self) -> str:
+        """The model's ``general.name``, else its file name."""
+        return self.metadata.get("general.name") or self.path.stem
+
+    @property
+    def chat_template(self) -> str | None:
+        """The chat template stored in the GGUF, if any."""
+        raw = lib.llama_model_chat_template(self.handle, ffi.NULL)
+        return None if raw == ffi.NULL else ffi.string(raw).decode("utf-8", "replace")

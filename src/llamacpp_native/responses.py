@@ -1,0 +1,113 @@
+"""OpenAI-shaped result dictionaries (completions, chat, embeddings)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from llamacpp_native.engine import TokenLogprob
+
+
+def new_id(prefix: str) -> str:
+    """A fresh response id such as ``cmpl-…`` or ``chatcmpl-…``."""
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    """The ``usage`` block."""
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def completion_logprobs(items: list[TokenLogprob], offset: int) -> dict[str, Any]:
+    """Legacy completions ``logprobs`` block: tokens, offsets, logprobs, top alternatives."""
+    offsets: list[int] = []
+    for item in items:
+        offsets.append(offset)
+        offset += len(item.text)
+    return {
+        "tokens": [i.text for i in items],
+        "text_offset": offsets,
+        "token_logprobs": [i.logprob for i in items],
+        "top_logprobs": [dict(i.top) for i in items],
+    }
+
+
+def chat_logprobs(items: list[TokenLogprob]) -> dict[str, Any]:
+    """Chat ``logprobs`` block: ``content`` with per-token ``top_logprobs``."""
+    return {
+        "content": [
+            {
+                "token": i.text,
+                "logprob": i.logprob,
+                "bytes": list(i.text.encode("utf-8")),
+                "top_logprobs": [
+                    {"token": t, "logprob": lp, "bytes": list(t.encode("utf-8"))} for t, lp in i.top
+                ],
+            }
+            for i in items
+        ]
+    }
+
+
+def completion(
+    response_id: str, model: str, text: str, finish_reason: str | None,
+    logprobs: dict[str, Any] | None, token_usage: dict[str, int] | None, object_name: str = "text_completion",
+) -> dict[str, Any]:
+    """A ``text_completion`` response (or one streamed chunk of it)."""
+    result: dict[str, Any] = {
+        "id": response_id,
+        "object": object_name,
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"text": text, "index": 0, "logprobs": logprobs, "finish_reason": finish_reason}],
+    }
+    if token_usage is not None:
+        result["usage"] = token_usage
+    return result
+
+
+def chat_completion(
+    response_id: str, model: str, message: dict[str, Any], finish_reason: str,
+    logprobs: dict[str, Any] | None, token_usage: dict[str, int],
+) -> dict[str, Any]:
+    """A ``chat.completion`` response."""
+    return {
+        "id": response_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": message, "logprobs": logprobs, "finish_reason": finish_reason}],
+        "usage": token_usage,
+    }
+
+
+def chat_chunk(
+    response_id: str, model: str, delta: dict[str, Any], finish_reason: str | None = None,
+    token_usage: dict[str, int] | None = None, logprobs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One ``chat.completion.chunk`` of a stream."""
+    chunk: dict[str, Any] = {
+        "id": response_id,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}],
+    }
+    if token_usage is not None:
+        chunk["usage"] = token_usage
+    return chunk
+
+
+def embedding_response(model: str, vectors: list[list[float]], prompt_tokens: int) -> dict[str, Any]:
+    """A ``list`` of ``embedding`` objects."""
+    return {
+        "object": "list",
+        "data": [{"object": "embedding", "embedding": v, "index": i} for i, v in enumerate(vectors)],
+        "model": model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }

@@ -1,0 +1,168 @@
+"""Sampler chains built natively from plain settings."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from llamacpp_native._library import ffi, lib, recent_errors
+from llamacpp_native.errors import ClosedError, GrammarError
+from llamacpp_native.vocab import Vocab
+
+DEFAULT_SEED = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class GrammarSpec:
+    """A GBNF grammar, optionally lazy: enforced only once a trigger appears."""
+
+    text: str
+    root: str = "root"
+    lazy: bool = False
+    trigger_patterns: tuple[str, ...] = ()
+    trigger_tokens: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Settings of one sampler chain.  ``temperature <= 0`` means greedy.
+
+    The chain applies, in order: logit bias, penalties, grammar, then top-k,
+    typical, top-p, min-p, temperature and the seeded random draw.
+    """
+
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    typical_p: float = 1.0
+    repeat_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    penalty_last_n: int = 64
+    seed: int = DEFAULT_SEED
+    logit_bias: Mapping[int, float] = field(default_factory=dict)
+    grammar: GrammarSpec | None = None
+
+    def validate(self, n_vocab: int) -> None:
+        """Raise ``ValueError`` on settings llama.cpp would misbehave with."""
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        for name in ("top_p", "min_p", "typical_p"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if self.repeat_penalty <= 0:
+            raise ValueError(f"repeat_penalty must be > 0 (1.0 disables it), got {self.repeat_penalty}")
+        if self.penalty_last_n < -1:
+            raise ValueError(f"penalty_last_n must be >= -1, got {self.penalty_last_n}")
+        bad = [t for t in self.logit_bias if not 0 <= int(t) < n_vocab]
+        if bad:
+            raise ValueError(f"logit_bias names token ids outside the vocabulary: {bad[:5]}")
+
+
+def _grammar_sampler(vocab: Vocab, grammar: GrammarSpec) -> Any:
+    keep: list[Any] = []
+    recent_errors()
+    if grammar.lazy:
+        patterns = [ffi.new("char[]", p.encode()) for p in grammar.trigger_patterns]
+        keep.extend(patterns)
+        pattern_arr = ffi.new("const char *[]", patterns) if patterns else ffi.NULL
+        token_arr = ffi.new("llama_token[]", list(grammar.trigger_tokens)) if grammar.trigger_tokens else ffi.NULL
+        sampler = lib.llama_sampler_init_grammar_lazy_patterns(
+            vocab.handle, grammar.text.encode(), grammar.root.encode(),
+            pattern_arr, len(patterns), token_arr, len(grammar.trigger_tokens),
+        )
+    else:
+        sampler = lib.llama_sampler_init_grammar(vocab.handle, grammar.text.encode(), grammar.root.encode())
+    if sampler == ffi.NULL:
+        raise GrammarError(f"invalid GBNF grammar: {recent_errors() or 'llama.cpp could not parse it'}")
+    return sampler
+
+
+class SamplerChain:
+    """A native ``llama_sampler`` chain; freed exactly once.
+
+    Sampling, penalties and grammar all run in C: per token, Python makes one call.
+    """
+
+    def __init__(self, vocab: Vocab, params: SamplingParams) -> None:
+        params.validate(vocab.n_tokens)
+        self.params = params
+        self.seed = params.seed if params.seed != DEFAULT_SEED and params.seed >= 0 else random.getrandbits(32)
+        chain_params = lib.llama_sampler_chain_default_params()
+        chain_params.no_perf = True
+        raw = lib.llama_sampler_chain_init(chain_params)
+        self._handle: Any = ffi.gc(raw, lib.llama_sampler_free)
+        try:
+            for stage in self._stages(vocab, params):
+                lib.llama_sampler_chain_add(raw, stage)  # the chain owns the stage from here
+        except BaseException:
+            self.close()
+            raise
+
+    def _stages(self, vocab: Vocab, p: SamplingParams) -> list[Any]:
+        stages: list[Any] = []
+        if p.logit_bias:
+            biases = ffi.new("llama_logit_bias[]", [(int(t), float(b)) for t, b in p.logit_bias.items()])
+            stages.append(lib.llama_sampler_init_logit_bias(vocab.n_tokens, len(p.logit_bias), biases))
+        if p.repeat_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0:
+            stages.append(lib.llama_sampler_init_penalties(
+                vocab.n_tokens, p.penalty_last_n, p.repeat_penalty, p.frequency_penalty, p.presence_penalty))
+        if p.grammar is not None:
+            try:
+                stages.append(_grammar_sampler(vocab, p.grammar))
+            except GrammarError:
+                for stage in stages:
+                    lib.llama_sampler_free(stage)
+                raise
+        if p.temperature <= 0:
+            stages.append(lib.llama_sampler_init_greedy())
+            return stages
+        if p.top_k > 0:
+            stages.append(lib.llama_sampler_init_top_k(p.top_k))
+        if p.typical_p < 1.0:
+            stages.append(lib.llama_sampler_init_typical(p.typical_p, 1))
+        if p.top_p < 1.0:
+            stages.append(lib.llama_sampler_init_top_p(p.top_p, 1))
+        if p.min_p > 0.0:
+            stages.append(lib.llama_sampler_init_min_p(p.min_p, 1))
+        stages.append(lib.llama_sampler_init_temp(p.temperature))
+        stages.append(lib.llama_sampler_init_dist(self.seed))
+        return stages
+
+    @property
+    def handle(self) -> Any:
+        """The raw ``llama_sampler *`` chain."""
+        if self._handle is None:
+            raise ClosedError("sampler chain is closed")
+        return self._handle
+
+    def accept(self, tokens: Sequence[int]) -> None:
+        """Feed tokens that are already in the sequence (for penalties and grammar)."""
+        handle = self.handle
+        for token in tokens:
+            lib.llama_sampler_accept(handle, token)
+
+    def reset(self) -> None:
+        """Forget accepted tokens and grammar progress."""
+        lib.llama_sampler_reset(self.handle)
+
+    def sample(self, context: Any, index: int = -1) -> int:
+        """Sample (and accept) a token from ``context``'s logits at output ``index``."""
+        return int(lib.llama_sampler_sample(self.handle, context.handle, index))
+
+    def close(self) -> None:
+        """Free the chain and every stage in it.  Safe to call twice."""
+        if self._handle is None:
+            return
+        handle, self._handle = self._handle, None
+        ffi.release(handle)
+
+    def __enter__(self) -> SamplerChain:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

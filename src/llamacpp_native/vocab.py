@@ -1,0 +1,126 @@
+"""Tokenizer access: text <-> tokens for one loaded model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from llamacpp_native._library import ffi, lib
+from llamacpp_native.errors import TokenizeError
+
+
+class Vocab:
+    """The vocabulary of a model; valid while its model is open.
+
+    Obtained as ``Model.vocab``; it holds a reference to its model so the model
+    cannot be freed underneath it.
+    """
+
+    def __init__(self, owner: Any, handle: Any) -> None:
+        self._owner = owner  # keeps the model alive
+        self._handle = handle
+        self.n_tokens: int = lib.llama_vocab_n_tokens(handle)
+        self._piece_buf = ffi.new("char[]", 256)
+
+    @property
+    def handle(self) -> Any:
+        """The raw ``const llama_vocab *`` (checked to be still open)."""
+        self._owner._check_open()
+        return self._handle
+
+    @property
+    def bos(self) -> int:
+        """Beginning-of-sequence token id (-1 if none)."""
+        return int(lib.llama_vocab_bos(self.handle))
+
+    @property
+    def eos(self) -> int:
+        """End-of-sequence token id (-1 if none)."""
+        return int(lib.llama_vocab_eos(self.handle))
+
+    @property
+    def eot(self) -> int:
+        """End-of-turn token id (-1 if none)."""
+        return int(lib.llama_vocab_eot(self.handle))
+
+    @property
+    def add_bos(self) -> bool:
+        """Whether tokenizing with ``add_special`` prepends BOS."""
+        return bool(lib.llama_vocab_get_add_bos(self.handle))
+
+    def is_eog(self, token: int) -> bool:
+        """Whether ``token`` ends generation (EOS, EOT and similar)."""
+        return bool(lib.llama_vocab_is_eog(self.handle, token))
+
+    def is_control(self, token: int) -> bool:
+        """Whether ``token`` is a control (special) token."""
+        return bool(lib.llama_vocab_is_control(self.handle, token))
+
+    def tokenize(self, text: str | bytes, add_special: bool = True, parse_special: bool = False) -> list[int]:
+        """Turn text into token ids.
+
+        ``add_special`` adds BOS/EOS as the model wants; ``parse_special`` lets
+        special-token text such as ``<start_of_turn>`` become the special token.
+        """
+        if isinstance(text, str):
+            data = text.encode("utf-8")
+        elif isinstance(text, (bytes, bytearray)):
+            data = bytes(text)
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise TokenizeError(f"text is not valid UTF-8 ({error}); decode it to str first") from error
+        else:
+            raise TokenizeError(f"text must be str or bytes, not {type(text).__name__}")
+        capacity = len(data) + 8
+        tokens = ffi.new("llama_token[]", capacity)
+        count = lib.llama_tokenize(self.handle, data, len(data), tokens, capacity, add_special, parse_special)
+        if count < 0:
+            capacity = -count
+            tokens = ffi.new("llama_token[]", capacity)
+            count = lib.llama_tokenize(self.handle, data, len(data), tokens, capacity, add_special, parse_special)
+        if count < 0:
+            raise TokenizeError(f"tokenization of {len(data)} bytes failed")
+        return list(ffi.unpack(tokens, count))
+
+    def check_tokens(self, tokens: Sequence[int]) -> None:
+        """Raise ``TokenizeError`` if any token id is outside the vocabulary."""
+        bad = [t for t in tokens if not 0 <= t < self.n_tokens]
+        if bad:
+            raise TokenizeError(
+                f"token ids {bad[:5]} are outside the vocabulary (valid: 0..{self.n_tokens - 1})"
+            )
+
+    def token_to_piece(self, token: int, special: bool = False) -> bytes:
+        """The raw bytes of one token (may be part of a multi-byte character)."""
+        self.check_tokens((token,))
+        n = lib.llama_token_to_piece(self.handle, token, self._piece_buf, len(self._piece_buf), 0, special)
+        if n < 0:
+            buf = ffi.new("char[]", -n)
+            n = lib.llama_token_to_piece(self.handle, token, buf, -n, 0, special)
+            return bytes(ffi.buffer(buf, n))
+        return bytes(ffi.buffer(self._piece_buf, n))
+
+    def detokenize_bytes(self, tokens: Sequence[int], special: bool = False) -> bytes:
+        """Turn token ids back into raw bytes (``special`` renders special tokens as text)."""
+        self.check_tokens(tokens)
+        if not tokens:
+            return b""
+        arr = ffi.new("llama_token[]", list(tokens))
+        capacity = len(tokens) * 8 + 16
+        buf = ffi.new("char[]", capacity)
+        n = lib.llama_detokenize(self.handle, arr, len(tokens), buf, capacity, not special, special)
+        if n < 0:
+            capacity = -n
+            buf = ffi.new("char[]", capacity)
+            n = lib.llama_detokenize(self.handle, arr, len(tokens), buf, capacity, not special, special)
+        return bytes(ffi.buffer(buf, n))
+
+    def detokenize(self, tokens: Sequence[int], special: bool = False) -> str:
+        """Turn token ids back into text (invalid UTF-8 is replaced)."""
+        return self.detokenize_bytes(tokens, special).decode("utf-8", "replace")
+
+    def token_text(self, token: int) -> str:
+        """The vocabulary's stored text for ``token`` (for special tokens, their name)."""
+        self.check_tokens((token,))
+        return ffi.string(lib.llama_vocab_get_text(self.handle, token)).decode("utf-8", "replace")
