@@ -9,29 +9,30 @@ Templates are Jinja, rendered by llama.cpp's template engine.
 from __future__ import annotations
 
 GEMMA = """{{- bos_token -}}
+{%- set ns = namespace(preamble='') -%}
 {%- if messages and messages[0]['role'] == 'system' -%}
-{%- set preamble = messages[0]['content'] + '\\n\\n' -%}
+{%- set ns.preamble = messages[0]['content'] + '\\n\\n' -%}
 {%- set turns = messages[1:] -%}
 {%- else -%}
-{%- set preamble = '' -%}
 {%- set turns = messages -%}
 {%- endif -%}
 {%- if tools -%}
-{%- set preamble = preamble + 'You can call these tools:\\n' -%}
+{%- set ns.preamble = ns.preamble + 'You can call these tools. To call one, answer with only a JSON object '
+    + '{"name": <tool name>, "arguments": <arguments object>}.\\n' -%}
 {%- for tool in tools -%}
-{%- set preamble = preamble + (tool | tojson) + '\\n' -%}
+{%- set ns.preamble = ns.preamble + (tool | tojson) + '\\n' -%}
 {%- endfor -%}
-{%- set preamble = preamble + '\\n' -%}
+{%- set ns.preamble = ns.preamble + '\\n' -%}
 {%- endif -%}
 {%- for message in turns -%}
 {%- set role = 'model' if message['role'] == 'assistant' else 'user' -%}
 {{- '<start_of_turn>' + role + '\\n' -}}
-{%- if loop.first -%}{{- preamble -}}{%- endif -%}
+{%- if loop.first -%}{{- ns.preamble -}}{%- endif -%}
 {%- if message['role'] == 'tool' -%}{{- 'Tool result: ' -}}{%- endif -%}
 {%- if message['content'] -%}{{- message['content'] | trim -}}{%- endif -%}
 {%- if message['tool_calls'] -%}
 {%- for call in message['tool_calls'] -%}
-{{- (call['function'] | tojson) -}}
+{{- {'name': call['function']['name'], 'arguments': call['function']['arguments']} | tojson -}}
 {%- endfor -%}
 {%- endif -%}
 {{- '<end_of_turn>\\n' -}}

@@ -46,6 +46,8 @@ class GenerationRequest:
     max_tokens: int | None = 256
     stop: Sequence[str] = ()
     logprobs: int | None = None
+    grammar_prefill: list[int] = field(default_factory=list)
+    """Tokens already in the prompt that the sampler's grammar must accept first."""
 
     def validate(self, n_ctx: int) -> None:
         """Raise a clear error for requests that cannot run."""
@@ -227,6 +229,12 @@ class Engine:
         room = self.n_ctx - len(request.prompt_tokens)
         return room if not request.max_tokens else min(request.max_tokens, room)
 
+    def _sampler(self, request: GenerationRequest) -> SamplerChain:
+        sampler = SamplerChain(self.vocab, request.sampling)
+        if request.grammar_prefill:
+            sampler.accept(request.grammar_prefill)
+        return sampler
+
     # -- single sequence ------------------------------------------------------------------
     def stream(self, request: GenerationRequest, cancellation: Cancellation | None = None) -> Iterator[Chunk]:
         """Generate for one request, yielding text chunks; the last one has ``finish_reason``.
@@ -235,7 +243,7 @@ class Engine:
         """
         request.validate(self.n_ctx)
         self.vocab.check_tokens(request.prompt_tokens)
-        sampler = SamplerChain(self.vocab, request.sampling)
+        sampler = self._sampler(request)
         with self.lock:
             context = self.context
             context.clear_abort()
@@ -346,7 +354,7 @@ class Engine:
         self, requests: list[GenerationRequest], on_chunk: Callable[[int, Chunk], None],
         cancellation: Cancellation | None,
     ) -> list[GenerationResult]:
-        samplers = [SamplerChain(self.vocab, r.sampling) for r in requests]
+        samplers = [self._sampler(r) for r in requests]
         started = time.perf_counter()
         with self.lock:
             context = self.context

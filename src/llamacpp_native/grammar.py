@@ -4,12 +4,33 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from llamacpp_native._library import ensure_backend, ffi, lib, take_string
 from llamacpp_native.errors import GrammarError
+
+
+_LOOSE_SPACE = re.compile(r'^space ::= .*$', re.MULTILINE)
+_FREE_TEXT_PREFIX = re.compile(r'\s*\buntil-\d+\??')
+
+
+def tighten_grammar(grammar: str, *, forbid_free_text: bool = False) -> str:
+    """Adjust a llama.cpp-generated grammar for reliable output from small models.
+
+    JSON whitespace becomes at most one space (llama.cpp allows newlines and up
+    to 20 tabs/spaces between tokens, which small models loop on).  With
+    ``forbid_free_text`` the root rule's free-text prefix before a tool call is
+    removed, so that a required tool call starts at once.
+    """
+    grammar = _LOOSE_SPACE.sub('space ::= " "?', grammar)
+    if forbid_free_text:
+        lines = grammar.split("\n")
+        lines = [_FREE_TEXT_PREFIX.sub("", line) if line.startswith("root ::=") else line for line in lines]
+        grammar = "\n".join(lines)
+    return grammar
 
 
 def json_schema_to_grammar(schema: Mapping[str, Any] | str) -> str:
@@ -29,7 +50,7 @@ def json_schema_to_grammar(schema: Mapping[str, Any] | str) -> str:
     out = ffi.new("char **")
     status = lib.lcpp_json_schema_to_grammar(text.encode("utf-8"), out)
     try:
-        return take_string(status, out, GrammarError)
+        return tighten_grammar(take_string(status, out, GrammarError))
     except GrammarError as error:
         raise GrammarError(f"cannot convert JSON schema to a grammar: {error}") from None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import threading
@@ -15,7 +16,7 @@ from llamacpp_native.chat_template import TRIGGER_PATTERN, TRIGGER_PATTERN_FULL,
 from llamacpp_native.context import Context
 from llamacpp_native.engine import Cancellation, Chunk, Engine, GenerationRequest, GenerationResult
 from llamacpp_native.errors import ChatTemplateError, ContextOverflowError
-from llamacpp_native.grammar import LlamaGrammar, json_schema_to_grammar
+from llamacpp_native.grammar import LlamaGrammar, json_schema_to_grammar, tighten_grammar
 from llamacpp_native.model import Model, ProgressCallback
 from llamacpp_native import responses
 from llamacpp_native.sampling import DEFAULT_SEED, GrammarSpec, SamplingParams
@@ -299,10 +300,14 @@ class Llama:
         schema = _schema_from_response_format(response_format)
         if schema is not None:
             json_schema_to_grammar(schema)  # a clear GrammarError before rendering
-        return self.chat_templates.render(
+        rendered = self.chat_templates.render(
             [dict(m) for m in messages], tools=offered if choice != "none" else None, tool_choice=choice,
             parallel_tool_calls=parallel_tool_calls, json_schema=schema,
         )
+        if not rendered.grammar:
+            return rendered
+        grammar = tighten_grammar(rendered.grammar, forbid_free_text=choice == "required")
+        return dataclasses.replace(rendered, grammar=grammar)
 
     def chat_request(
         self, rendered: RenderedChat, *, temperature: float = 0.2, top_p: float = 0.95, top_k: int = 40,
@@ -325,7 +330,12 @@ class Llama:
         )
         prompt = self.tokenize(rendered.prompt, add_bos=False, special=True)
         n_logprobs = (top_logprobs or 0) if logprobs else None
-        return GenerationRequest(prompt, sampling, max_tokens, stops + rendered.additional_stops, n_logprobs)
+        # A template-made grammar starts with the generation prompt, which is already in
+        # the prompt: the grammar must step past it before sampling (as llama.cpp does).
+        prefill = rendered.parser_params["generation_prompt"] if grammar is None and spec and not spec.lazy else ""
+        prefill_tokens = self.tokenize(prefill, add_bos=False, special=True) if prefill else []
+        return GenerationRequest(prompt, sampling, max_tokens, stops + rendered.additional_stops, n_logprobs,
+                                 prefill_tokens)
 
     def create_chat_completion(
         self, messages: Sequence[Mapping[str, Any]], *, tools: list[dict[str, Any]] | None = None,

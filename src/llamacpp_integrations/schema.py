@@ -1,0 +1,74 @@
+"""Structured output: anything schema-like -> JSON schema -> GBNF, and validation.
+
+The grammar comes from llama.cpp's own JSON-schema converter, so output is valid
+by construction for everything it expresses ($ref/$defs, anyOf/oneOf/allOf,
+enum, const, required/optional, additionalProperties, prefixItems, item counts,
+string lengths/patterns/formats, integer bounds).  What it cannot express
+(number bounds, uniqueItems, not, ...) is checked after generation with
+``jsonschema``; a failure raises ``SchemaValidationError`` naming the rule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from typing import Any, get_type_hints
+
+import jsonschema
+import pydantic
+
+from llamacpp_native import GrammarError, SchemaValidationError, json_schema_to_grammar
+
+
+def to_json_schema(schema: Any) -> dict[str, Any]:
+    """JSON schema of a pydantic model, TypedDict, dataclass, JSON-schema dict or OpenAI tool spec."""
+    if isinstance(schema, Mapping):
+        if schema.get("type") == "function" and isinstance(schema.get("function"), Mapping):
+            return dict(schema["function"].get("parameters") or {"type": "object", "properties": {}})
+        if "name" in schema and "parameters" in schema and "type" not in schema:
+            return dict(schema["parameters"])
+        if isinstance(schema.get("schema"), Mapping) and "name" in schema:  # OpenAI json_schema block
+            return dict(schema["schema"])
+        return dict(schema)
+    if isinstance(schema, type) and issubclass(schema, pydantic.BaseModel):
+        return schema.model_json_schema()
+    if dataclasses.is_dataclass(schema) or _is_typed_dict(schema):
+        return pydantic.TypeAdapter(schema).json_schema()
+    raise GrammarError(
+        f"cannot derive a JSON schema from {schema!r}: give a pydantic model, TypedDict, dataclass, "
+        "JSON-schema dict or OpenAI tool spec"
+    )
+
+
+def _is_typed_dict(obj: Any) -> bool:
+    return isinstance(obj, type) and issubclass(obj, dict) and hasattr(obj, "__total__") and bool(get_type_hints(obj))
+
+
+def check_schema(schema: Mapping[str, Any]) -> None:
+    """Raise ``GrammarError`` if ``schema`` is not a valid JSON schema."""
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as error:
+        raise GrammarError(f"invalid JSON schema: {error.message} (at {list(error.absolute_path)})") from None
+
+
+def schema_to_grammar(schema: Any) -> str:
+    """GBNF that only admits JSON valid for ``schema`` (checked before any decoding)."""
+    json_schema = to_json_schema(schema)
+    check_schema(json_schema)
+    return json_schema_to_grammar(json_schema)
+
+
+def parse_and_validate(text: str, schema: Any) -> Any:
+    """Parse generated JSON and validate it; ``SchemaValidationError`` names the failing rule."""
+    json_schema = to_json_schema(schema)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise SchemaValidationError(f"output is not JSON ({error.msg} at {error.pos}): {text[:200]!r}") from None
+    error = jsonschema.exceptions.best_match(jsonschema.validators.validator_for(json_schema)(json_schema).iter_errors(value))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+        raise SchemaValidationError(f"output violates '{error.validator}' at {where}: {error.message}")
+    return value
