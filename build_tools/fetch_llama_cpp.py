@@ -50,8 +50,19 @@ def download_sdist(pin: dict[str, str], into: Path) -> Path:
     """Download the pinned source distribution with pip and return the archive."""
     spec = f"{pin['package']}=={pin['version']}"
     command = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--no-build-isolation",
-        "--no-binary", pin["package"], "--disable-pip-version-check", "-q", "-d", str(into), spec,
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-build-isolation",
+        "--no-binary",
+        pin["package"],
+        "--disable-pip-version-check",
+        "-q",
+        "-d",
+        str(into),
+        spec,
     ]
     result = subprocess.run(command, capture_output=True, text=True)
     archives = sorted(into.glob("*.tar.gz"))

@@ -42,7 +42,12 @@ def to_json_schema(schema: Any) -> dict[str, Any]:
 
 
 def _is_typed_dict(obj: Any) -> bool:
-    return isinstance(obj, type) and issubclass(obj, dict) and hasattr(obj, "__total__") and bool(get_type_hints(obj))
+    return (
+        isinstance(obj, type)
+        and issubclass(obj, dict)
+        and hasattr(obj, "__total__")
+        and bool(get_type_hints(obj))
+    )
 
 
 def check_schema(schema: Mapping[str, Any]) -> None:
@@ -66,9 +71,13 @@ def parse_and_validate(text: str, schema: Any) -> Any:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
-        raise SchemaValidationError(f"output is not JSON ({error.msg} at {error.pos}): {text[:200]!r}") from None
-    error = jsonschema.exceptions.best_match(jsonschema.validators.validator_for(json_schema)(json_schema).iter_errors(value))
-    if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-        raise SchemaValidationError(f"output violates '{error.validator}' at {where}: {error.message}")
+        raise SchemaValidationError(
+            f"output is not JSON ({error.msg} at {error.pos}): {text[:200]!r}"
+        ) from None
+    failure = jsonschema.exceptions.best_match(
+        jsonschema.validators.validator_for(json_schema)(json_schema).iter_errors(value)
+    )
+    if failure is not None:
+        where = "/".join(str(p) for p in failure.absolute_path) or "(root)"
+        raise SchemaValidationError(f"output violates '{failure.validator}' at {where}: {failure.message}")
     return value

@@ -9,7 +9,14 @@ from importlib.metadata import PackageNotFoundError, version
 from llamacpp_native._library import ffi, lib
 from llamacpp_native.chat_template import ChatTemplates, RenderedChat, parse_chat_output
 from llamacpp_native.context import Context
-from llamacpp_native.engine import Cancellation, Chunk, Engine, GenerationRequest, GenerationResult, TokenLogprob
+from llamacpp_native.engine import (
+    Cancellation,
+    Chunk,
+    Engine,
+    GenerationRequest,
+    GenerationResult,
+    TokenLogprob,
+)
 from llamacpp_native.errors import (
     ChatTemplateError,
     ClosedError,

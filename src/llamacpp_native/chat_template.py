@@ -90,8 +90,9 @@ class ChatTemplates:
             ffi.release(handle)
 
 
-def parse_chat_output(parser_params: dict[str, Any], text: str, *, partial: bool = False,
-                      parse_tool_calls: bool = True) -> dict[str, Any]:
+def parse_chat_output(
+    parser_params: dict[str, Any], text: str, *, partial: bool = False, parse_tool_calls: bool = True
+) -> dict[str, Any]:
     """Parse generated text into an OpenAI-style assistant message (content, tool_calls)."""
     params = dict(parser_params, parse_tool_calls=parse_tool_calls)
     out = ffi.new("char **")

@@ -8,7 +8,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from llamacpp_native._library import ffi, lib, recent_errors
-from llamacpp_native.errors import ClosedError, ContextError, ContextOverflowError, DecodeError, GenerationCancelled
+from llamacpp_native.errors import (
+    ClosedError,
+    ContextError,
+    ContextOverflowError,
+    DecodeError,
+    GenerationCancelled,
+)
 from llamacpp_native.model import Model
 
 KV_TYPES = {
@@ -84,7 +90,9 @@ class Context:
         n_ubatch = _positive("n_ubatch", n_ubatch if n_ubatch is not None else n_batch)
         n_seq_max = _positive("n_seq_max", n_seq_max)
         threads = _positive("n_threads", n_threads if n_threads is not None else default_threads())
-        threads_batch = _positive("n_threads_batch", n_threads_batch if n_threads_batch is not None else threads)
+        threads_batch = _positive(
+            "n_threads_batch", n_threads_batch if n_threads_batch is not None else threads
+        )
         if pooling not in POOLING:
             raise ContextError(f"pooling must be one of {sorted(POOLING)}, not {pooling!r}")
         if flash_attn not in FLASH_ATTN:
@@ -117,7 +125,8 @@ class Context:
         if raw == ffi.NULL:
             reason = recent_errors() or "llama.cpp gave no reason"
             raise ContextError(
-                f"failed to create a context (n_ctx={params.n_ctx}, n_batch={n_batch}, n_seq_max={n_seq_max}): "
+                f"failed to create a context (n_ctx={params.n_ctx}, n_batch={n_batch}, "
+                f"n_seq_max={n_seq_max}): "
                 f"{reason}. Try a smaller n_ctx or n_seq_max."
             )
         self.model = model
@@ -201,7 +210,9 @@ class Context:
         self._check_fits(len(tokens), pos0)
         self.model.vocab.check_tokens(tokens)
         arr = ffi.new("llama_token[]", list(tokens))
-        status = lib.lcpp_decode_sequence(self.handle, self._batch, self.n_batch, arr, len(tokens), pos0, seq_id)
+        status = lib.lcpp_decode_sequence(
+            self.handle, self._batch, self.n_batch, arr, len(tokens), pos0, seq_id
+        )
         self.check_status(status)
 
     def decode_many(self, sequences: Sequence[tuple[Sequence[int], int, int]]) -> list[int]:

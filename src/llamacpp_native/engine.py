@@ -211,7 +211,13 @@ class Engine:
         arr = ffi.new("llama_token[]", list(tokens))
         while True:
             status = lib.lcpp_decode_sequence(
-                context.handle, context.batch, context.n_batch, arr, len(tokens), len(slot.tokens), slot.seq_id
+                context.handle,
+                context.batch,
+                context.n_batch,
+                arr,
+                len(tokens),
+                len(slot.tokens),
+                slot.seq_id,
             )
             if status != DECODE_NO_KV_SLOT or not self._evict_for(slot):
                 return int(status)
@@ -264,7 +270,11 @@ class Engine:
                     cancellation._context = None
 
     def _generate_one(
-        self, slot: _Slot, request: GenerationRequest, sampler: SamplerChain, cancellation: Cancellation | None
+        self,
+        slot: _Slot,
+        request: GenerationRequest,
+        sampler: SamplerChain,
+        cancellation: Cancellation | None,
     ) -> Iterator[Chunk]:
         out = _SequenceOutput(request, self._limit(request))
         n_prompt = len(request.prompt_tokens)
@@ -289,8 +299,21 @@ class Engine:
                     self.context.check_status(self._decode_checked(slot, (token,)))
                 logprobs: list[TokenLogprob] | None = [logprob]
             else:
-                token = step(handle, smpl, vocab, batch, -1, pos, seq_id, decode, False,
-                             piece, PIECE_CAPACITY, piece_len, status)
+                token = step(
+                    handle,
+                    smpl,
+                    vocab,
+                    batch,
+                    -1,
+                    pos,
+                    seq_id,
+                    decode,
+                    False,
+                    piece,
+                    PIECE_CAPACITY,
+                    piece_len,
+                    status,
+                )
                 if is_eog(vocab, token):
                     break
                 if status[0] == DECODE_NO_KV_SLOT and self._evict_for(slot):
@@ -315,11 +338,16 @@ class Engine:
         lib.lcpp_logprobs(handle, -1, n_vocab, -1, top_n, ids, values)  # read before sampling
         token = sampler.sample(self.context)
         own = lib.lcpp_logprobs(handle, -1, n_vocab, token, 0, ffi.NULL, ffi.NULL)
-        top = [(self.vocab.token_to_piece(ids[i]).decode("utf-8", "replace"), float(values[i])) for i in range(top_n)]
+        top = [
+            (self.vocab.token_to_piece(ids[i]).decode("utf-8", "replace"), float(values[i]))
+            for i in range(top_n)
+        ]
         text = self.vocab.token_to_piece(token).decode("utf-8", "replace")
         return token, TokenLogprob(token, text, float(own), top)
 
-    def generate(self, request: GenerationRequest, cancellation: Cancellation | None = None) -> GenerationResult:
+    def generate(
+        self, request: GenerationRequest, cancellation: Cancellation | None = None
+    ) -> GenerationResult:
         """Generate for one request and return the whole result."""
         return aggregate(self.stream(request, cancellation))
 
@@ -351,7 +379,9 @@ class Engine:
         return results
 
     def _generate_group(
-        self, requests: list[GenerationRequest], on_chunk: Callable[[int, Chunk], None],
+        self,
+        requests: list[GenerationRequest],
+        on_chunk: Callable[[int, Chunk], None],
         cancellation: Cancellation | None,
     ) -> list[GenerationResult]:
         samplers = [self._sampler(r) for r in requests]
@@ -381,28 +411,45 @@ class Engine:
                     cancellation._context = None
         elapsed = time.perf_counter() - started
         return [
-            GenerationResult(text, out.tokens, out.finish_reason or "stop", len(r.prompt_tokens), len(out.tokens),
-                             None, elapsed)
+            GenerationResult(
+                text,
+                out.tokens,
+                out.finish_reason or "stop",
+                len(r.prompt_tokens),
+                len(out.tokens),
+                None,
+                elapsed,
+            )
             for r, out, text in outputs
         ]
 
     def _run_group(
-        self, requests: list[GenerationRequest], samplers: list[SamplerChain], slots: list[_Slot],
-        on_chunk: Callable[[int, Chunk], None], cancellation: Cancellation | None,
+        self,
+        requests: list[GenerationRequest],
+        samplers: list[SamplerChain],
+        slots: list[_Slot],
+        on_chunk: Callable[[int, Chunk], None],
+        cancellation: Cancellation | None,
     ) -> list[tuple[GenerationRequest, _SequenceOutput, str]]:
         context = self.context
         # Prompt bodies first, then every prompt's last token in one final batch, so
         # that all sequences have their logits in the same (last) batch.
-        bodies = [(r.prompt_tokens[len(s.tokens) : -1], len(s.tokens), s.seq_id) for r, s in zip(requests, slots)]
+        bodies = [
+            (r.prompt_tokens[len(s.tokens) : -1], len(s.tokens), s.seq_id)
+            for r, s in zip(requests, slots, strict=True)
+        ]
         context.decode_many([b for b in bodies if b[0]])
-        lasts = [(r.prompt_tokens[-1:], len(r.prompt_tokens) - 1, s.seq_id) for r, s in zip(requests, slots)]
+        lasts = [
+            (r.prompt_tokens[-1:], len(r.prompt_tokens) - 1, s.seq_id)
+            for r, s in zip(requests, slots, strict=True)
+        ]
         indices = context.decode_many(lasts)
-        for request, slot in zip(requests, slots):
+        for request, slot in zip(requests, slots, strict=True):
             slot.tokens = list(request.prompt_tokens)
         outputs = [_SequenceOutput(r, self._limit(r)) for r in requests]
         texts = [""] * len(requests)
         active = [i for i, out in enumerate(outputs) if out.limit > 0]
-        for i, out in enumerate(outputs):
+        for out in outputs:
             if out.limit <= 0:
                 out.finish_reason = "length"
         vocab, handle, batch = self.vocab.handle, context.handle, context.batch
@@ -429,12 +476,16 @@ class Engine:
                 if out.finish_reason is not None:
                     tail = out.end("stop")
                     texts[i] += tail
-                    on_chunk(i, Chunk(tail, [], None, out.finish_reason, len(requests[i].prompt_tokens),
-                                      len(out.tokens)))
+                    on_chunk(
+                        i,
+                        Chunk(
+                            tail, [], None, out.finish_reason, len(requests[i].prompt_tokens), len(out.tokens)
+                        ),
+                    )
             active = still
             if active:
                 context.check_status(lib.llama_decode(handle, batch[0]), "parallel decode")
-        return [(r, out, text) for r, out, text in zip(requests, outputs, texts)]
+        return [(r, out, text) for r, out, text in zip(requests, outputs, texts, strict=True)]
 
 
 def aggregate(chunks: Iterator[Chunk]) -> GenerationResult:
@@ -451,6 +502,11 @@ def aggregate(chunks: Iterator[Chunk]) -> GenerationResult:
             logprobs.extend(chunk.logprobs)
         last = chunk
     return GenerationResult(
-        "".join(texts), tokens, last.finish_reason or "stop", last.prompt_tokens, last.completion_tokens,
-        logprobs or None, time.perf_counter() - started,
+        "".join(texts),
+        tokens,
+        last.finish_reason or "stop",
+        last.prompt_tokens,
+        last.completion_tokens,
+        logprobs or None,
+        time.perf_counter() - started,
     )

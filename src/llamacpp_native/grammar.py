@@ -12,9 +12,8 @@ from typing import Any
 from llamacpp_native._library import ensure_backend, ffi, lib, take_string
 from llamacpp_native.errors import GrammarError
 
-
-_LOOSE_SPACE = re.compile(r'^space ::= .*$', re.MULTILINE)
-_FREE_TEXT_PREFIX = re.compile(r'\s*\buntil-\d+\??')
+_LOOSE_SPACE = re.compile(r"^space ::= .*$", re.MULTILINE)
+_FREE_TEXT_PREFIX = re.compile(r"\s*\buntil-\d+\??")
 
 
 def tighten_grammar(grammar: str, *, forbid_free_text: bool = False) -> str:

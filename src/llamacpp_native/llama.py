@@ -9,16 +9,22 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+from llamacpp_native import responses
 from llamacpp_native._library import set_verbose
 from llamacpp_native.chat_formats import template_for
-from llamacpp_native.chat_template import TRIGGER_PATTERN, TRIGGER_PATTERN_FULL, TRIGGER_TOKEN, ChatTemplates, \
-    RenderedChat, parse_chat_output
+from llamacpp_native.chat_template import (
+    TRIGGER_PATTERN,
+    TRIGGER_PATTERN_FULL,
+    TRIGGER_TOKEN,
+    ChatTemplates,
+    RenderedChat,
+    parse_chat_output,
+)
 from llamacpp_native.context import Context
 from llamacpp_native.engine import Cancellation, Chunk, Engine, GenerationRequest, GenerationResult
 from llamacpp_native.errors import ChatTemplateError, ContextOverflowError
 from llamacpp_native.grammar import LlamaGrammar, json_schema_to_grammar, tighten_grammar
 from llamacpp_native.model import Model, ProgressCallback
-from llamacpp_native import responses
 from llamacpp_native.sampling import DEFAULT_SEED, GrammarSpec, SamplingParams
 
 GrammarLike = LlamaGrammar | str | None
@@ -35,7 +41,9 @@ def _trigger_pattern(trigger: Mapping[str, Any]) -> str | None:
     return "".join("\\" + c if c in r"\^$.|?*+()[]{}" else c for c in value)  # a literal word
 
 
-def _normalise_tool_choice(tools: list[dict[str, Any]] | None, tool_choice: Any) -> tuple[list[dict[str, Any]] | None, str]:
+def _normalise_tool_choice(
+    tools: list[dict[str, Any]] | None, tool_choice: Any
+) -> tuple[list[dict[str, Any]] | None, str]:
     """OpenAI ``tool_choice`` -> (tools to offer, auto|required|none)."""
     if not tools:
         return None, "none"
@@ -48,16 +56,22 @@ def _normalise_tool_choice(tools: list[dict[str, Any]] | None, tool_choice: Any)
         chosen = [t for t in tools if t.get("function", {}).get("name") == name]
         if not chosen:
             known = [t.get("function", {}).get("name") for t in tools]
-            raise ValueError(f"tool_choice names tool {name!r}, which is not among the tools offered: {known}")
+            raise ValueError(
+                f"tool_choice names tool {name!r}, which is not among the tools offered: {known}"
+            )
         return chosen, "required"
-    raise ValueError(f"tool_choice must be 'auto', 'none', 'required' or {{'type': 'function', ...}}, not {tool_choice!r}")
+    raise ValueError(
+        f"tool_choice must be 'auto', 'none', 'required' or {{'type': 'function', ...}}, not {tool_choice!r}"
+    )
 
 
 def _check_tools(tools: list[dict[str, Any]] | None) -> None:
     for tool in tools or []:
         function = tool.get("function") if isinstance(tool, Mapping) else None
         if not isinstance(function, Mapping) or not function.get("name"):
-            raise ValueError(f"each tool needs {{'type': 'function', 'function': {{'name': ...}}}}; got {tool!r}")
+            raise ValueError(
+                f"each tool needs {{'type': 'function', 'function': {{'name': ...}}}}; got {tool!r}"
+            )
 
 
 def _schema_from_response_format(response_format: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -116,17 +130,31 @@ class Llama:
         set_verbose(verbose)
         self.model_path = str(model_path)
         self.model = Model(
-            model_path, n_gpu_layers=n_gpu_layers, main_gpu=main_gpu, split_mode=split_mode,
-            tensor_split=tensor_split, use_mmap=use_mmap, use_mlock=use_mlock, vocab_only=vocab_only,
+            model_path,
+            n_gpu_layers=n_gpu_layers,
+            main_gpu=main_gpu,
+            split_mode=split_mode,
+            tensor_split=tensor_split,
+            use_mmap=use_mmap,
+            use_mlock=use_mlock,
+            vocab_only=vocab_only,
             progress=progress,
         )
         self.seed = seed
         self.last_n_tokens_size = last_n_tokens_size
         self.chat_format = chat_format
         self._context_kwargs: dict[str, Any] = dict(
-            n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch, n_threads=n_threads, n_threads_batch=n_threads_batch,
-            f16_kv=f16_kv, type_k=type_k, type_v=type_v, flash_attn=flash_attn,
-            rope_freq_base=rope_freq_base, rope_freq_scale=rope_freq_scale,
+            n_ctx=n_ctx,
+            n_batch=n_batch,
+            n_ubatch=n_ubatch,
+            n_threads=n_threads,
+            n_threads_batch=n_threads_batch,
+            f16_kv=f16_kv,
+            type_k=type_k,
+            type_v=type_v,
+            flash_attn=flash_attn,
+            rope_freq_base=rope_freq_base,
+            rope_freq_scale=rope_freq_scale,
         )
         self._pooling = pooling
         self._n_parallel = n_parallel
@@ -181,16 +209,35 @@ class Llama:
         return self.model.vocab.bos
 
     # -- requests --------------------------------------------------------------------------
-    def _sampling(self, *, temperature: float, top_k: int, top_p: float, min_p: float, typical_p: float,
-                  repeat_penalty: float, frequency_penalty: float, presence_penalty: float,
-                  seed: int | None, logit_bias: Mapping[int | str, float] | None,
-                  grammar: GrammarSpec | None) -> SamplingParams:
+    def _sampling(
+        self,
+        *,
+        temperature: float,
+        top_k: int,
+        top_p: float,
+        min_p: float,
+        typical_p: float,
+        repeat_penalty: float,
+        frequency_penalty: float,
+        presence_penalty: float,
+        seed: int | None,
+        logit_bias: Mapping[int | str, float] | None,
+        grammar: GrammarSpec | None,
+    ) -> SamplingParams:
         bias = {int(k): float(v) for k, v in (logit_bias or {}).items()}
         return SamplingParams(
-            temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
-            repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
-            presence_penalty=presence_penalty, penalty_last_n=self.last_n_tokens_size,
-            seed=self.seed if seed is None else seed, logit_bias=bias, grammar=grammar,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            typical_p=typical_p,
+            repeat_penalty=repeat_penalty,
+            frequency_penalty=frequency_penalty,
+            presence_penalty=presence_penalty,
+            penalty_last_n=self.last_n_tokens_size,
+            seed=self.seed if seed is None else seed,
+            logit_bias=bias,
+            grammar=grammar,
         )
 
     @staticmethod
@@ -214,25 +261,51 @@ class Llama:
         return tokens
 
     def completion_request(
-        self, prompt: str | Sequence[int], *, max_tokens: int | None = 16, temperature: float = 0.8,
-        top_p: float = 0.95, min_p: float = 0.05, typical_p: float = 1.0, top_k: int = 40,
-        stop: str | Sequence[str] | None = None, frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
-        repeat_penalty: float = 1.0, seed: int | None = None, logit_bias: Mapping[int | str, float] | None = None,
-        grammar: GrammarLike = None, logprobs: int | None = None,
+        self,
+        prompt: str | Sequence[int],
+        *,
+        max_tokens: int | None = 16,
+        temperature: float = 0.8,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        typical_p: float = 1.0,
+        top_k: int = 40,
+        stop: str | Sequence[str] | None = None,
+        frequency_penalty: float = 0.0,
+        presence_penalty: float = 0.0,
+        repeat_penalty: float = 1.0,
+        seed: int | None = None,
+        logit_bias: Mapping[int | str, float] | None = None,
+        grammar: GrammarLike = None,
+        logprobs: int | None = None,
     ) -> GenerationRequest:
         """Build the engine request that ``create_completion`` would run."""
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         sampling = self._sampling(
-            temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
-            repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-            seed=seed, logit_bias=logit_bias, grammar=self._grammar_spec(grammar),
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            typical_p=typical_p,
+            repeat_penalty=repeat_penalty,
+            frequency_penalty=frequency_penalty,
+            presence_penalty=presence_penalty,
+            seed=seed,
+            logit_bias=logit_bias,
+            grammar=self._grammar_spec(grammar),
         )
         return GenerationRequest(self._prompt_tokens(prompt), sampling, max_tokens, stops, logprobs)
 
     # -- completions --------------------------------------------------------------------------
     def create_completion(
-        self, prompt: str | Sequence[int], suffix: str | None = None, max_tokens: int | None = 16,
-        echo: bool = False, stream: bool = False, cancellation: Cancellation | None = None, **kwargs: Any,
+        self,
+        prompt: str | Sequence[int],
+        suffix: str | None = None,
+        max_tokens: int | None = 16,
+        echo: bool = False,
+        stream: bool = False,
+        cancellation: Cancellation | None = None,
+        **kwargs: Any,
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """Complete ``prompt``; a dict, or an iterator of chunk dicts with ``stream=True``.
 
@@ -240,8 +313,11 @@ class Llama:
         Other keyword arguments are those of ``completion_request``.
         """
         request = self.completion_request(prompt, max_tokens=max_tokens, **kwargs)
-        prefix = (prompt if isinstance(prompt, str) else self.detokenize(prompt).decode("utf-8", "replace")) \
-            if echo else ""
+        prefix = (
+            (prompt if isinstance(prompt, str) else self.detokenize(prompt).decode("utf-8", "replace"))
+            if echo
+            else ""
+        )
         chunks = self._completion_chunks(request, prefix, suffix or "", cancellation)
         if stream:
             return chunks
@@ -255,13 +331,20 @@ class Llama:
             last = chunk
         assert last is not None
         logprobs = _merge_completion_logprobs(logprob_items) if request.logprobs is not None else None
-        return responses.completion(response_id, self.model_path, "".join(texts), last["choices"][0]["finish_reason"],
-                                    logprobs, last.get("usage"))
+        return responses.completion(
+            response_id,
+            self.model_path,
+            "".join(texts),
+            last["choices"][0]["finish_reason"],
+            logprobs,
+            last.get("usage"),
+        )
 
     __call__ = create_completion
 
-    def _completion_chunks(self, request: GenerationRequest, prefix: str, suffix: str,
-                           cancellation: Cancellation | None) -> Iterator[dict[str, Any]]:
+    def _completion_chunks(
+        self, request: GenerationRequest, prefix: str, suffix: str, cancellation: Cancellation | None
+    ) -> Iterator[dict[str, Any]]:
         response_id = responses.new_id("cmpl")
         offset = len(prefix)
         if prefix:
@@ -270,12 +353,19 @@ class Llama:
             text = chunk.text + (suffix if chunk.finish_reason else "")
             logprobs = responses.completion_logprobs(chunk.logprobs, offset) if chunk.logprobs else None
             offset += len(chunk.text)
-            token_usage = responses.usage(chunk.prompt_tokens, chunk.completion_tokens) if chunk.finish_reason else None
-            yield responses.completion(response_id, self.model_path, text, chunk.finish_reason, logprobs, token_usage)
+            token_usage = (
+                responses.usage(chunk.prompt_tokens, chunk.completion_tokens) if chunk.finish_reason else None
+            )
+            yield responses.completion(
+                response_id, self.model_path, text, chunk.finish_reason, logprobs, token_usage
+            )
 
-    def create_completions(self, prompts: Sequence[str | Sequence[int]],
-                           on_chunk: Callable[[int, Chunk], None] | None = None,
-                           **kwargs: Any) -> list[GenerationResult]:
+    def create_completions(
+        self,
+        prompts: Sequence[str | Sequence[int]],
+        on_chunk: Callable[[int, Chunk], None] | None = None,
+        **kwargs: Any,
+    ) -> list[GenerationResult]:
         """Complete several prompts as parallel sequences in shared batches."""
         requests = [self.completion_request(p, **kwargs) for p in prompts]
         return self.engine.generate_many(requests, on_chunk)
@@ -290,8 +380,12 @@ class Llama:
         return self._templates
 
     def render_chat(
-        self, messages: Sequence[Mapping[str, Any]], *, tools: list[dict[str, Any]] | None = None,
-        tool_choice: Any = None, response_format: Mapping[str, Any] | None = None,
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: Any = None,
+        response_format: Mapping[str, Any] | None = None,
         parallel_tool_calls: bool = True,
     ) -> RenderedChat:
         """Render messages (and tools, response format) to a prompt, grammar and parser settings."""
@@ -301,8 +395,11 @@ class Llama:
         if schema is not None:
             json_schema_to_grammar(schema)  # a clear GrammarError before rendering
         rendered = self.chat_templates.render(
-            [dict(m) for m in messages], tools=offered if choice != "none" else None, tool_choice=choice,
-            parallel_tool_calls=parallel_tool_calls, json_schema=schema,
+            [dict(m) for m in messages],
+            tools=offered if choice != "none" else None,
+            tool_choice=choice,
+            parallel_tool_calls=parallel_tool_calls,
+            json_schema=schema,
         )
         if not rendered.grammar:
             return rendered
@@ -310,53 +407,96 @@ class Llama:
         return dataclasses.replace(rendered, grammar=grammar)
 
     def chat_request(
-        self, rendered: RenderedChat, *, temperature: float = 0.2, top_p: float = 0.95, top_k: int = 40,
-        min_p: float = 0.05, typical_p: float = 1.0, stop: str | Sequence[str] | None = None,
-        max_tokens: int | None = None, presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
-        repeat_penalty: float = 1.0, seed: int | None = None, logit_bias: Mapping[int | str, float] | None = None,
-        grammar: GrammarLike = None, logprobs: bool = False, top_logprobs: int | None = None,
+        self,
+        rendered: RenderedChat,
+        *,
+        temperature: float = 0.2,
+        top_p: float = 0.95,
+        top_k: int = 40,
+        min_p: float = 0.05,
+        typical_p: float = 1.0,
+        stop: str | Sequence[str] | None = None,
+        max_tokens: int | None = None,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        repeat_penalty: float = 1.0,
+        seed: int | None = None,
+        logit_bias: Mapping[int | str, float] | None = None,
+        grammar: GrammarLike = None,
+        logprobs: bool = False,
+        top_logprobs: int | None = None,
     ) -> GenerationRequest:
         """The engine request for a rendered chat."""
         spec = self._grammar_spec(grammar)
         if spec is None and rendered.grammar:
             patterns = [p for p in (_trigger_pattern(t) for t in rendered.grammar_triggers) if p is not None]
             tokens = [int(t["token"]) for t in rendered.grammar_triggers if t["type"] == TRIGGER_TOKEN]
-            spec = GrammarSpec(rendered.grammar, "root", rendered.grammar_lazy, tuple(patterns), tuple(tokens))
+            spec = GrammarSpec(
+                rendered.grammar, "root", rendered.grammar_lazy, tuple(patterns), tuple(tokens)
+            )
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         sampling = self._sampling(
-            temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
-            repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-            seed=seed, logit_bias=logit_bias, grammar=spec,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            typical_p=typical_p,
+            repeat_penalty=repeat_penalty,
+            frequency_penalty=frequency_penalty,
+            presence_penalty=presence_penalty,
+            seed=seed,
+            logit_bias=logit_bias,
+            grammar=spec,
         )
         prompt = self.tokenize(rendered.prompt, add_bos=False, special=True)
         n_logprobs = (top_logprobs or 0) if logprobs else None
         # A template-made grammar starts with the generation prompt, which is already in
         # the prompt: the grammar must step past it before sampling (as llama.cpp does).
-        prefill = rendered.parser_params["generation_prompt"] if grammar is None and spec and not spec.lazy else ""
+        prefill = (
+            rendered.parser_params["generation_prompt"] if grammar is None and spec and not spec.lazy else ""
+        )
         prefill_tokens = self.tokenize(prefill, add_bos=False, special=True) if prefill else []
-        return GenerationRequest(prompt, sampling, max_tokens, stops + rendered.additional_stops, n_logprobs,
-                                 prefill_tokens)
+        return GenerationRequest(
+            prompt, sampling, max_tokens, stops + rendered.additional_stops, n_logprobs, prefill_tokens
+        )
 
     def create_chat_completion(
-        self, messages: Sequence[Mapping[str, Any]], *, tools: list[dict[str, Any]] | None = None,
-        tool_choice: Any = None, response_format: Mapping[str, Any] | None = None, stream: bool = False,
-        parallel_tool_calls: bool = True, cancellation: Cancellation | None = None, **kwargs: Any,
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: Any = None,
+        response_format: Mapping[str, Any] | None = None,
+        stream: bool = False,
+        parallel_tool_calls: bool = True,
+        cancellation: Cancellation | None = None,
+        **kwargs: Any,
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """Chat with OpenAI-style ``messages``; tool calls and JSON output grammar-constrained.
 
         Returns a ``chat.completion`` dict, or an iterator of ``chat.completion.chunk``
         dicts with ``stream=True``.  Keyword arguments are those of ``chat_request``.
         """
-        rendered = self.render_chat(messages, tools=tools, tool_choice=tool_choice,
-                                    response_format=response_format, parallel_tool_calls=parallel_tool_calls)
+        rendered = self.render_chat(
+            messages,
+            tools=tools,
+            tool_choice=tool_choice,
+            response_format=response_format,
+            parallel_tool_calls=parallel_tool_calls,
+        )
         request = self.chat_request(rendered, **kwargs)
         chunks = self._chat_chunks(rendered, request, bool(tools) and tool_choice != "none", cancellation)
         if stream:
             return chunks
         return _collect_chat(chunks)
 
-    def _chat_chunks(self, rendered: RenderedChat, request: GenerationRequest, parse_tools: bool,
-                     cancellation: Cancellation | None) -> Iterator[dict[str, Any]]:
+    def _chat_chunks(
+        self,
+        rendered: RenderedChat,
+        request: GenerationRequest,
+        parse_tools: bool,
+        cancellation: Cancellation | None,
+    ) -> Iterator[dict[str, Any]]:
         response_id = responses.new_id("chatcmpl")
         model = self.model_path
         yield responses.chat_chunk(response_id, model, {"role": "assistant", "content": ""})
@@ -371,11 +511,14 @@ class Llama:
                     partial = self._parse_chat(rendered, text, partial=True, parse_tools=True)
                     content = partial.get("content") or ""
                     if len(content) > sent and not partial.get("tool_calls"):
-                        yield responses.chat_chunk(response_id, model, {"content": content[sent:]}, None, None,
-                                                   logprobs)
+                        yield responses.chat_chunk(
+                            response_id, model, {"content": content[sent:]}, None, None, logprobs
+                        )
                         sent = len(content)
                 elif chunk.text or logprobs:
-                    yield responses.chat_chunk(response_id, model, {"content": chunk.text}, None, None, logprobs)
+                    yield responses.chat_chunk(
+                        response_id, model, {"content": chunk.text}, None, None, logprobs
+                    )
                 continue
             message = self._parse_chat(rendered, text, partial=False, parse_tools=parse_tools)
             content = message.get("content") or ""
@@ -387,17 +530,31 @@ class Llama:
                 delta["content"] = chunk.text
             if tool_calls:
                 delta["tool_calls"] = [
-                    {"index": i, "id": call.get("id") or responses.new_id("call"), "type": "function",
-                     "function": call["function"]}
+                    {
+                        "index": i,
+                        "id": call.get("id") or responses.new_id("call"),
+                        "type": "function",
+                        "function": call["function"],
+                    }
                     for i, call in enumerate(tool_calls)
                 ]
             finish = "tool_calls" if tool_calls else chunk.finish_reason
-            yield responses.chat_chunk(response_id, model, delta, finish,
-                                       responses.usage(chunk.prompt_tokens, chunk.completion_tokens), logprobs)
+            yield responses.chat_chunk(
+                response_id,
+                model,
+                delta,
+                finish,
+                responses.usage(chunk.prompt_tokens, chunk.completion_tokens),
+                logprobs,
+            )
 
-    def _parse_chat(self, rendered: RenderedChat, text: str, *, partial: bool, parse_tools: bool) -> dict[str, Any]:
+    def _parse_chat(
+        self, rendered: RenderedChat, text: str, *, partial: bool, parse_tools: bool
+    ) -> dict[str, Any]:
         try:
-            return parse_chat_output(rendered.parser_params, text, partial=partial, parse_tool_calls=parse_tools)
+            return parse_chat_output(
+                rendered.parser_params, text, partial=partial, parse_tool_calls=parse_tools
+            )
         except ChatTemplateError:
             if partial:
                 return {"content": ""}
@@ -409,8 +566,9 @@ class Llama:
             pooling = self._pooling or ("unspecified" if self._model_pooling() else "mean")
             kwargs = dict(self._context_kwargs)
             kwargs["n_ubatch"] = kwargs["n_batch"]
-            self._embedder = Context(self.model, embeddings=True, pooling=pooling,
-                                     n_seq_max=self._n_parallel, **kwargs)
+            self._embedder = Context(
+                self.model, embeddings=True, pooling=pooling, n_seq_max=self._n_parallel, **kwargs
+            )
         return self._embedder
 
     def _model_pooling(self) -> bool:
@@ -424,7 +582,9 @@ class Llama:
             return self._embed_texts([input], normalize, truncate)[0][0]
         return self._embed_texts(list(input), normalize, truncate)[0]
 
-    def _embed_texts(self, texts: list[str], normalize: bool, truncate: bool) -> tuple[list[list[float]], int]:
+    def _embed_texts(
+        self, texts: list[str], normalize: bool, truncate: bool
+    ) -> tuple[list[list[float]], int]:
         with self._embed_lock:
             context = self._embedding_context()
             limit = context.n_batch
@@ -434,7 +594,8 @@ class Llama:
                 if len(tokens) > limit:
                     if not truncate:
                         raise ContextOverflowError(
-                            f"a text of {len(tokens)} tokens exceeds the embedding batch of {limit} tokens")
+                            f"a text of {len(tokens)} tokens exceeds the embedding batch of {limit} tokens"
+                        )
                     tokens = tokens[:limit]
                 token_lists.append(tokens)
             vectors: list[list[float]] = []
@@ -479,7 +640,9 @@ def _merge_completion_logprobs(blocks: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _collect_chat(chunks: Iterator[dict[str, Any]]) -> dict[str, Any]:
-    response_id, content, tool_calls, finish, token_usage = "", "", [], "stop", {}
+    response_id, content, finish = "", "", "stop"
+    tool_calls: list[dict[str, Any]] = []
+    token_usage: dict[str, int] = {}
     logprob_content: list[Any] = []
     for chunk in chunks:
         response_id = chunk["id"]
@@ -497,4 +660,3 @@ def _collect_chat(chunks: Iterator[dict[str, Any]]) -> dict[str, Any]:
         message["tool_calls"] = [{k: v for k, v in call.items() if k != "index"} for call in tool_calls]
     logprobs = {"content": logprob_content} if logprob_content else None
     return responses.chat_completion(response_id, chunk["model"], message, finish, logprobs, token_usage)
-

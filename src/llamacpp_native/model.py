@@ -101,7 +101,9 @@ class Model:
         if tensor_split is not None:
             max_devices = int(lib.llama_max_devices())
             if len(tensor_split) > max_devices:
-                raise ValueError(f"tensor_split has {len(tensor_split)} entries; this build supports {max_devices}")
+                raise ValueError(
+                    f"tensor_split has {len(tensor_split)} entries; this build supports {max_devices}"
+                )
             split = ffi.new("float[]", max_devices)
             for i, share in enumerate(tensor_split):
                 split[i] = share

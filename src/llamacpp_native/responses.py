@@ -55,8 +55,13 @@ def chat_logprobs(items: list[TokenLogprob]) -> dict[str, Any]:
 
 
 def completion(
-    response_id: str, model: str, text: str, finish_reason: str | None,
-    logprobs: dict[str, Any] | None, token_usage: dict[str, int] | None, object_name: str = "text_completion",
+    response_id: str,
+    model: str,
+    text: str,
+    finish_reason: str | None,
+    logprobs: dict[str, Any] | None,
+    token_usage: dict[str, int] | None,
+    object_name: str = "text_completion",
 ) -> dict[str, Any]:
     """A ``text_completion`` response (or one streamed chunk of it)."""
     result: dict[str, Any] = {
@@ -72,8 +77,12 @@ def completion(
 
 
 def chat_completion(
-    response_id: str, model: str, message: dict[str, Any], finish_reason: str,
-    logprobs: dict[str, Any] | None, token_usage: dict[str, int],
+    response_id: str,
+    model: str,
+    message: dict[str, Any],
+    finish_reason: str,
+    logprobs: dict[str, Any] | None,
+    token_usage: dict[str, int],
 ) -> dict[str, Any]:
     """A ``chat.completion`` response."""
     return {
@@ -87,8 +96,12 @@ def chat_completion(
 
 
 def chat_chunk(
-    response_id: str, model: str, delta: dict[str, Any], finish_reason: str | None = None,
-    token_usage: dict[str, int] | None = None, logprobs: dict[str, Any] | None = None,
+    response_id: str,
+    model: str,
+    delta: dict[str, Any],
+    finish_reason: str | None = None,
+    token_usage: dict[str, int] | None = None,
+    logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One ``chat.completion.chunk`` of a stream."""
     chunk: dict[str, Any] = {

@@ -70,10 +70,17 @@ def _grammar_sampler(vocab: Vocab, grammar: GrammarSpec) -> Any:
         patterns = [ffi.new("char[]", p.encode()) for p in grammar.trigger_patterns]
         keep.extend(patterns)
         pattern_arr = ffi.new("const char *[]", patterns) if patterns else ffi.NULL
-        token_arr = ffi.new("llama_token[]", list(grammar.trigger_tokens)) if grammar.trigger_tokens else ffi.NULL
+        token_arr = (
+            ffi.new("llama_token[]", list(grammar.trigger_tokens)) if grammar.trigger_tokens else ffi.NULL
+        )
         sampler = lib.llama_sampler_init_grammar_lazy_patterns(
-            vocab.handle, grammar.text.encode(), grammar.root.encode(),
-            pattern_arr, len(patterns), token_arr, len(grammar.trigger_tokens),
+            vocab.handle,
+            grammar.text.encode(),
+            grammar.root.encode(),
+            pattern_arr,
+            len(patterns),
+            token_arr,
+            len(grammar.trigger_tokens),
         )
     else:
         sampler = lib.llama_sampler_init_grammar(vocab.handle, grammar.text.encode(), grammar.root.encode())
@@ -91,7 +98,9 @@ class SamplerChain:
     def __init__(self, vocab: Vocab, params: SamplingParams) -> None:
         params.validate(vocab.n_tokens)
         self.params = params
-        self.seed = params.seed if params.seed != DEFAULT_SEED and params.seed >= 0 else random.getrandbits(32)
+        self.seed = (
+            params.seed if params.seed != DEFAULT_SEED and params.seed >= 0 else random.getrandbits(32)
+        )
         chain_params = lib.llama_sampler_chain_default_params()
         chain_params.no_perf = True
         raw = lib.llama_sampler_chain_init(chain_params)
@@ -109,8 +118,15 @@ class SamplerChain:
             biases = ffi.new("llama_logit_bias[]", [(int(t), float(b)) for t, b in p.logit_bias.items()])
             stages.append(lib.llama_sampler_init_logit_bias(vocab.n_tokens, len(p.logit_bias), biases))
         if p.repeat_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0:
-            stages.append(lib.llama_sampler_init_penalties(
-                vocab.n_tokens, p.penalty_last_n, p.repeat_penalty, p.frequency_penalty, p.presence_penalty))
+            stages.append(
+                lib.llama_sampler_init_penalties(
+                    vocab.n_tokens,
+                    p.penalty_last_n,
+                    p.repeat_penalty,
+                    p.frequency_penalty,
+                    p.presence_penalty,
+                )
+            )
         if p.grammar is not None:
             try:
                 stages.append(_grammar_sampler(vocab, p.grammar))

@@ -78,7 +78,9 @@ class Vocab:
         if count < 0:
             capacity = -count
             tokens = ffi.new("llama_token[]", capacity)
-            count = lib.llama_tokenize(self.handle, data, len(data), tokens, capacity, add_special, parse_special)
+            count = lib.llama_tokenize(
+                self.handle, data, len(data), tokens, capacity, add_special, parse_special
+            )
         if count < 0:
             raise TokenizeError(f"tokenization of {len(data)} bytes failed")
         return list(ffi.unpack(tokens, count))
