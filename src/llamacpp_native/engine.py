@@ -260,7 +260,9 @@ class Engine:
             try:
                 self._prefill(slot, request.prompt_tokens, shared)
                 yield from self._generate_one(slot, request, sampler, cancellation)
-            except BaseException:
+            except GeneratorExit:  # the consumer stopped reading: the cache is still consistent
+                raise
+            except BaseException:  # an interrupted decode may leave the slot half-written
                 self._forget(slot)
                 raise
             finally:
