@@ -24,7 +24,11 @@ def shared_llama(model_path: str | os.PathLike[str], settings: Mapping[str, Any]
     """The ``Llama`` for this file and these load settings, loading it on first use."""
     if not model_path:
         raise ValueError("model_path is required: the path of a local .gguf file (nothing is downloaded)")
-    key = (os.path.realpath(model_path), tuple(sorted((k, _hashable(v)) for k, v in settings.items())))
+    # verbose only changes logging, so it does not make a different model
+    key = (
+        os.path.realpath(model_path),
+        tuple(sorted((k, _hashable(v)) for k, v in settings.items() if k != "verbose")),
+    )
     with _cache_lock:
         llama = _cache.get(key)
         if llama is None or llama.model.closed:

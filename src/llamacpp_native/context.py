@@ -215,10 +215,13 @@ class Context:
         )
         self.check_status(status)
 
-    def decode_many(self, sequences: Sequence[tuple[Sequence[int], int, int]]) -> list[int]:
+    def decode_many(
+        self, sequences: Sequence[tuple[Sequence[int], int, int]], all_outputs: bool = False
+    ) -> list[int]:
         """Decode several sequences together: ``(tokens, pos0, seq_id)`` each.
 
         All tokens go through as few ``llama_decode`` calls as ``n_batch`` allows.
+        ``all_outputs`` marks every token as an output (pooled embeddings need it).
         Returns, per sequence, the logits index of its last token in the final batch
         it appeared in (pass to the sampler); -1 where that is not the final batch.
         """
@@ -236,9 +239,9 @@ class Context:
             chunk = flat[start : start + self.n_batch]
             batch.n_tokens = 0
             last_index.clear()
-            for i, (token, pos, seq_id, logits) in enumerate(chunk):
-                lib.lcpp_batch_add(batch, token, pos, seq_id, logits)
-                if logits:
+            for i, (token, pos, seq_id, last) in enumerate(chunk):
+                lib.lcpp_batch_add(batch, token, pos, seq_id, last or all_outputs)
+                if last:
                     last_index[seq_id] = i
             self.check_status(lib.llama_decode(handle, batch[0]))
         return [last_index.get(seq_id, -1) for _t, _p, seq_id in sequences]

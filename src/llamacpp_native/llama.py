@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import threading
@@ -523,6 +524,8 @@ class Llama:
             message = self._parse_chat(rendered, text, partial=False, parse_tools=parse_tools)
             content = message.get("content") or ""
             tool_calls = message.get("tool_calls") or []
+            if chunk.finish_reason == "length":  # a call cut off by max_tokens is not a call
+                tool_calls = [c for c in tool_calls if _is_json_object(c["function"].get("arguments", ""))]
             delta: dict[str, Any] = {}
             if parse_tools and len(content) > sent:
                 delta["content"] = content[sent:]
@@ -538,7 +541,7 @@ class Llama:
                     }
                     for i, call in enumerate(tool_calls)
                 ]
-            finish = "tool_calls" if tool_calls else chunk.finish_reason
+            finish = "tool_calls" if tool_calls and chunk.finish_reason != "length" else chunk.finish_reason
             yield responses.chat_chunk(
                 response_id,
                 model,
@@ -614,7 +617,7 @@ class Llama:
     @staticmethod
     def _embed_group(context: Context, group: list[list[int]]) -> list[list[float]]:
         context.kv_clear()
-        context.decode_many([(tokens, 0, seq) for seq, tokens in enumerate(group)])
+        context.decode_many([(tokens, 0, seq) for seq, tokens in enumerate(group)], all_outputs=True)
         vectors = [context.embedding(seq) for seq in range(len(group))]
         context.kv_clear()
         return vectors
@@ -624,6 +627,13 @@ class Llama:
         texts = [input] if isinstance(input, str) else list(input)
         vectors, n_tokens = self._embed_texts(texts, False, True)
         return responses.embedding_response(model or self.model_path, vectors, n_tokens)
+
+
+def _is_json_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False
 
 
 def _unit(vector: list[float]) -> list[float]:

@@ -1,0 +1,519 @@
+"""``LlamaCPP``: a local GGUF model as a LlamaIndex ``FunctionCallingLLM``.
+
+Successor of ``llama-index-llms-llama-cpp`` (same parameters), on our own
+binding.  Chat goes through the model's chat template, tool calls and JSON
+output are grammar-constrained by llama.cpp, and the async methods run the
+native work off the event loop and stop decoding when their task is cancelled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+import llama_index.core.instrumentation as instrument
+from llama_index.core.base.llms.generic_utils import messages_to_prompt as generic_messages_to_prompt
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    ChatResponseAsyncGen,
+    ChatResponseGen,
+    CompletionResponse,
+    CompletionResponseAsyncGen,
+    CompletionResponseGen,
+    LLMMetadata,
+    MessageRole,
+    TextBlock,
+    ToolCallBlock,
+)
+from llama_index.core.bridge.pydantic import BaseModel, Field, PrivateAttr, field_validator, model_validator
+from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW, DEFAULT_NUM_OUTPUTS, DEFAULT_TEMPERATURE
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+from llama_index.core.llms.function_calling import FunctionCallingLLM
+from llama_index.core.llms.llm import ToolSelection
+from llama_index.core.program.utils import FlexibleModel, process_streaming_objects
+from llama_index.core.prompts import BasePromptTemplate
+from llama_index.core.types import Model, PydanticProgramMode
+
+from llamacpp_integrations._runtime import iterate_blocking, run_blocking, shared_llama
+from llamacpp_integrations.schema import parse_and_validate, schema_to_grammar, to_json_schema
+from llamacpp_native import Cancellation, Llama
+
+if TYPE_CHECKING:
+    from llama_index.core.tools.types import BaseTool
+
+dispatcher = instrument.get_dispatcher(__name__)
+
+R = TypeVar("R", ChatResponse, CompletionResponse)
+
+# LlamaIndex roles that OpenAI-style chat templates know under another name.
+_ROLES = {"developer": "system", "chatbot": "assistant", "model": "assistant", "function": "tool"}
+
+
+class LlamaCPP(FunctionCallingLLM):
+    """A local GGUF model through llama.cpp, with tool calling and grammar-constrained output.
+
+    Constructing loads nothing: the model is loaded (and shared with every other
+    integration object naming the same file and load settings) on first use, so
+    a pipeline can be defined before the weights exist.  Nothing is ever
+    downloaded: ``model_url`` is refused, ``model_path`` names a local file.
+
+    Chat renders the messages with the model's own chat template, unless
+    ``messages_to_prompt`` is given: then chat formats a prompt string with it
+    and completes that.
+    """
+
+    model_path: str | None = Field(
+        default=None, description="Path of a local .gguf file; loaded on first use, never downloaded."
+    )
+    temperature: float = Field(default=DEFAULT_TEMPERATURE, ge=0.0, description="Sampling temperature.")
+    max_new_tokens: int = Field(default=DEFAULT_NUM_OUTPUTS, gt=0, description="Most tokens to generate.")
+    context_window: int = Field(
+        default=DEFAULT_CONTEXT_WINDOW,
+        gt=0,
+        description="Context size to load the model with (n_ctx; model_kwargs['n_ctx'] overrides it).",
+    )
+    generate_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Sampling arguments of Llama.create_(chat_)completion: top_p, stop, seed...",
+    )
+    model_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Load arguments of llamacpp_native.Llama (n_gpu_layers, n_threads...).",
+    )
+    verbose: bool = Field(
+        default=False,
+        description="Log llama.cpp's informational lines too (Python logging; process-wide, set at load).",
+    )
+
+    _llama: Llama | None = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_model_url(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "model_url" in data:
+            data = dict(data)
+            if data.pop("model_url") is not None:
+                raise ValueError(
+                    "model_url is not supported: LlamaCPP never downloads models. Download the .gguf file "
+                    "yourself and pass its local path as model_path."
+                )
+        return data
+
+    @field_validator("model_path", mode="before")
+    @classmethod
+    def _path_to_str(cls, value: Any) -> Any:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "LlamaCPP_llm"
+
+    # -- the model -----------------------------------------------------------------------
+    @property
+    def load_settings(self) -> dict[str, Any]:
+        """The ``Llama`` constructor arguments this LLM loads its model with."""
+        return {"n_ctx": self.context_window, "verbose": self.verbose, **self.model_kwargs}
+
+    def _model(self) -> Llama:
+        if self._llama is None:
+            self._llama = shared_llama(self.model_path or "", self.load_settings)
+        return self._llama
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        """LLM metadata; ``context_window`` is the loaded context's, or the configured one until loaded."""
+        if self._llama is not None:
+            context_window = self._llama.n_ctx
+        else:
+            context_window = self.load_settings["n_ctx"] or self.context_window
+        return LLMMetadata(
+            context_window=context_window,
+            num_output=self.max_new_tokens,
+            is_chat_model=True,
+            is_function_calling_model=True,
+            model_name=self.model_path or "unknown",
+        )
+
+    # -- the two cores: everything else aggregates or wraps them ----------------------------
+    def _generation_kwargs(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        merged = {
+            "temperature": self.temperature,
+            "max_tokens": self.max_new_tokens,
+            **self.generate_kwargs,
+            **kwargs,
+        }
+        merged.pop("stream", None)
+        return merged
+
+    def _complete_stream(
+        self, prompt: str, formatted: bool, kwargs: Mapping[str, Any], cancellation: Cancellation
+    ) -> Generator[CompletionResponse, None, None]:
+        """The completion core: stream ``prompt``'s continuation as cumulative responses."""
+        if not formatted:
+            prompt = cast(Callable[[str], str], self.completion_to_prompt)(prompt)
+        chunks = cast(
+            Iterator[dict[str, Any]],
+            self._model().create_completion(
+                prompt, stream=True, cancellation=cancellation, **self._generation_kwargs(kwargs)
+            ),
+        )
+
+        def responses() -> Generator[CompletionResponse, None, None]:
+            text = ""
+            for chunk in chunks:
+                choice = chunk["choices"][0]
+                text += choice["text"]
+                yield CompletionResponse(
+                    text=text, delta=choice["text"], raw=chunk, additional_kwargs=chunk.get("usage") or {}
+                )
+
+        return responses()
+
+    def _chat_stream(
+        self, messages: Sequence[ChatMessage], kwargs: Mapping[str, Any], cancellation: Cancellation
+    ) -> Generator[ChatResponse, None, None]:
+        """The chat core: stream the assistant's reply (text and tool calls) as cumulative responses."""
+        if self.messages_to_prompt is not generic_messages_to_prompt:
+            return self._chat_through_prompt(messages, kwargs, cancellation)
+        chunks = cast(
+            Iterator[dict[str, Any]],
+            self._model().create_chat_completion(
+                [_to_openai_message(m) for m in messages],
+                stream=True,
+                cancellation=cancellation,
+                **self._generation_kwargs(kwargs),
+            ),
+        )
+
+        def responses() -> Generator[ChatResponse, None, None]:
+            text = ""
+            tool_calls: list[dict[str, Any]] = []
+            for chunk in chunks:
+                choice = chunk["choices"][0]
+                delta = choice["delta"].get("content") or ""
+                text += delta
+                tool_calls.extend(
+                    {k: v for k, v in call.items() if k != "index"}
+                    for call in choice["delta"].get("tool_calls") or []
+                )
+                if delta or choice["finish_reason"]:
+                    yield ChatResponse(
+                        message=_assistant_message(text, tool_calls),
+                        delta=delta,
+                        raw=chunk,
+                        additional_kwargs=chunk.get("usage") or {},
+                    )
+
+        return responses()
+
+    def _chat_through_prompt(
+        self, messages: Sequence[ChatMessage], kwargs: Mapping[str, Any], cancellation: Cancellation
+    ) -> Generator[ChatResponse, None, None]:
+        """Chat with a user-given ``messages_to_prompt``: format, then complete."""
+        options = dict(kwargs)
+        if options.pop("tools", None):
+            raise ValueError(
+                "tool calling needs the model's chat template, but messages_to_prompt is set; "
+                "leave messages_to_prompt unset to call tools"
+            )
+        for key in ("tool_choice", "parallel_tool_calls"):
+            options.pop(key, None)
+        grammar = _grammar_for(options.pop("response_format", None))
+        if grammar is not None:
+            options["grammar"] = grammar
+        prompt = cast(Callable[[Sequence[ChatMessage]], str], self.messages_to_prompt)(messages)
+        completions = self._complete_stream(prompt, True, options, cancellation)
+        return (
+            ChatResponse(
+                message=ChatMessage(role=MessageRole.ASSISTANT, content=r.text),
+                delta=r.delta,
+                raw=r.raw,
+                additional_kwargs=r.additional_kwargs,
+            )
+            for r in completions
+        )
+
+    # -- LlamaIndex's LLM interface -------------------------------------------------------
+    @llm_chat_callback()
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        return _final(self._chat_stream(messages, kwargs, Cancellation()))
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        return self._chat_stream(messages, kwargs, Cancellation())
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        return await run_blocking(
+            lambda cancellation: _final(self._chat_stream(messages, kwargs, cancellation))
+        )
+
+    @llm_chat_callback()
+    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        return cast(
+            ChatResponseAsyncGen,
+            iterate_blocking(lambda cancellation: self._chat_stream(messages, kwargs, cancellation)),
+        )
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return _final(self._complete_stream(prompt, formatted, kwargs, Cancellation()))
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        return self._complete_stream(prompt, formatted, kwargs, Cancellation())
+
+    @llm_completion_callback()
+    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return await run_blocking(
+            lambda cancellation: _final(self._complete_stream(prompt, formatted, kwargs, cancellation))
+        )
+
+    @llm_completion_callback()
+    async def astream_complete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponseAsyncGen:
+        return cast(
+            CompletionResponseAsyncGen,
+            iterate_blocking(
+                lambda cancellation: self._complete_stream(prompt, formatted, kwargs, cancellation)
+            ),
+        )
+
+    # -- tool calling (FunctionCallingLLM) ------------------------------------------------------
+    def _prepare_chat_with_tools(
+        self,
+        tools: Sequence[BaseTool],
+        user_msg: str | ChatMessage | None = None,
+        chat_history: list[ChatMessage] | None = None,
+        verbose: bool = False,
+        allow_parallel_tool_calls: bool = False,
+        tool_required: bool = False,
+        tool_choice: str | dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """Messages plus OpenAI tool specs; ``tool_choice`` may name a tool to force it."""
+        messages = list(chat_history or [])
+        if isinstance(user_msg, str):
+            user_msg = ChatMessage(role=MessageRole.USER, content=user_msg)
+        if user_msg is not None:
+            messages.append(user_msg)
+        specs = [tool.metadata.to_openai_tool(skip_length_check=True) for tool in tools]
+        return {
+            "messages": messages,
+            "tools": specs or None,
+            "tool_choice": _resolve_tool_choice(tool_choice, tool_required) if specs else None,
+            "parallel_tool_calls": allow_parallel_tool_calls,
+            **kwargs,
+        }
+
+    def get_tool_calls_from_response(
+        self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any
+    ) -> list[ToolSelection]:
+        """The tool calls of a response, as ``ToolSelection``s (one per call)."""
+        calls = [block for block in response.message.blocks if isinstance(block, ToolCallBlock)]
+        if not calls and error_on_no_tool_call:
+            raise ValueError(
+                f"expected at least one tool call, but the model answered: {response.message.content!r}"
+            )
+        return [
+            ToolSelection(
+                tool_id=call.tool_call_id or call.tool_name,
+                tool_name=call.tool_name,
+                tool_kwargs=_call_arguments(call),
+            )
+            for call in calls
+        ]
+
+    # -- structured output: the output class's JSON schema becomes the grammar -----------------
+    def _structured_request(
+        self,
+        output_cls: type[BaseModel],
+        prompt: BasePromptTemplate,
+        llm_kwargs: dict[str, Any] | None,
+        prompt_args: Mapping[str, Any],
+    ) -> tuple[list[ChatMessage], dict[str, Any]]:
+        messages = self._extend_messages(prompt.format_messages(llm=self, **prompt_args))
+        response_format = {
+            "type": "json_schema",
+            "json_schema": {"name": output_cls.__name__, "schema": to_json_schema(output_cls)},
+        }
+        return messages, {**(llm_kwargs or {}), "response_format": response_format}
+
+    @staticmethod
+    def _structured_output(output_cls: type[Model], response: ChatResponse) -> Model:
+        return output_cls.model_validate(parse_and_validate(response.message.content or "", output_cls))
+
+    @dispatcher.span
+    def structured_predict(
+        self,
+        output_cls: type[Model],
+        prompt: BasePromptTemplate,
+        llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> Model:
+        """Predict an ``output_cls`` instance; valid JSON by construction (grammar from its schema)."""
+        if self.pydantic_program_mode != PydanticProgramMode.DEFAULT:
+            return super().structured_predict(output_cls, prompt, llm_kwargs, **prompt_args)
+        messages, kwargs = self._structured_request(output_cls, prompt, llm_kwargs, prompt_args)
+        return self._structured_output(output_cls, self.chat(messages, **kwargs))
+
+    @dispatcher.span
+    async def astructured_predict(
+        self,
+        output_cls: type[Model],
+        prompt: BasePromptTemplate,
+        llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> Model:
+        """Async ``structured_predict``."""
+        if self.pydantic_program_mode != PydanticProgramMode.DEFAULT:
+            return await super().astructured_predict(output_cls, prompt, llm_kwargs, **prompt_args)
+        messages, kwargs = self._structured_request(output_cls, prompt, llm_kwargs, prompt_args)
+        return self._structured_output(output_cls, await self.achat(messages, **kwargs))
+
+    @dispatcher.span
+    def stream_structured_predict(
+        self,
+        output_cls: type[Model],
+        prompt: BasePromptTemplate,
+        llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> Generator[Model | FlexibleModel, None, None]:
+        """Partial ``output_cls`` objects as the (grammar-constrained) JSON streams in."""
+        if self.pydantic_program_mode != PydanticProgramMode.DEFAULT:
+            return super().stream_structured_predict(output_cls, prompt, llm_kwargs, **prompt_args)
+        messages, kwargs = self._structured_request(output_cls, prompt, llm_kwargs, prompt_args)
+        partial = _PartialObjects(output_cls)
+        return (partial.feed(response) for response in self.stream_chat(messages, **kwargs))
+
+    @dispatcher.span
+    async def astream_structured_predict(
+        self,
+        output_cls: type[Model],
+        prompt: BasePromptTemplate,
+        llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> AsyncGenerator[Model | FlexibleModel, None]:
+        """Async ``stream_structured_predict``."""
+        if self.pydantic_program_mode != PydanticProgramMode.DEFAULT:
+            return await super().astream_structured_predict(output_cls, prompt, llm_kwargs, **prompt_args)
+        messages, kwargs = self._structured_request(output_cls, prompt, llm_kwargs, prompt_args)
+        partial = _PartialObjects(output_cls)
+        responses = await self.astream_chat(messages, **kwargs)
+        return (partial.feed(response) async for response in responses)
+
+
+class _PartialObjects:
+    """Turns a growing JSON reply into partial output objects (LlamaIndex's own parser)."""
+
+    def __init__(self, output_cls: type[BaseModel]) -> None:
+        self._output_cls = output_cls
+        self._current: list[Any] | None = None
+
+    def feed(self, response: ChatResponse) -> Any:
+        objects = process_streaming_objects(response, self._output_cls, cur_objects=self._current)
+        self._current = objects if isinstance(objects, list) else [objects]
+        return objects
+
+
+def _final(responses: Iterator[R]) -> R:
+    """Run a stream to its end and return the whole response."""
+    last: R | None = None
+    for last in responses:  # noqa: B007 - the last one is the aggregate
+        pass
+    assert last is not None, "a generation always ends with a final chunk"
+    last.delta = None
+    return last
+
+
+def _resolve_tool_choice(
+    tool_choice: str | dict[str, Any] | None, tool_required: bool
+) -> str | dict[str, Any]:
+    """LlamaIndex's tool_choice (None, auto/none/required, a tool name, an OpenAI dict) in OpenAI form."""
+    if tool_choice is None:
+        return "required" if tool_required else "auto"
+    if isinstance(tool_choice, str) and tool_choice not in ("auto", "none", "required"):
+        return {"type": "function", "function": {"name": tool_choice}}
+    return tool_choice
+
+
+def _grammar_for(response_format: Mapping[str, Any] | None) -> str | None:
+    """GBNF for an OpenAI ``response_format`` when chat completes a plain prompt."""
+    if not response_format or response_format.get("type", "text") == "text":
+        return None
+    spec = response_format.get("json_schema") or {}
+    return schema_to_grammar(spec.get("schema") or response_format.get("schema") or {"type": "object"})
+
+
+def _arguments(arguments: Any) -> Any:
+    """Tool-call arguments as a dict (they travel as a JSON string in OpenAI format); unparsable: as is."""
+    if not isinstance(arguments, str):
+        return arguments
+    try:
+        return json.loads(arguments)
+    except json.JSONDecodeError:
+        return arguments
+
+
+def _call_arguments(call: ToolCallBlock) -> dict[str, Any]:
+    """A call's arguments, or a clear error for a call that is not whole (cut short)."""
+    arguments = _arguments(call.tool_kwargs)
+    if isinstance(arguments, dict):
+        return arguments
+    raise ValueError(
+        f"the call of tool {call.tool_name!r} has arguments that are not a JSON object: "
+        f"{call.tool_kwargs!r}; "
+        "was the generation cut short by max_new_tokens / max_tokens?"
+    )
+
+
+def _assistant_message(content: str, tool_calls: list[dict[str, Any]]) -> ChatMessage:
+    """The reply: text, plus each call as a ``ToolCallBlock`` and, for older readers, OpenAI dicts."""
+    blocks: list[Any] = [TextBlock(text=content)] if content or not tool_calls else []
+    blocks.extend(
+        ToolCallBlock(
+            tool_call_id=call["id"],
+            tool_name=call["function"]["name"],
+            tool_kwargs=_arguments(call["function"]["arguments"]),
+        )
+        for call in tool_calls
+    )
+    extra = {"tool_calls": tool_calls} if tool_calls else {}
+    return ChatMessage(role=MessageRole.ASSISTANT, blocks=blocks, additional_kwargs=extra)
+
+
+def _to_openai_message(message: ChatMessage) -> dict[str, Any]:
+    """A LlamaIndex message as the OpenAI-style dict the chat template renders."""
+    role = message.role.value
+    out: dict[str, Any] = {"role": _ROLES.get(role, role), "content": message.content or ""}
+    calls = [
+        {
+            "id": block.tool_call_id or block.tool_name,
+            "type": "function",
+            "function": {"name": block.tool_name, "arguments": _json_text(block.tool_kwargs)},
+        }
+        for block in message.blocks
+        if isinstance(block, ToolCallBlock)
+    ]
+    known = {call["id"] for call in calls}
+    for call in message.additional_kwargs.get("tool_calls") or []:
+        call = dict(call) if isinstance(call, Mapping) else call.model_dump()
+        if call.get("id") not in known:
+            calls.append(call)
+    if calls:
+        out["tool_calls"] = calls
+    for key in ("tool_call_id", "name"):
+        if message.additional_kwargs.get(key):
+            out[key] = message.additional_kwargs[key]
+    return out
+
+
+def _json_text(arguments: Any) -> str:
+    return arguments if isinstance(arguments, str) else json.dumps(arguments)
+
+
+__all__ = ["LlamaCPP"]
