@@ -1,0 +1,18 @@
+"""LangChain integration: local GGUF models through llama.cpp.
+
+The maintained successor of langchain-community's ``LlamaCpp``,
+``ChatLlamaCpp`` and ``LlamaCppEmbeddings``, with the same parameters.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from llamacpp_integrations.langchain.chat_models import ChatLlamaCpp
+from llamacpp_integrations.langchain.embeddings import LlamaCppEmbeddings
+from llamacpp_integrations.langchain.llms import LlamaCpp
+
+try:
+    __version__ = version("llamacpp-integrations")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = ["ChatLlamaCpp", "LlamaCpp", "LlamaCppEmbeddings", "__version__"]

@@ -1,0 +1,275 @@
+"""ChatLlamaCpp on the real default model: messages, streaming, tools, structured output."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Annotated, Any
+
+import pytest
+from langchain_core.callbacks import AsyncCallbackHandler
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
+from langchain_core.tools import tool
+from pydantic import BaseModel, Field
+from typing_extensions import TypedDict
+
+from llamacpp_integrations.langchain import ChatLlamaCpp
+from llamacpp_integrations.langchain.chat_models import _to_openai_messages, _tool_choice
+
+
+@tool
+def get_weather(city: str) -> str:
+    """Get the current weather in a city."""
+    return f"It is sunny in {city}."
+
+
+@tool
+def get_time(city: str) -> str:
+    """Get the local time in a city."""
+    return "12:00"
+
+
+class Joke(BaseModel):
+    """A joke to tell the user."""
+
+    setup: str = Field(description="the question that sets up the joke", max_length=40)
+    punchline: str = Field(description="the answer that resolves the joke", max_length=40)
+
+
+class JokeDict(TypedDict):
+    """A joke to tell the user."""
+
+    setup: Annotated[str, ..., "the question that sets up the joke"]
+    punchline: Annotated[str, ..., "the answer that resolves the joke"]
+
+
+@pytest.fixture
+def chat(lc_params: dict[str, Any]) -> ChatLlamaCpp:
+    return ChatLlamaCpp(**{**lc_params, "max_tokens": 48})
+
+
+def _few_shot_weather(question: str) -> list[BaseMessage]:
+    """Two worked examples, then the question: what a 270M base model needs to see to call a tool."""
+
+    def call(city: str, call_id: str) -> AIMessage:
+        return AIMessage("", tool_calls=[{"name": "get_weather", "args": {"city": city}, "id": call_id}])
+
+    return [
+        SystemMessage("Answer by calling a tool."),
+        HumanMessage("Weather in London?"),
+        call("London", "c1"),
+        HumanMessage("Weather in Tokyo?"),
+        call("Tokyo", "c2"),
+        HumanMessage(question),
+    ]
+
+
+# -- messages and metadata ----------------------------------------------------------------
+def test_invoke_messages_returns_an_ai_message_with_metadata(chat: ChatLlamaCpp) -> None:
+    messages = [
+        SystemMessage("You are a helpful assistant."),
+        HumanMessage("Write a short poem about the sea."),
+    ]
+    message = chat.invoke(messages)
+    assert isinstance(message, AIMessage) and isinstance(message.content, str)
+    assert message.response_metadata["finish_reason"] in {"stop", "length"}
+    assert message.response_metadata["model_name"].endswith(".gguf")
+    usage = message.usage_metadata
+    assert usage is not None
+    assert usage["input_tokens"] == chat.get_num_tokens_from_messages(messages)
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+
+
+def test_stream_ends_with_a_last_chunk_carrying_usage(chat: ChatLlamaCpp) -> None:
+    chunks = list(chat.stream("Write a short poem about the sea.", max_tokens=8))
+    assert all(isinstance(c, AIMessageChunk) for c in chunks)
+    assert chunks[-1].chunk_position == "last" and chunks[-1].usage_metadata
+    assert sum(bool(c.usage_metadata) for c in chunks) == 1  # input tokens counted once
+    full = sum(chunks[1:], chunks[0])
+    assert full.usage_metadata and full.usage_metadata["output_tokens"] == 8
+
+
+def test_logprobs_when_asked(lc_params: dict[str, Any]) -> None:
+    message = ChatLlamaCpp(**{**lc_params, "max_tokens": 4}, logprobs=True, top_logprobs=2).invoke(
+        "Write a short poem about the sea."
+    )
+    content = message.response_metadata["logprobs"]["content"]
+    assert content and all(len(item["top_logprobs"]) == 2 for item in content)
+
+
+def test_text_only(chat: ChatLlamaCpp) -> None:
+    image = HumanMessage([{"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}])
+    with pytest.raises(ValueError, match="text messages only"):
+        chat.invoke([image])
+
+
+# -- tools -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "tool_choice",
+    ["get_weather", "any", "required", True, {"type": "function", "function": {"name": "get_weather"}}],
+)
+def test_forced_tool_call(chat: ChatLlamaCpp, tool_choice: Any) -> None:
+    message = chat.bind_tools([get_weather], tool_choice=tool_choice).invoke("What is the weather in Paris?")
+    assert message.response_metadata["finish_reason"] == "tool_calls"
+    assert len(message.tool_calls) == 1  # one call per turn unless parallel_tool_calls=True
+    call = message.tool_calls[0]
+    assert call["name"] == "get_weather" and isinstance(call["args"]["city"], str) and call["id"]
+
+
+def test_forced_tool_call_streams_tool_call_chunks(chat: ChatLlamaCpp) -> None:
+    chunks = list(chat.bind_tools([get_weather, get_time], tool_choice="get_time").stream("Time in Rome?"))
+    assert any(isinstance(c, AIMessageChunk) and c.tool_call_chunks for c in chunks)
+    full = sum(chunks[1:], chunks[0])
+    assert isinstance(full, AIMessageChunk)
+    assert [call["name"] for call in full.tool_calls] == ["get_time"]
+
+
+def test_several_tool_calls_per_turn(chat: ChatLlamaCpp) -> None:
+    example = AIMessage(
+        "",
+        tool_calls=[
+            {"name": "get_weather", "args": {"city": "London"}, "id": "c1"},
+            {"name": "get_weather", "args": {"city": "Tokyo"}, "id": "c2"},
+        ],
+    )
+    bound = chat.bind_tools([get_weather], tool_choice="required", parallel_tool_calls=True)
+    message = bound.invoke(
+        [HumanMessage("Weather in London and Tokyo?"), example, HumanMessage("Weather in Paris and Rome?")],
+        max_tokens=80,
+    )
+    names = [call["name"] for call in message.tool_calls + message.invalid_tool_calls]
+    assert len(names) >= 2 and set(names) <= {"get_weather", "get_time"}
+
+
+def test_tool_choice_none_answers_in_text(chat: ChatLlamaCpp) -> None:
+    message = chat.bind_tools([get_weather], tool_choice="none").invoke("What is the weather in Paris?")
+    assert not message.tool_calls and message.content
+
+
+def test_tool_results_are_fed_back(chat: ChatLlamaCpp) -> None:
+    history = [
+        HumanMessage("What is the weather in Paris?"),
+        AIMessage("", tool_calls=[{"name": "get_weather", "args": {"city": "Paris"}, "id": "call-1"}]),
+        ToolMessage("It is sunny in Paris.", tool_call_id="call-1"),
+    ]
+    converted = _to_openai_messages(history)
+    assert converted[1]["tool_calls"][0] == {
+        "type": "function",
+        "id": "call-1",
+        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+    }
+    assert converted[2] == {"role": "tool", "tool_call_id": "call-1", "content": "It is sunny in Paris."}
+    prompt = chat.llama.render_chat(converted, tools=None).prompt
+    assert (
+        '{"name": "get_weather", "arguments": {"city": "Paris"}}' in prompt
+        and "It is sunny in Paris." in prompt
+    )
+    assert isinstance(chat.bind_tools([get_weather]).invoke(history), AIMessage)
+
+
+def test_tool_choice_forms() -> None:
+    tools = [{"type": "function", "function": {"name": name}} for name in ("a", "b")]
+    forced_a = {"type": "function", "function": {"name": "a"}}
+    assert [_tool_choice(c, tools) for c in (None, "auto", False, "none", "any", "required")] == [
+        "auto",
+        "auto",
+        "auto",
+        "none",
+        "required",
+        "required",
+    ]
+    assert (
+        _tool_choice("a", tools)
+        == _tool_choice(forced_a, tools)
+        == _tool_choice({"name": "a"}, tools)
+        == forced_a
+    )
+    assert _tool_choice(True, tools[:1]) == forced_a
+    with pytest.raises(ValueError, match="exactly one tool"):
+        _tool_choice(True, tools)
+    with pytest.raises(ValueError, match="not given"):
+        _tool_choice("c", tools)
+
+
+def test_auto_tool_choice_returns_the_call_the_model_makes(lc_params: dict[str, Any]) -> None:
+    chat = ChatLlamaCpp(**{**lc_params, "max_tokens": 32})
+    message = chat.bind_tools([get_weather], tool_choice="auto").invoke(
+        _few_shot_weather("Weather in Paris?")
+    )
+    assert [(call["name"], call["args"]) for call in message.tool_calls] == [
+        ("get_weather", {"city": "Paris"})
+    ]
+    answer = chat.bind_tools([get_weather]).invoke("Write a short poem about the sea.")
+    assert not answer.tool_calls and answer.content  # auto: text stays text
+
+
+# -- structured output ---------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["json_schema", "function_calling"])
+def test_with_structured_output_gives_a_joke(lc_params: dict[str, Any], method: str) -> None:
+    chat = ChatLlamaCpp(**{**lc_params, "max_tokens": 100})  # bounded by the schema's maxLength
+    joke = chat.with_structured_output(Joke, method=method).invoke("Tell me a joke about cats.")  # type: ignore[arg-type]
+    assert isinstance(joke, Joke)
+
+
+def test_with_structured_output_typed_dict_and_include_raw(lc_params: dict[str, Any]) -> None:
+    chat = ChatLlamaCpp(**{**lc_params, "max_tokens": 100})
+    schema = {**Joke.model_json_schema(), "title": "JokeDict"}
+    result = chat.with_structured_output(schema, include_raw=True).invoke("Tell me a joke about cats.")
+    assert set(result) == {"raw", "parsed", "parsing_error"}
+    assert isinstance(result["raw"], AIMessage) and result["parsing_error"] is None
+    assert set(result["parsed"]) == {"setup", "punchline"}
+    assert chat.with_structured_output(JokeDict)  # TypedDicts are accepted too
+
+
+def test_json_mode_gives_a_json_object(chat: ChatLlamaCpp) -> None:
+    result = chat.with_structured_output(JokeDict, method="json_mode", include_raw=True).invoke(
+        "Tell me a joke about cats as JSON."
+    )
+    assert isinstance(json.loads(result["raw"].content), dict)  # valid JSON by construction
+
+
+def test_structured_output_rejects_unknown_arguments(chat: ChatLlamaCpp) -> None:
+    with pytest.raises(ValueError, match="unsupported arguments"):
+        chat.with_structured_output(Joke, tools=[])
+
+
+# -- async -------------------------------------------------------------------------------------
+class _Tokens(AsyncCallbackHandler):
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def on_llm_new_token(self, token: Any, **kwargs: Any) -> None:
+        self.count += 1
+
+
+async def test_ainvoke_and_astream(chat: ChatLlamaCpp) -> None:
+    message = await chat.ainvoke("Write a short poem about the sea.", max_tokens=6)
+    chunks = [c async for c in chat.astream("Write a short poem about the sea.", max_tokens=6)]
+    assert chunks[-1].chunk_position == "last"
+    assert sum(chunks[1:], chunks[0]).content == message.content  # greedy: the same text
+
+
+async def test_cancelling_the_task_stops_decoding(lc_params: dict[str, Any]) -> None:
+    handler = _Tokens()
+    chat = ChatLlamaCpp(**{**lc_params, "max_tokens": 900}, callbacks=[handler])
+    started = asyncio.Event()
+
+    async def consume() -> None:
+        async for _ in chat.astream("Write a long story."):
+            started.set()
+
+    task = asyncio.create_task(consume())
+    await started.wait()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert not chat.llama.engine.lock.locked()
+    assert handler.count < 100
