@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from llamacpp_native import Cancellation, Llama
@@ -65,7 +65,7 @@ async def run_blocking(function: Callable[[Cancellation], T]) -> T:
         raise
 
 
-async def iterate_blocking(make_iterator: Callable[[Cancellation], Iterator[T]]) -> AsyncIterator[T]:
+async def iterate_blocking(make_iterator: Callable[[Cancellation], Iterator[T]]) -> AsyncGenerator[T, None]:
     """Drive a blocking iterator in a thread and yield its items asynchronously.
 
     Closing the async iterator or cancelling the consuming task cancels the

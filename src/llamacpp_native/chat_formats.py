@@ -3,7 +3,10 @@
 The default test model (Gemma 3 270M, a base model) has no template; for it
 we use ``gemma``: Gemma's own turn markers, which its vocabulary has as
 special tokens.  Other models without a template fall back to ``chatml``.
-Templates are Jinja, rendered by llama.cpp's template engine.
+Templates are Jinja, rendered by llama.cpp's template engine.  Both mark tool
+calls as ``<tool_call>{...}</tool_call>``: from that marker llama.cpp knows where
+a call starts, so with ``tool_choice="auto"`` its grammar engages lazily at the
+marker and ends the turn after the call.
 """
 
 from __future__ import annotations
@@ -17,24 +20,21 @@ GEMMA = """{{- bos_token -}}
 {%- set turns = messages -%}
 {%- endif -%}
 {%- if tools -%}
-{%- set ns.preamble = ns.preamble + 'You can call these tools. To call one, answer with only a JSON object '
-    + '{"name": <tool name>, "arguments": <arguments object>}.\\n' -%}
+{%- set ns.preamble = ns.preamble + 'To call a tool, answer with <tool_call>{"name": <tool name>, '
+    + '"arguments": <arguments object>}</tool_call>. Tools:\\n' -%}
 {%- for tool in tools -%}
 {%- set ns.preamble = ns.preamble + (tool | tojson) + '\\n' -%}
 {%- endfor -%}
-{%- set ns.preamble = ns.preamble + '\\n' -%}
 {%- endif -%}
 {%- for message in turns -%}
-{%- set role = 'model' if message['role'] == 'assistant' else 'user' -%}
-{{- '<start_of_turn>' + role + '\\n' -}}
+{{- '<start_of_turn>' + ('model' if message['role'] == 'assistant' else 'user') + '\\n' -}}
 {%- if loop.first -%}{{- ns.preamble -}}{%- endif -%}
 {%- if message['role'] == 'tool' -%}{{- 'Tool result: ' -}}{%- endif -%}
 {%- if message['content'] -%}{{- message['content'] | trim -}}{%- endif -%}
-{%- if message['tool_calls'] -%}
-{%- for call in message['tool_calls'] -%}
-{{- {'name': call['function']['name'], 'arguments': call['function']['arguments']} | tojson -}}
+{%- for call in message['tool_calls'] or [] -%}
+{{- '<tool_call>' + ({'name': call['function']['name'], 'arguments': call['function']['arguments']} | tojson)
+    + '</tool_call>' -}}
 {%- endfor -%}
-{%- endif -%}
 {{- '<end_of_turn>\\n' -}}
 {%- endfor -%}
 {%- if add_generation_prompt -%}{{- '<start_of_turn>model\\n' -}}{%- endif -%}
@@ -42,10 +42,16 @@ GEMMA = """{{- bos_token -}}
 
 CHATML = """{%- for message in messages -%}
 {{- '<|im_start|>' + message['role'] + '\\n' -}}
-{%- if message['content'] -%}{{- message['content'] -}}{%- endif -%}
-{%- if message['tool_calls'] -%}
-{%- for call in message['tool_calls'] -%}{{- (call['function'] | tojson) -}}{%- endfor -%}
+{%- if loop.first and tools -%}
+{{- 'To call a tool, answer with <tool_call>{"name": <tool name>, "arguments": <arguments object>}</tool_call>. '
+    + 'Tools:\\n' -}}
+{%- for tool in tools -%}{{- (tool | tojson) + '\\n' -}}{%- endfor -%}
 {%- endif -%}
+{%- if message['content'] -%}{{- message['content'] -}}{%- endif -%}
+{%- for call in message['tool_calls'] or [] -%}
+{{- '<tool_call>' + ({'name': call['function']['name'], 'arguments': call['function']['arguments']} | tojson)
+    + '</tool_call>' -}}
+{%- endfor -%}
 {{- '<|im_end|>\\n' -}}
 {%- endfor -%}
 {%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}

@@ -22,7 +22,14 @@ from llamacpp_native.chat_template import (
     parse_chat_output,
 )
 from llamacpp_native.context import Context
-from llamacpp_native.engine import Cancellation, Chunk, Engine, GenerationRequest, GenerationResult
+from llamacpp_native.engine import (
+    Cancellation,
+    Chunk,
+    Engine,
+    GenerationRequest,
+    GenerationResult,
+    TokenLogprob,
+)
 from llamacpp_native.errors import ChatTemplateError, ContextOverflowError
 from llamacpp_native.grammar import LlamaGrammar, json_schema_to_grammar, tighten_grammar
 from llamacpp_native.model import Model, ProgressCallback
@@ -365,11 +372,16 @@ class Llama:
         self,
         prompts: Sequence[str | Sequence[int]],
         on_chunk: Callable[[int, Chunk], None] | None = None,
+        cancellation: Cancellation | None = None,
         **kwargs: Any,
     ) -> list[GenerationResult]:
-        """Complete several prompts as parallel sequences in shared batches."""
+        """Complete several prompts as parallel sequences in shared batches.
+
+        ``on_chunk(index, chunk)`` receives text as it is produced; ``cancellation``
+        stops every sequence.  Other keyword arguments are those of ``completion_request``.
+        """
         requests = [self.completion_request(p, **kwargs) for p in prompts]
-        return self.engine.generate_many(requests, on_chunk)
+        return self.engine.generate_many(requests, on_chunk, cancellation)
 
     # -- chat --------------------------------------------------------------------------------
     @property
@@ -501,55 +513,61 @@ class Llama:
         response_id = responses.new_id("chatcmpl")
         model = self.model_path
         yield responses.chat_chunk(response_id, model, {"role": "assistant", "content": ""})
-        text = ""
-        sent = 0
-        for chunk in self.engine.stream(request, cancellation):
-            text += chunk.text
-            logprobs = responses.chat_logprobs(chunk.logprobs) if chunk.logprobs else None
-            if chunk.finish_reason is None:
-                if parse_tools:
-                    # Content is streamed once the parser sees it is not a tool call.
-                    partial = self._parse_chat(rendered, text, partial=True, parse_tools=True)
-                    content = partial.get("content") or ""
-                    if len(content) > sent and not partial.get("tool_calls"):
-                        yield responses.chat_chunk(
-                            response_id, model, {"content": content[sent:]}, None, None, logprobs
-                        )
-                        sent = len(content)
-                elif chunk.text or logprobs:
-                    yield responses.chat_chunk(
-                        response_id, model, {"content": chunk.text}, None, None, logprobs
-                    )
+        text, sent = "", 0
+        pending: list[TokenLogprob] = []  # logprobs not yet attached to a yielded chunk
+        final = Chunk("", [])
+        for final in self.engine.stream(request, cancellation):
+            text += final.text
+            pending.extend(final.logprobs or [])
+            if final.finish_reason is not None:
+                break
+            if parse_tools:
+                # Content is streamed once the parser sees it is not a tool call.
+                partial = self._parse_chat(rendered, text, partial=True, parse_tools=True)
+                content = partial.get("content") or ""
+                if len(content) <= sent or partial.get("tool_calls"):
+                    continue
+                delta_text, sent = content[sent:], len(content)
+            elif final.text or pending:
+                delta_text = final.text
+            else:
                 continue
-            message = self._parse_chat(rendered, text, partial=False, parse_tools=parse_tools)
-            content = message.get("content") or ""
-            tool_calls = message.get("tool_calls") or []
-            if chunk.finish_reason == "length":  # a call cut off by max_tokens is not a call
-                tool_calls = [c for c in tool_calls if _is_json_object(c["function"].get("arguments", ""))]
-            delta: dict[str, Any] = {}
-            if parse_tools and len(content) > sent:
-                delta["content"] = content[sent:]
-            elif not parse_tools and chunk.text:
-                delta["content"] = chunk.text
-            if tool_calls:
-                delta["tool_calls"] = [
-                    {
-                        "index": i,
-                        "id": call.get("id") or responses.new_id("call"),
-                        "type": "function",
-                        "function": call["function"],
-                    }
-                    for i, call in enumerate(tool_calls)
-                ]
-            finish = "tool_calls" if tool_calls and chunk.finish_reason != "length" else chunk.finish_reason
             yield responses.chat_chunk(
-                response_id,
-                model,
-                delta,
-                finish,
-                responses.usage(chunk.prompt_tokens, chunk.completion_tokens),
-                logprobs,
+                response_id, model, {"content": delta_text}, None, None, _take_logprobs(pending)
             )
+        # Output cut off by max_tokens is parsed as partial: complete calls survive.
+        truncated = final.finish_reason == "length"
+        message = self._parse_chat(rendered, text, partial=truncated, parse_tools=parse_tools)
+        content = message.get("content") or ""
+        tool_calls = message.get("tool_calls") or []
+        if truncated:  # a call cut off by max_tokens is not a call
+            tool_calls = [c for c in tool_calls if _is_json_object(c["function"].get("arguments", ""))]
+            if not tool_calls and not content:
+                content = text  # keep what was generated rather than lose it
+        delta: dict[str, Any] = {}
+        if parse_tools and len(content) > sent:
+            delta["content"] = content[sent:]
+        elif not parse_tools and final.text:
+            delta["content"] = final.text
+        if tool_calls:
+            delta["tool_calls"] = [
+                {
+                    "index": i,
+                    "id": call.get("id") or responses.new_id("call"),
+                    "type": "function",
+                    "function": call["function"],
+                }
+                for i, call in enumerate(tool_calls)
+            ]
+        finish = "tool_calls" if tool_calls and final.finish_reason != "length" else final.finish_reason
+        yield responses.chat_chunk(
+            response_id,
+            model,
+            delta,
+            finish,
+            responses.usage(final.prompt_tokens, final.completion_tokens),
+            _take_logprobs(pending),
+        )
 
     def _parse_chat(
         self, rendered: RenderedChat, text: str, *, partial: bool, parse_tools: bool
@@ -627,6 +645,15 @@ class Llama:
         texts = [input] if isinstance(input, str) else list(input)
         vectors, n_tokens = self._embed_texts(texts, False, True)
         return responses.embedding_response(model or self.model_path, vectors, n_tokens)
+
+
+def _take_logprobs(pending: list[TokenLogprob]) -> dict[str, Any] | None:
+    """The chat logprobs block for ``pending`` (emptied), or None."""
+    if not pending:
+        return None
+    block = responses.chat_logprobs(list(pending))
+    pending.clear()
+    return block
 
 
 def _is_json_object(text: str) -> bool:
