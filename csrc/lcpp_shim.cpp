@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -54,6 +55,8 @@ common_json trigger_to_json(const common_grammar_trigger & trigger) {
 }  // namespace
 
 extern "C" {
+
+const char * lcpp_package_version(void) { return LCPP_PACKAGE_VERSION; }
 
 void lcpp_string_free(char * s) { std::free(s); }
 
@@ -170,11 +173,72 @@ int32_t lcpp_decode_sequence(struct llama_context * ctx, struct llama_batch * ba
     return 0;
 }
 
-llama_token lcpp_step(struct llama_context * ctx, struct llama_sampler * smpl, const struct llama_vocab * vocab,
-                      struct llama_batch * batch, int32_t idx, llama_pos pos, llama_seq_id seq_id, bool decode,
-                      bool special, char * piece, int32_t piece_cap, int32_t * piece_len, int32_t * decode_status) {
-    const llama_token token = llama_sampler_sample(smpl, ctx, idx);
+llama_token lcpp_sample(struct llama_sampler * chain, struct llama_sampler * grammar, struct llama_context * ctx,
+                        int32_t idx, char ** error) {
+    *error = nullptr;
+    try {
+        if (grammar == nullptr) {
+            return llama_sampler_sample(chain, ctx, idx);
+        }
+        const float * logits = llama_get_logits_ith(ctx, idx);
+        if (logits == nullptr) {
+            throw std::runtime_error("no logits at this output index");
+        }
+        const int32_t n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(llama_get_model(ctx)));
+        thread_local std::vector<llama_token_data> candidates;
+        candidates.resize(n_vocab);
+        const auto fill = [&]() {
+            for (int32_t i = 0; i < n_vocab; ++i) {
+                candidates[i] = llama_token_data{i, logits[i], 0.0f};
+            }
+            return llama_token_data_array{candidates.data(), static_cast<size_t>(n_vocab), -1, false};
+        };
+        llama_token_data_array all = fill();
+        llama_sampler_apply(chain, &all);
+        llama_token token = all.data[all.selected].id;
+        llama_token_data single{token, 1.0f, 0.0f};
+        llama_token_data_array one{&single, 1, -1, false};
+        llama_sampler_apply(grammar, &one);
+        if (std::isinf(single.logit) && single.logit < 0) {  // rejected: constrain, then choose again
+            all = fill();
+            llama_sampler_apply(grammar, &all);
+            llama_sampler_apply(chain, &all);
+            token = all.data[all.selected].id;
+        }
+        llama_sampler_accept(grammar, token);
+        llama_sampler_accept(chain, token);
+        return token;
+    } catch (const std::exception & e) {
+        *error = copy_string(e.what());
+    } catch (...) {
+        *error = copy_string("unknown C++ exception while sampling");
+    }
+    return -1;
+}
+
+int lcpp_sampler_accept(struct llama_sampler * smpl, llama_token token, char ** error) {
+    *error = nullptr;
+    try {
+        llama_sampler_accept(smpl, token);
+        return 0;
+    } catch (const std::exception & e) {
+        *error = copy_string(e.what());
+    } catch (...) {
+        *error = copy_string("unknown C++ exception while accepting a token");
+    }
+    return 1;
+}
+
+llama_token lcpp_step(struct llama_context * ctx, struct llama_sampler * chain, struct llama_sampler * grammar,
+                      const struct llama_vocab * vocab, struct llama_batch * batch, int32_t idx, llama_pos pos,
+                      llama_seq_id seq_id, bool decode, bool special, char * piece, int32_t piece_cap,
+                      int32_t * piece_len, int32_t * decode_status, char ** error) {
     *decode_status = 0;
+    *piece_len = 0;
+    const llama_token token = lcpp_sample(chain, grammar, ctx, idx, error);
+    if (token < 0) {
+        return token;
+    }
     *piece_len = llama_token_to_piece(vocab, token, piece, piece_cap, 0, special);
     if (decode && !llama_vocab_is_eog(vocab, token)) {
         batch->n_tokens = 0;

@@ -18,6 +18,9 @@ extern "C" {
 
 typedef struct lcpp_chat_templates lcpp_chat_templates;
 
+/* The Python package version this extension was built for. */
+const char * lcpp_package_version(void);
+
 /* Release a string returned by the shim (NULL is accepted). */
 void lcpp_string_free(char * s);
 
@@ -57,15 +60,29 @@ void lcpp_batch_add(struct llama_batch * batch, llama_token token, llama_pos pos
 int32_t lcpp_decode_sequence(struct llama_context * ctx, struct llama_batch * batch, int32_t n_batch,
                              const llama_token * tokens, int32_t n, llama_pos pos0, llama_seq_id seq_id);
 
-/* One generation step for one sequence: sample at logits index `idx`, write the
- * token's text piece, and (unless it ends generation or `decode` is false) decode
- * it at `pos`.  Returns the token; *decode_status receives llama_decode's status
- * (0 when nothing was decoded); *piece_len the piece length, or the negative
- * size needed when `piece_cap` was too small. */
-llama_token lcpp_step(struct llama_context * ctx, struct llama_sampler * smpl,
+/* Sample a token at logits index `idx` with `chain` and an optional `grammar`
+ * sampler (kept outside the chain), and accept it in both.  The grammar is
+ * checked against the chain's choice first and applied to the whole vocabulary
+ * only when it rejects that choice, as llama.cpp's own common sampler does.
+ * Returns the token, or -1 with *error set when llama.cpp threw (for example a
+ * grammar that admits nothing more). */
+llama_token lcpp_sample(struct llama_sampler * chain, struct llama_sampler * grammar,
+                        struct llama_context * ctx, int32_t idx, char ** error);
+
+/* Accept a token already in the sequence; 0, or 1 with *error set. */
+int lcpp_sampler_accept(struct llama_sampler * smpl, llama_token token, char ** error);
+
+/* One generation step for one sequence: lcpp_sample at logits index `idx`, write
+ * the token's text piece, and (unless it ends generation or `decode` is false)
+ * decode it at `pos`.  Returns the token (-1 with *error set on failure);
+ * *decode_status receives llama_decode's status (0 when nothing was decoded);
+ * *piece_len the piece length, or the negative size needed when `piece_cap` was
+ * too small. */
+llama_token lcpp_step(struct llama_context * ctx, struct llama_sampler * chain, struct llama_sampler * grammar,
                       const struct llama_vocab * vocab, struct llama_batch * batch,
                       int32_t idx, llama_pos pos, llama_seq_id seq_id, bool decode, bool special,
-                      char * piece, int32_t piece_cap, int32_t * piece_len, int32_t * decode_status);
+                      char * piece, int32_t piece_cap, int32_t * piece_len, int32_t * decode_status,
+                      char ** error);
 
 /* Log-probability of `token` and the k most likely tokens at logits index `idx`.
  * Writes k ids and log-probs (descending) and returns the token's log-prob. */

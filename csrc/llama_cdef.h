@@ -218,6 +218,7 @@ struct llama_sampler * llama_sampler_init_grammar_lazy_patterns(const struct lla
 
 /* our shim */
 typedef struct lcpp_chat_templates lcpp_chat_templates;
+const char * lcpp_package_version(void);
 void lcpp_string_free(char * s);
 int lcpp_json_schema_to_grammar(const char * schema_json, char ** out);
 int lcpp_chat_templates_init(const struct llama_model * model, const char * template_override,
@@ -230,9 +231,13 @@ bool lcpp_abort_when_flag_set(void * flag);
 void lcpp_batch_add(struct llama_batch * batch, llama_token token, llama_pos pos, llama_seq_id seq_id, bool logits);
 int32_t lcpp_decode_sequence(struct llama_context * ctx, struct llama_batch * batch, int32_t n_batch,
                              const llama_token * tokens, int32_t n, llama_pos pos0, llama_seq_id seq_id);
-llama_token lcpp_step(struct llama_context * ctx, struct llama_sampler * smpl, const struct llama_vocab * vocab,
-                      struct llama_batch * batch, int32_t idx, llama_pos pos, llama_seq_id seq_id, bool decode,
-                      bool special, char * piece, int32_t piece_cap, int32_t * piece_len, int32_t * decode_status);
+llama_token lcpp_sample(struct llama_sampler * chain, struct llama_sampler * grammar, struct llama_context * ctx,
+                        int32_t idx, char ** error);
+int lcpp_sampler_accept(struct llama_sampler * smpl, llama_token token, char ** error);
+llama_token lcpp_step(struct llama_context * ctx, struct llama_sampler * chain, struct llama_sampler * grammar,
+                      const struct llama_vocab * vocab, struct llama_batch * batch, int32_t idx, llama_pos pos,
+                      llama_seq_id seq_id, bool decode, bool special, char * piece, int32_t piece_cap,
+                      int32_t * piece_len, int32_t * decode_status, char ** error);
 float lcpp_logprobs(struct llama_context * ctx, int32_t idx, int32_t n_vocab, llama_token token, int32_t k,
                     llama_token * top_ids, float * top_logprobs);
 

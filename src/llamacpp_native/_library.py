@@ -11,6 +11,7 @@ import atexit
 import collections
 import logging
 import threading
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from llamacpp_native.errors import LlamaError
@@ -23,7 +24,33 @@ except ImportError as error:  # pragma: no cover - only without a build
         "(`pip install .` from the repository) so that it is built."
     ) from error
 
-__all__ = ["ffi", "lib", "ensure_backend", "logger", "recent_errors", "take_string", "set_verbose"]
+
+def _check_extension_version() -> None:
+    """Refuse a compiled extension left over from another version of the package."""
+    try:
+        expected = version("llamacpp-integrations")
+    except PackageNotFoundError:  # running from a source tree without metadata
+        return
+    built = ffi.string(lib.lcpp_package_version()).decode()
+    if built != expected:
+        raise ImportError(
+            f"llamacpp_native's compiled extension was built for version {built}, but the package is "
+            f"{expected}; reinstall the package (pip install .) to rebuild it"
+        )
+
+
+_check_extension_version()
+
+__all__ = [
+    "ffi",
+    "lib",
+    "ensure_backend",
+    "logger",
+    "recent_errors",
+    "take_message",
+    "take_string",
+    "set_verbose",
+]
 
 logger = logging.getLogger("llamacpp_native")
 logger.addHandler(logging.NullHandler())
@@ -92,12 +119,18 @@ def recent_errors(clear: bool = True) -> str:
     return text
 
 
-def take_string(status: int, out: Any, error_type: type[LlamaError]) -> str:
-    """Take ownership of a shim-allocated string; raise ``error_type`` if status failed."""
+def take_message(out: Any) -> str:
+    """Take ownership of a shim-allocated string in ``out[0]``: free it and return its text."""
     try:
-        text = ffi.string(out[0]).decode("utf-8", "replace") if out[0] != ffi.NULL else ""
+        return ffi.string(out[0]).decode("utf-8", "replace") if out[0] != ffi.NULL else ""
     finally:
         lib.lcpp_string_free(out[0])
+        out[0] = ffi.NULL
+
+
+def take_string(status: int, out: Any, error_type: type[LlamaError]) -> str:
+    """Take a shim-allocated result string; raise ``error_type`` with it if ``status`` failed."""
+    text = take_message(out)
     if status != 0:
         raise error_type(text or "unknown error in llama.cpp")
     return text

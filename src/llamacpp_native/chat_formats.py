@@ -43,8 +43,8 @@ GEMMA = """{{- bos_token -}}
 CHATML = """{%- for message in messages -%}
 {{- '<|im_start|>' + message['role'] + '\\n' -}}
 {%- if loop.first and tools -%}
-{{- 'To call a tool, answer with <tool_call>{"name": <tool name>, "arguments": <arguments object>}</tool_call>. '
-    + 'Tools:\\n' -}}
+{{- 'To call a tool, answer with <tool_call>{"name": <tool name>, '
+    + '"arguments": <arguments object>}</tool_call>. Tools:\\n' -}}
 {%- for tool in tools -%}{{- (tool | tojson) + '\\n' -}}{%- endfor -%}
 {%- endif -%}
 {%- if message['content'] -%}{{- message['content'] -}}{%- endif -%}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,6 +34,10 @@ FLASH_ATTN = {None: -1, False: 0, True: 1}
 
 DECODE_NO_KV_SLOT = 1
 DECODE_ABORTED = 2
+
+
+def _free_batch(batch: Any) -> None:
+    lib.llama_batch_free(batch[0])
 
 
 def default_threads() -> int:
@@ -132,6 +137,7 @@ class Context:
         self.model = model
         self._handle: Any = ffi.gc(raw, lib.llama_free)
         self._batch: Any = ffi.new("llama_batch *", lib.llama_batch_init(n_batch, 0, n_seq_max))
+        self._free_batch = weakref.finalize(self, _free_batch, self._batch)
         self.lock = threading.RLock()
         self.n_ctx: int = int(lib.llama_n_ctx(raw))
         self.n_batch: int = int(lib.llama_n_batch(raw))
@@ -165,8 +171,9 @@ class Context:
         """Free the context and its batch.  Safe to call twice."""
         if self._handle is None:
             return
+        self.request_abort()  # a decode running in another thread stops first
         handle, self._handle = self._handle, None
-        lib.llama_batch_free(self._batch[0])
+        self._free_batch()
         ffi.release(handle)
 
     def __enter__(self) -> Context:
@@ -260,14 +267,14 @@ class Context:
             raise DecodeError(f"no logits at output index {index}; decode something first")
         return list(ffi.unpack(ptr, self.model.vocab.n_tokens))
 
-    def embedding(self, seq_id: int = 0) -> list[float]:
-        """Pooled embedding of sequence ``seq_id`` (or the last token's when pooling is none)."""
+    def embedding(self, seq_id: int = 0, index: int = -1) -> list[float]:
+        """Pooled embedding of sequence ``seq_id``; without pooling, the token's at batch ``index``."""
         handle = self.handle
         if not self.embeddings_enabled:
             raise ContextError("this context was created without embeddings=True")
         ptr = lib.llama_get_embeddings_seq(handle, seq_id) if self.pooling > 0 else ffi.NULL
         if ptr == ffi.NULL:
-            ptr = lib.llama_get_embeddings_ith(handle, -1)
+            ptr = lib.llama_get_embeddings_ith(handle, index)
         if ptr == ffi.NULL:
             raise DecodeError("no embeddings available; decode a sequence first")
         return list(ffi.unpack(ptr, self.model.n_embd))
@@ -311,6 +318,12 @@ class Context:
         """Restore a state from ``save_state`` (into ``seq_id`` for a sequence state)."""
         handle = self.handle
         if seq_id is None:
+            # llama.cpp trusts the leading length field; refuse data whose field overruns it.
+            if len(state) < 4 or int.from_bytes(state[:4], "little") > len(state):
+                raise ContextError(
+                    "state could not be restored: it is not a saved context state "
+                    "(its size field does not match)"
+                )
             read = lib.llama_state_set_data(handle, state, len(state))
         else:
             read = lib.llama_state_seq_set_data(handle, state, len(state), seq_id)

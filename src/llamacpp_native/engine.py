@@ -10,12 +10,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from llamacpp_native._library import ffi, lib
 from llamacpp_native.context import DECODE_NO_KV_SLOT, Context
-from llamacpp_native.errors import ContextOverflowError, GenerationCancelled
+from llamacpp_native.errors import ClosedError, ContextOverflowError, GenerationCancelled, LlamaError
 from llamacpp_native.model import Model
 from llamacpp_native.sampling import SamplerChain, SamplingParams
 from llamacpp_native.text_stream import StopMatcher, Utf8Stream
@@ -49,7 +50,7 @@ class GenerationRequest:
     grammar_prefill: list[int] = field(default_factory=list)
     """Tokens already in the prompt that the sampler's grammar must accept first."""
 
-    def validate(self, n_ctx: int) -> None:
+    def validate(self, n_ctx: int, n_vocab: int) -> None:
         """Raise a clear error for requests that cannot run."""
         if self.max_tokens is not None and self.max_tokens < 0:
             raise ValueError(f"max_tokens must be >= 0 or None (no limit), got {self.max_tokens}")
@@ -60,8 +61,10 @@ class GenerationRequest:
                 f"the prompt has {len(self.prompt_tokens)} tokens but the context window is {n_ctx} tokens; "
                 "shorten the prompt or load the model with a larger n_ctx"
             )
-        if self.logprobs is not None and self.logprobs < 0:
-            raise ValueError(f"logprobs must be >= 0, got {self.logprobs}")
+        if self.logprobs is not None and not 0 <= self.logprobs <= n_vocab:
+            raise ValueError(
+                f"logprobs must be between 0 and the vocabulary size {n_vocab}, got {self.logprobs}"
+            )
 
 
 @dataclass
@@ -124,7 +127,11 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 class _SequenceOutput:
-    """Per-sequence output bookkeeping: tokens -> safe text chunks, stop and length."""
+    """Per-sequence output bookkeeping: tokens -> safe text chunks, stop, length, logprobs.
+
+    A token's logprob is released together with the text it starts in, so logprobs
+    of tokens swallowed by a stop string are never reported.
+    """
 
     def __init__(self, request: GenerationRequest, limit: int) -> None:
         self.request = request
@@ -133,22 +140,45 @@ class _SequenceOutput:
         self.stops = StopMatcher(request.stop)
         self.tokens: list[int] = []
         self.finish_reason: str | None = None
+        self._produced = 0  # characters decoded so far (emitted or held back)
+        self._emitted = 0  # characters released so far
+        self._pending: list[tuple[int, TokenLogprob]] = []  # (start offset, logprob)
 
-    def feed(self, token: int, piece: bytes) -> str:
-        """Record a generated token; return text that may be emitted now."""
+    def feed(
+        self, token: int, piece: bytes, logprob: TokenLogprob | None = None
+    ) -> tuple[str, list[TokenLogprob]]:
+        """Record a generated token; return the text (and logprobs) that may be emitted now."""
         self.tokens.append(token)
-        text = self.stops.push(self.utf8.push(piece))
+        decoded = self.utf8.push(piece)
+        if logprob is not None:
+            self._pending.append((self._produced, logprob))
+        self._produced += len(decoded)
+        text = self.stops.push(decoded)
+        self._emitted += len(text)
         if self.stops.stopped:
             self.finish_reason = "stop"
         elif len(self.tokens) >= self.limit:
             self.finish_reason = "length"
-        return text
+        return text, self._release(final=False)
 
-    def end(self, reason: str) -> str:
-        """Finish with ``reason`` (if not already finished); return held-back text."""
+    def end(self, reason: str) -> tuple[str, list[TokenLogprob]]:
+        """Finish with ``reason`` (if not already finished); return held-back text and logprobs."""
         if self.finish_reason is None:
             self.finish_reason = reason
-        return self.stops.push(self.utf8.flush()) + self.stops.flush()
+        tail = self.stops.push(self.utf8.flush()) + self.stops.flush()
+        self._emitted += len(tail)
+        return tail, self._release(final=True)
+
+    def _release(self, final: bool) -> list[TokenLogprob]:
+        if not self._pending:
+            return []
+        if final and not self.stops.stopped:
+            ready = [lp for _start, lp in self._pending]
+            self._pending = []
+            return ready
+        ready = [lp for start, lp in self._pending if start < self._emitted]
+        self._pending = [] if final else [(s, lp) for s, lp in self._pending if s >= self._emitted]
+        return ready
 
 
 class Engine:
@@ -169,6 +199,7 @@ class Engine:
         self.n_ctx = self.context.n_ctx
         self.slots = [_Slot(i) for i in range(self.context.n_seq_max)]
         self.lock = threading.Lock()
+        self._owner: int | None = None  # thread holding the engine, to refuse same-thread re-entry
         self._piece = ffi.new("char[]", PIECE_CAPACITY)
         self._piece_len = ffi.new("int32_t *")
         self._status = ffi.new("int32_t *")
@@ -182,9 +213,42 @@ class Engine:
         candidates = [s for s in self.slots if s.seq_id not in exclude]
         best = max(candidates, key=lambda s: (_common_prefix(s.tokens, prompt), -s.last_used))
         shared = _common_prefix(best.tokens, prompt)
-        if shared == 0:
-            best = min(candidates, key=lambda s: s.last_used)
-        return best, shared
+        # Reuse a slot only when the prompt continues a good part of what it holds: a
+        # short shared start (BOS alone) must not evict another conversation.
+        if shared >= 2 and 2 * shared >= len(best.tokens):
+            return best, shared
+        # Otherwise start afresh, so the prompt is decoded the same way whatever the cache held.
+        empty = [s for s in candidates if not s.tokens]
+        return (empty[0] if empty else min(candidates, key=lambda s: s.last_used)), 0
+
+    @contextmanager
+    def _exclusive(self, cancellation: Cancellation | None) -> Iterator[Context]:
+        """Hold the engine for one request (across a stream's pauses)."""
+        if self._owner == threading.get_ident():
+            raise LlamaError(
+                "a stream from this model is still open in this thread; read it to the end "
+                "or close() it before starting another request"
+            )
+        with self.lock:
+            self._owner = threading.get_ident()
+            context = self.context
+            context.clear_abort()
+            if cancellation is not None:
+                cancellation._context = context
+            try:
+                yield context
+            finally:
+                self._owner = None
+                if cancellation is not None:
+                    cancellation._context = None
+                if not context.closed:
+                    context.clear_abort()
+
+    def _check_usable(self, cancellation: Cancellation | None) -> None:
+        if self.context.closed:
+            raise ClosedError("the model was closed while this generation was running")
+        if cancellation is not None and cancellation.cancelled:
+            raise GenerationCancelled("generation was cancelled")
 
     def _forget(self, slot: _Slot) -> None:
         self.context.kv_remove(slot.seq_id, -1, -1)
@@ -247,14 +311,10 @@ class Engine:
 
         Closing the iterator (or cancelling) stops decoding and leaves the engine usable.
         """
-        request.validate(self.n_ctx)
+        request.validate(self.n_ctx, self.vocab.n_tokens)
         self.vocab.check_tokens(request.prompt_tokens)
         sampler = self._sampler(request)
-        with self.lock:
-            context = self.context
-            context.clear_abort()
-            if cancellation is not None:
-                cancellation._context = context
+        with self._exclusive(cancellation):
             slot, shared = self._choose_slot(request.prompt_tokens, set())
             slot.last_used = time.monotonic()
             try:
@@ -263,13 +323,11 @@ class Engine:
             except GeneratorExit:  # the consumer stopped reading: the cache is still consistent
                 raise
             except BaseException:  # an interrupted decode may leave the slot half-written
-                self._forget(slot)
+                if not self.context.closed:
+                    self._forget(slot)
                 raise
             finally:
                 sampler.close()
-                context.clear_abort()
-                if cancellation is not None:
-                    cancellation._context = None
 
     def _generate_one(
         self,
@@ -283,39 +341,28 @@ class Engine:
         if out.limit <= 0:
             yield Chunk("", [], None, "length", n_prompt, 0)
             return
-        handle, smpl, vocab = self.context.handle, sampler.handle, self.vocab.handle
+        handle, vocab = self.context.handle, self.vocab.handle
+        chain, grammar, error = sampler.handle, sampler.grammar_handle, sampler._error
         batch, piece, piece_len, status = self.context.batch, self._piece, self._piece_len, self._status
         step, is_eog, seq_id = lib.lcpp_step, lib.llama_vocab_is_eog, slot.seq_id
         want_logprobs = request.logprobs is not None
         while out.finish_reason is None:
-            if cancellation is not None and cancellation.cancelled:
-                raise GenerationCancelled("generation was cancelled")
+            self._check_usable(cancellation)
             pos = len(slot.tokens)
             decode = len(out.tokens) + 1 < out.limit
+            logprob: TokenLogprob | None = None
             if want_logprobs:
-                token, logprob = self._sample_with_logprobs(sampler, request.logprobs or 0)
+                token, logprob = self._sample_with_logprobs(sampler, request.logprobs or 0, -1)
                 piece_bytes = self.vocab.token_to_piece(token)
                 if is_eog(vocab, token):
                     break
                 if decode:
                     self.context.check_status(self._decode_checked(slot, (token,)))
-                logprobs: list[TokenLogprob] | None = [logprob]
             else:
-                token = step(
-                    handle,
-                    smpl,
-                    vocab,
-                    batch,
-                    -1,
-                    pos,
-                    seq_id,
-                    decode,
-                    False,
-                    piece,
-                    PIECE_CAPACITY,
-                    piece_len,
-                    status,
-                )
+                token = step(handle, chain, grammar, vocab, batch, -1, pos, seq_id, decode, False,
+                             piece, PIECE_CAPACITY, piece_len, status, error)  # fmt: skip
+                if token < 0:
+                    sampler.raise_native_error()
                 if is_eog(vocab, token):
                     break
                 if status[0] == DECODE_NO_KV_SLOT and self._evict_for(slot):
@@ -324,22 +371,23 @@ class Engine:
                     self.context.check_status(status[0], "token decode")
                 n = piece_len[0]
                 piece_bytes = ffi.buffer(piece, n)[:] if n >= 0 else self.vocab.token_to_piece(token)
-                logprobs = None
             if decode:
                 slot.tokens.append(token)
-            text = out.feed(token, piece_bytes)
+            text, logprobs = out.feed(token, piece_bytes, logprob)
             if text or logprobs:
-                yield Chunk(text, [token], logprobs)
-        tail = out.end("stop")
-        yield Chunk(tail, [], None, out.finish_reason, n_prompt, len(out.tokens))
+                yield Chunk(text, [token], logprobs or None)
+        tail, logprobs = out.end("stop")
+        yield Chunk(tail, [], logprobs or None, out.finish_reason, n_prompt, len(out.tokens))
 
-    def _sample_with_logprobs(self, sampler: SamplerChain, top_n: int) -> tuple[int, TokenLogprob]:
+    def _sample_with_logprobs(
+        self, sampler: SamplerChain, top_n: int, index: int
+    ) -> tuple[int, TokenLogprob]:
         handle, n_vocab = self.context.handle, self.vocab.n_tokens
         ids = ffi.new("llama_token[]", max(top_n, 1))
         values = ffi.new("float[]", max(top_n, 1))
-        lib.lcpp_logprobs(handle, -1, n_vocab, -1, top_n, ids, values)  # read before sampling
-        token = sampler.sample(self.context)
-        own = lib.lcpp_logprobs(handle, -1, n_vocab, token, 0, ffi.NULL, ffi.NULL)
+        lib.lcpp_logprobs(handle, index, n_vocab, -1, top_n, ids, values)  # read before sampling
+        token = sampler.sample(self.context, index)
+        own = lib.lcpp_logprobs(handle, index, n_vocab, token, 0, ffi.NULL, ffi.NULL)
         top = [
             (self.vocab.token_to_piece(ids[i]).decode("utf-8", "replace"), float(values[i]))
             for i in range(top_n)
@@ -366,7 +414,7 @@ class Engine:
         receives ``(request_index, chunk)`` as text is produced.
         """
         for request in requests:
-            request.validate(self.n_ctx)
+            request.validate(self.n_ctx, self.vocab.n_tokens)
             self.vocab.check_tokens(request.prompt_tokens)
         results: list[GenerationResult] = []
         width = len(self.slots)
@@ -388,11 +436,7 @@ class Engine:
     ) -> list[GenerationResult]:
         samplers = [self._sampler(r) for r in requests]
         started = time.perf_counter()
-        with self.lock:
-            context = self.context
-            context.clear_abort()
-            if cancellation is not None:
-                cancellation._context = context
+        with self._exclusive(cancellation):
             chosen: list[_Slot] = []
             try:
                 for request in requests:
@@ -402,15 +446,13 @@ class Engine:
                     chosen.append(slot)
                 outputs = self._run_group(requests, samplers, chosen, on_chunk, cancellation)
             except BaseException:
-                for slot in chosen:
-                    self._forget(slot)
+                if not self.context.closed:
+                    for slot in chosen:
+                        self._forget(slot)
                 raise
             finally:
                 for sampler in samplers:
                     sampler.close()
-                context.clear_abort()
-                if cancellation is not None:
-                    cancellation._context = None
         elapsed = time.perf_counter() - started
         return [
             GenerationResult(
@@ -419,10 +461,10 @@ class Engine:
                 out.finish_reason or "stop",
                 len(r.prompt_tokens),
                 len(out.tokens),
-                None,
+                logprobs or None,
                 elapsed,
             )
-            for r, out, text in outputs
+            for r, out, text, logprobs in outputs
         ]
 
     def _run_group(
@@ -432,7 +474,7 @@ class Engine:
         slots: list[_Slot],
         on_chunk: Callable[[int, Chunk], None],
         cancellation: Cancellation | None,
-    ) -> list[tuple[GenerationRequest, _SequenceOutput, str]]:
+    ) -> list[tuple[GenerationRequest, _SequenceOutput, str, list[TokenLogprob]]]:
         context = self.context
         # Prompt bodies first, then every prompt's last token in one final batch, so
         # that all sequences have their logits in the same (last) batch.
@@ -440,54 +482,73 @@ class Engine:
             (r.prompt_tokens[len(s.tokens) : -1], len(s.tokens), s.seq_id)
             for r, s in zip(requests, slots, strict=True)
         ]
-        context.decode_many([b for b in bodies if b[0]])
+        self._decode_group([b for b in bodies if b[0]], slots)
         lasts = [
             (r.prompt_tokens[-1:], len(r.prompt_tokens) - 1, s.seq_id)
             for r, s in zip(requests, slots, strict=True)
         ]
-        indices = context.decode_many(lasts)
+        indices = self._decode_group(lasts, slots)
         for request, slot in zip(requests, slots, strict=True):
             slot.tokens = list(request.prompt_tokens)
         outputs = [_SequenceOutput(r, self._limit(r)) for r in requests]
         texts = [""] * len(requests)
+        logprobs: list[list[TokenLogprob]] = [[] for _ in requests]
         active = [i for i, out in enumerate(outputs) if out.limit > 0]
         for out in outputs:
             if out.limit <= 0:
                 out.finish_reason = "length"
-        vocab, handle, batch = self.vocab.handle, context.handle, context.batch
+        vocab, batch = self.vocab.handle, context.batch
         while active:
-            if cancellation is not None and cancellation.cancelled:
-                raise GenerationCancelled("generation was cancelled")
+            self._check_usable(cancellation)
             batch.n_tokens = 0
             still: list[int] = []
             for i in active:
-                out = outputs[i]
-                token = int(lib.llama_sampler_sample(samplers[i].handle, handle, indices[i]))
+                out, request = outputs[i], requests[i]
+                if request.logprobs is not None:
+                    token, logprob = self._sample_with_logprobs(samplers[i], request.logprobs, indices[i])
+                else:
+                    token, logprob = samplers[i].sample(context, indices[i]), None
                 if lib.llama_vocab_is_eog(vocab, token):
                     out.finish_reason = "stop"
                 else:
-                    text = out.feed(token, self.vocab.token_to_piece(token))
-                    if text:
+                    text, released = out.feed(token, self.vocab.token_to_piece(token), logprob)
+                    logprobs[i].extend(released)
+                    if text or released:
                         texts[i] += text
-                        on_chunk(i, Chunk(text, [token]))
+                        on_chunk(i, Chunk(text, [token], released or None))
                     if out.finish_reason is None:
                         indices[i] = batch.n_tokens
                         lib.lcpp_batch_add(batch, token, len(slots[i].tokens), slots[i].seq_id, True)
                         slots[i].tokens.append(token)
                         still.append(i)
                 if out.finish_reason is not None:
-                    tail = out.end("stop")
+                    tail, released = out.end("stop")
                     texts[i] += tail
-                    on_chunk(
-                        i,
-                        Chunk(
-                            tail, [], None, out.finish_reason, len(requests[i].prompt_tokens), len(out.tokens)
-                        ),
+                    logprobs[i].extend(released)
+                    chunk = Chunk(
+                        tail,
+                        [],
+                        released or None,
+                        out.finish_reason,
+                        len(request.prompt_tokens),
+                        len(out.tokens),
                     )
+                    on_chunk(i, chunk)
             active = still
             if active:
-                context.check_status(lib.llama_decode(handle, batch[0]), "parallel decode")
-        return [(r, out, text) for r, out, text in zip(requests, outputs, texts, strict=True)]
+                context.check_status(lib.llama_decode(context.handle, batch[0]), "parallel decode")
+        return list(zip(requests, outputs, texts, logprobs, strict=True))
+
+    def _decode_group(self, sequences: list[tuple[list[int], int, int]], slots: list[_Slot]) -> list[int]:
+        """``decode_many``, forgetting slots outside the group while the KV cache is full."""
+        while True:
+            try:
+                return self.context.decode_many(sequences)
+            except ContextOverflowError:
+                idle = [s for s in self.slots if s not in slots and s.tokens]
+                if not idle:
+                    raise
+                self._forget(min(idle, key=lambda s: s.last_used))
 
 
 def aggregate(chunks: Iterator[Chunk]) -> GenerationResult:

@@ -359,8 +359,10 @@ class Llama:
             yield responses.completion(response_id, self.model_path, prefix, None, None, None)
         for chunk in self.engine.stream(request, cancellation):
             text = chunk.text + (suffix if chunk.finish_reason else "")
-            logprobs = responses.completion_logprobs(chunk.logprobs, offset) if chunk.logprobs else None
-            offset += len(chunk.text)
+            logprobs = None
+            if chunk.logprobs:
+                logprobs = responses.completion_logprobs(chunk.logprobs, offset)
+                offset += sum(len(item.text) for item in chunk.logprobs)
             token_usage = (
                 responses.usage(chunk.prompt_tokens, chunk.completion_tokens) if chunk.finish_reason else None
             )
@@ -462,6 +464,9 @@ class Llama:
             grammar=spec,
         )
         prompt = self.tokenize(rendered.prompt, add_bos=False, special=True)
+        vocab = self.model.vocab
+        if vocab.add_bos and (not prompt or prompt[0] != vocab.bos):
+            prompt.insert(0, vocab.bos)  # llama.cpp strips the template's BOS when rendering
         n_logprobs = (top_logprobs or 0) if logprobs else None
         # A template-made grammar starts with the generation prompt, which is already in
         # the prompt: the grammar must step past it before sampling (as llama.cpp does).
@@ -635,8 +640,10 @@ class Llama:
     @staticmethod
     def _embed_group(context: Context, group: list[list[int]]) -> list[list[float]]:
         context.kv_clear()
-        context.decode_many([(tokens, 0, seq) for seq, tokens in enumerate(group)], all_outputs=True)
-        vectors = [context.embedding(seq) for seq in range(len(group))]
+        indices = context.decode_many(
+            [(tokens, 0, seq) for seq, tokens in enumerate(group)], all_outputs=True
+        )
+        vectors = [context.embedding(seq, index) for seq, index in enumerate(indices)]
         context.kv_clear()
         return vectors
 

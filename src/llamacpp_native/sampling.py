@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
-from llamacpp_native._library import ffi, lib, recent_errors
+from llamacpp_native._library import ffi, lib, recent_errors, take_message
 from llamacpp_native.errors import ClosedError, GrammarError
 from llamacpp_native.vocab import Vocab
 
@@ -48,6 +49,9 @@ class SamplingParams:
 
     def validate(self, n_vocab: int) -> None:
         """Raise ``ValueError`` on settings llama.cpp would misbehave with."""
+        for name in ("temperature", "repeat_penalty", "frequency_penalty", "presence_penalty"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
         for name in ("top_p", "min_p", "typical_p"):
@@ -90,9 +94,12 @@ def _grammar_sampler(vocab: Vocab, grammar: GrammarSpec) -> Any:
 
 
 class SamplerChain:
-    """A native ``llama_sampler`` chain; freed exactly once.
+    """A native sampler chain plus an optional grammar sampler; each freed exactly once.
 
-    Sampling, penalties and grammar all run in C: per token, Python makes one call.
+    Sampling, penalties and grammar all run in C: per token, Python makes one
+    call.  The grammar stays outside the chain so that it is checked against the
+    chain's choice first and applied to the whole vocabulary only when it rejects
+    that choice (the same shortcut llama.cpp's own sampler takes).
     """
 
     def __init__(self, vocab: Vocab, params: SamplingParams) -> None:
@@ -101,16 +108,16 @@ class SamplerChain:
         self.seed = (
             params.seed if params.seed != DEFAULT_SEED and params.seed >= 0 else random.getrandbits(32)
         )
+        self._grammar: Any = None
+        if params.grammar is not None:
+            self._grammar = ffi.gc(_grammar_sampler(vocab, params.grammar), lib.llama_sampler_free)
         chain_params = lib.llama_sampler_chain_default_params()
         chain_params.no_perf = True
         raw = lib.llama_sampler_chain_init(chain_params)
         self._handle: Any = ffi.gc(raw, lib.llama_sampler_free)
-        try:
-            for stage in self._stages(vocab, params):
-                lib.llama_sampler_chain_add(raw, stage)  # the chain owns the stage from here
-        except BaseException:
-            self.close()
-            raise
+        for stage in self._stages(vocab, params):
+            lib.llama_sampler_chain_add(raw, stage)  # the chain owns the stage from here
+        self._error = ffi.new("char **")
 
     def _stages(self, vocab: Vocab, p: SamplingParams) -> list[Any]:
         stages: list[Any] = []
@@ -127,13 +134,6 @@ class SamplerChain:
                     p.presence_penalty,
                 )
             )
-        if p.grammar is not None:
-            try:
-                stages.append(_grammar_sampler(vocab, p.grammar))
-            except GrammarError:
-                for stage in stages:
-                    lib.llama_sampler_free(stage)
-                raise
         if p.temperature <= 0:
             stages.append(lib.llama_sampler_init_greedy())
             return stages
@@ -151,31 +151,54 @@ class SamplerChain:
 
     @property
     def handle(self) -> Any:
-        """The raw ``llama_sampler *`` chain."""
+        """The raw ``llama_sampler *`` chain (without the grammar)."""
         if self._handle is None:
             raise ClosedError("sampler chain is closed")
         return self._handle
 
+    @property
+    def grammar_handle(self) -> Any:
+        """The raw grammar ``llama_sampler *``, or NULL when there is no grammar."""
+        self.handle  # noqa: B018 - raises if closed
+        return ffi.NULL if self._grammar is None else self._grammar
+
+    def raise_native_error(self) -> NoReturn:
+        """Raise the error that the last failed native sampling call reported."""
+        reason = take_message(self._error) or "unknown error"
+        raise GrammarError(
+            f"sampling failed in llama.cpp: {reason} (a grammar that admits no further text causes this)"
+        )
+
     def accept(self, tokens: Sequence[int]) -> None:
         """Feed tokens that are already in the sequence (for penalties and grammar)."""
-        handle = self.handle
+        handles = [h for h in (self.handle, self._grammar) if h is not None]
         for token in tokens:
-            lib.llama_sampler_accept(handle, token)
+            for handle in handles:
+                if lib.lcpp_sampler_accept(handle, token, self._error) != 0:
+                    self.raise_native_error()
 
     def reset(self) -> None:
         """Forget accepted tokens and grammar progress."""
         lib.llama_sampler_reset(self.handle)
+        if self._grammar is not None:
+            lib.llama_sampler_reset(self._grammar)
 
     def sample(self, context: Any, index: int = -1) -> int:
         """Sample (and accept) a token from ``context``'s logits at output ``index``."""
-        return int(lib.llama_sampler_sample(self.handle, context.handle, index))
+        token = int(lib.lcpp_sample(self.handle, self.grammar_handle, context.handle, index, self._error))
+        if token < 0:
+            self.raise_native_error()
+        return token
 
     def close(self) -> None:
-        """Free the chain and every stage in it.  Safe to call twice."""
+        """Free the chain, every stage in it, and the grammar.  Safe to call twice."""
         if self._handle is None:
             return
         handle, self._handle = self._handle, None
         ffi.release(handle)
+        if self._grammar is not None:
+            grammar, self._grammar = self._grammar, None
+            ffi.release(grammar)
 
     def __enter__(self) -> SamplerChain:
         return self

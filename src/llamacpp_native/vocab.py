@@ -63,7 +63,12 @@ class Vocab:
         special-token text such as ``<start_of_turn>`` become the special token.
         """
         if isinstance(text, str):
-            data = text.encode("utf-8")
+            try:
+                data = text.encode("utf-8")
+            except UnicodeEncodeError as error:
+                raise TokenizeError(
+                    f"text cannot be encoded as UTF-8 ({error.reason} at {error.start})"
+                ) from None
         elif isinstance(text, (bytes, bytearray)):
             data = bytes(text)
             try:

@@ -54,13 +54,6 @@ def test_a_chat_completion_is_openai_shaped_with_usage(llama: Llama) -> None:
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
 
 
-@pytest.mark.xfail(
-    reason="llama.cpp's common_chat_templates_apply strips the template's leading BOS from the rendered "
-    "prompt "
-    "(the tokenizer is expected to add it), but Llama.chat_request tokenizes it with add_bos=False, so chat "
-    "prompts reach Gemma without <bos> (and it answers with blank lines)",
-    strict=True,
-)
 def test_the_chat_prompt_reaches_the_model_with_exactly_one_bos(llama: Llama) -> None:
     tokens = llama.chat_request(llama.render_chat(QUESTION)).prompt_tokens
     assert tokens[0] == llama.token_bos()

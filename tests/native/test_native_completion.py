@@ -142,15 +142,6 @@ def test_logprobs_do_not_change_the_greedy_text(greedy: Complete) -> None:
     assert choice(greedy(COUNT, logprobs=2))["text"] == choice(greedy(COUNT))["text"]
 
 
-@pytest.mark.xfail(
-    reason="Engine._generate_one yields a TokenLogprob for every sampled token, also those swallowed by a "
-    "stop "
-    "string or held back while a stop string might start; and Llama._completion_chunks advances text_offset "
-    "by "
-    "the chunk's emitted text, so held-back tokens get stale offsets. Here text ' 5' comes with tokens "
-    "[' ', '5', ',', ' ', '6'] and offsets [0, 1, 2, 2, 2]",
-    strict=True,
-)
 def test_logprobs_cover_exactly_the_returned_text_when_a_stop_string_cuts_it(greedy: Complete) -> None:
     result = choice(greedy(COUNT, stop=[", 6"], logprobs=1))
     assert result["text"] == " 5"
@@ -158,13 +149,6 @@ def test_logprobs_cover_exactly_the_returned_text_when_a_stop_string_cuts_it(gre
     assert result["logprobs"]["text_offset"] == [0, 1]
 
 
-@pytest.mark.xfail(
-    reason="Llama._completion_chunks advances text_offset by each chunk's emitted text; while a possible "
-    "stop "
-    "string holds text back, chunks are empty, so every held-back token gets the same stale offset (here "
-    "[0, 1, 1, 1, 1, 1, 1, 1] instead of [0, 1, 2, 3, 4, 5, 6, 7])",
-    strict=True,
-)
 def test_text_offsets_stay_right_while_text_is_held_back_for_a_possible_stop(greedy: Complete) -> None:
     logprobs = choice(greedy(COUNT, stop=["5, 6, 8"], logprobs=1))["logprobs"]
     starts = [sum(len(t) for t in logprobs["tokens"][:i]) for i in range(len(logprobs["tokens"]))]

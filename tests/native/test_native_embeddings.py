@@ -73,12 +73,6 @@ def test_an_empty_text_still_embeds(llama: Llama) -> None:
     assert len(llama.embed("")) == 640
 
 
-@pytest.mark.xfail(
-    reason="With pooling='none', Context.embedding(seq_id) reads llama_get_embeddings_ith(ctx, -1) whatever "
-    "the "
-    "sequence, so every text of a batch gets the last token of the last text",
-    strict=True,
-)
 def test_without_pooling_each_text_of_a_batch_gets_its_own_last_token_vector(model_path: Path) -> None:
     with Llama(model_path, n_ctx=128, n_parallel=2, n_threads=1, embedding=True, pooling="none") as instance:
         first, second = instance.embed(TEXTS[:2])

@@ -112,12 +112,6 @@ def test_a_request_that_does_not_fit_beside_another_slot_evicts_it(
     assert result.text == " e f g h"
 
 
-@pytest.mark.xfail(
-    reason="Engine._generate_group/_run_group have no eviction: when the chosen slots need KV cells held by "
-    "other slots, decode_many fails with ContextOverflowError ('no room left in the KV cache') although the "
-    "prompt fits the window, where Engine.stream would evict the least recently used slot",
-    strict=True,
-)
 def test_parallel_generation_evicts_other_slots_when_it_needs_room(
     two_slot_engine: Engine, vocab: Vocab
 ) -> None:
@@ -127,13 +121,6 @@ def test_parallel_generation_evicts_other_slots_when_it_needs_room(
     assert result.text == " e f g h"
 
 
-@pytest.mark.xfail(
-    reason="Engine._choose_slot takes the slot with the longest common prefix however short: every prompt "
-    "shares "
-    "<bos> (and often a few words) with any used slot, so a new conversation overwrites the cached one while "
-    "other slots stay empty, and alternating conversations never hit the prefix cache",
-    strict=True,
-)
 def test_a_new_conversation_takes_a_free_slot_and_the_first_stays_cached(
     two_slot_engine: Engine, vocab: Vocab
 ) -> None:
@@ -172,12 +159,6 @@ def test_parallel_results_report_finish_reason_and_token_counts(llama: Llama) ->
     assert (second.finish_reason, second.completion_tokens, len(second.tokens)) == ("length", 5, 5)
 
 
-@pytest.mark.xfail(
-    reason="Engine._run_group ignores GenerationRequest.logprobs: create_completions(..., logprobs=n) "
-    "silently "
-    "returns GenerationResult.logprobs = None",
-    strict=True,
-)
 def test_parallel_completions_return_logprobs_when_asked(llama: Llama) -> None:
     (result,) = llama.create_completions(["1, 2, 3, 4,"], max_tokens=3, temperature=0.0, logprobs=2)
     assert result.logprobs is not None
@@ -310,7 +291,7 @@ def test_cancelling_parallel_generation_stops_every_sequence(llama: Llama) -> No
     [
         ({"prompt_tokens": []}, "the prompt is empty"),
         ({"prompt_tokens": [2, 3], "max_tokens": -1}, "max_tokens must be >= 0"),
-        ({"prompt_tokens": [2, 3], "logprobs": -2}, "logprobs must be >= 0"),
+        ({"prompt_tokens": [2, 3], "logprobs": -2}, "logprobs must be between 0"),
     ],
 )
 def test_invalid_requests_are_value_errors(engine: Engine, kwargs: dict[str, Any], message: str) -> None:

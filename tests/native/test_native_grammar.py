@@ -116,14 +116,6 @@ def test_schema_text_that_is_not_json_is_a_grammar_error() -> None:
         json_schema_to_grammar('{"type": "object",')
 
 
-@pytest.mark.xfail(
-    reason="A grammar whose language is empty (here the character class [5-1]; json_schema_to_grammar makes "
-    "the same from {'type': 'integer', 'minimum': 5, 'maximum': 1}) makes llama.cpp's grammar sampler throw "
-    "std::runtime_error('Unexpected empty grammar stack after accepting piece') inside llama_sampler_sample "
-    "/ "
-    "lcpp_step; the C++ exception crosses the C API and std::terminate aborts the process (exit -6)",
-    strict=True,
-)
 def test_a_grammar_that_admits_nothing_is_an_error_not_a_crash(model_path: Path) -> None:
     script = textwrap.dedent(
         f"""

@@ -92,11 +92,6 @@ def test_invalid_utf8_bytes_are_a_tokenize_error(llama: Llama) -> None:
         llama.tokenize(b"caf\xe9 \xff\xfe")
 
 
-@pytest.mark.xfail(
-    reason="Vocab.tokenize calls text.encode('utf-8') unguarded, so a str with a lone surrogate raises "
-    "UnicodeEncodeError instead of TokenizeError",
-    strict=True,
-)
 def test_a_str_with_a_lone_surrogate_is_a_tokenize_error(llama: Llama) -> None:
     with pytest.raises(TokenizeError):
         llama.tokenize("broken \ud800 text")
@@ -131,23 +126,11 @@ def test_a_logit_bias_for_an_unknown_token_is_a_value_error(llama: Llama) -> Non
         llama.create_completion("hello", logit_bias={999999: 5.0}, max_tokens=2)
 
 
-@pytest.mark.xfail(
-    reason="SamplingParams.validate does not check temperature: NaN passes 'temperature <= 0' as False and "
-    "goes into llama_sampler_init_temp, which silently samples from NaN logits",
-    strict=True,
-)
 def test_a_nan_temperature_is_a_value_error(llama: Llama) -> None:
     with pytest.raises(ValueError, match="temperature"):
         SamplerChain(llama.model.vocab, SamplingParams(temperature=math.nan))
 
 
-@pytest.mark.xfail(
-    reason="Nothing bounds logprobs: Engine._sample_with_logprobs allocates ffi.new('llama_token[]', top_n) "
-    "and "
-    "float[top_n] (8 GB for 10**9) and loops top_n times over token_to_piece, so a large value hangs or "
-    "exhausts memory instead of being refused (or capped at the vocabulary size)",
-    strict=True,
-)
 def test_an_absurd_logprobs_count_is_refused_not_a_hang(run_python: RunPython) -> None:
     child = run_python(
         """
@@ -222,12 +205,6 @@ def test_closing_twice_is_safe(model_path: Path) -> None:
     assert instance.model.closed
 
 
-@pytest.mark.xfail(
-    reason="Engine._generate_one caches the raw context/vocab pointers for the whole stream and never checks "
-    "for close, so closing a Llama while one of its streams is open and then reading on calls lcpp_step on "
-    "freed memory: the process dies with SIGSEGV",
-    strict=True,
-)
 def test_reading_a_stream_after_its_model_was_closed_is_a_closed_error_not_a_crash(
     run_python: RunPython,
 ) -> None:

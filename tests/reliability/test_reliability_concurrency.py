@@ -101,11 +101,6 @@ def test_a_request_from_another_thread_waits_for_an_open_stream_without_corrupti
     assert other["result"] == other_alone
 
 
-@pytest.mark.xfail(
-    reason="Engine.stream holds the non-reentrant Engine.lock while its generator is suspended, so a second "
-    "request on the same Llama from the thread that holds an unfinished stream blocks forever (deadlock)",
-    strict=True,
-)
 def test_a_second_request_in_the_thread_of_an_open_stream_does_not_deadlock(model_path: Path) -> None:
     instance = Llama(model_path, n_ctx=64, n_parallel=1, n_threads=1)
     opened = threading.Event()

@@ -118,13 +118,6 @@ def test_closing_contexts_frees_every_malloc_d_byte(llama: Llama, malloc_in_use:
     assert malloc_in_use() - before < 1 * MiB
 
 
-@pytest.mark.xfail(
-    reason="Context frees its llama_batch (llama_batch_init'd, ~600 KiB at n_batch=2048, n_seq_max=64) only "
-    "in "
-    "close(); a Context that is garbage-collected without close() frees its llama_context through ffi.gc but "
-    "leaks the batch",
-    strict=True,
-)
 def test_contexts_dropped_without_close_free_every_malloc_d_byte(
     llama: Llama, malloc_in_use: Callable[[], int]
 ) -> None:
