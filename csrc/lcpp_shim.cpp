@@ -6,9 +6,11 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <exception>
 #include <stdexcept>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "chat.h"
@@ -52,9 +54,111 @@ common_json trigger_to_json(const common_grammar_trigger & trigger) {
     return item;
 }
 
+// Penalties (see lcpp_sampler_init_penalties): same state and arithmetic as llama.cpp's.
+struct penalties_state {
+    int32_t n_vocab;
+    int32_t last_n;
+    float repeat;
+    float freq;
+    float present;
+    std::deque<llama_token> recent;
+    std::unordered_map<llama_token, int> count;
+};
+
+const char * penalties_name(const struct llama_sampler *) { return "lcpp-penalties"; }
+
+void penalties_accept(struct llama_sampler * smpl, llama_token token) {
+    auto * state = static_cast<penalties_state *>(smpl->ctx);
+    if (state->last_n <= 0) {
+        return;
+    }
+    state->count[token]++;
+    if (state->recent.size() >= static_cast<size_t>(state->last_n)) {
+        const llama_token old = state->recent.front();
+        state->recent.pop_front();
+        if (--state->count[old] == 0) {
+            state->count.erase(old);
+        }
+    }
+    state->recent.push_back(token);
+}
+
+void penalise(const penalties_state & state, llama_token_data & candidate, int count) {
+    if (candidate.logit <= 0) {
+        candidate.logit *= state.repeat;
+    } else {
+        candidate.logit /= state.repeat;
+    }
+    candidate.logit -= float(count) * state.freq + float(count > 0) * state.present;
+}
+
+void penalties_apply(struct llama_sampler * smpl, llama_token_data_array * cur_p) {
+    const auto * state = static_cast<const penalties_state *>(smpl->ctx);
+    if (state->last_n <= 0 || (state->repeat == 1.0f && state->freq == 0.0f && state->present == 0.0f)) {
+        return;
+    }
+    bool by_id = true;  // candidates laid out as the vocabulary: data[t].id == t for every t we touch
+    for (const auto & entry : state->count) {
+        const auto token = static_cast<size_t>(entry.first);
+        by_id = by_id && token < cur_p->size && cur_p->data[token].id == entry.first;
+    }
+    if (by_id) {
+        for (const auto & entry : state->count) {
+            penalise(*state, cur_p->data[entry.first], entry.second);
+        }
+    } else {
+        for (size_t i = 0; i < cur_p->size; ++i) {
+            const auto found = state->count.find(cur_p->data[i].id);
+            if (found != state->count.end()) {
+                penalise(*state, cur_p->data[i], found->second);
+            }
+        }
+    }
+    cur_p->sorted = false;
+}
+
+void penalties_reset(struct llama_sampler * smpl) {
+    auto * state = static_cast<penalties_state *>(smpl->ctx);
+    state->recent.clear();
+    state->count.clear();
+}
+
+struct llama_sampler * penalties_clone(const struct llama_sampler * smpl);
+
+void penalties_free(struct llama_sampler * smpl) { delete static_cast<penalties_state *>(smpl->ctx); }
+
+llama_sampler_i make_penalties_iface() {
+    llama_sampler_i iface{};
+    iface.name = penalties_name;
+    iface.accept = penalties_accept;
+    iface.apply = penalties_apply;
+    iface.reset = penalties_reset;
+    iface.clone = penalties_clone;
+    iface.free = penalties_free;
+    return iface;
+}
+
+llama_sampler_i penalties_iface = make_penalties_iface();
+
+struct llama_sampler * penalties_clone(const struct llama_sampler * smpl) {
+    const auto * state = static_cast<const penalties_state *>(smpl->ctx);
+    return llama_sampler_init(&penalties_iface, new penalties_state(*state));
+}
+
 }  // namespace
 
 extern "C" {
+
+struct llama_sampler * lcpp_sampler_init_penalties(int32_t n_vocab, int32_t last_n, float repeat, float freq,
+                                                   float present) {
+    try {
+        auto * state = new penalties_state{n_vocab, std::max(last_n, 0), repeat, freq, present, {}, {}};
+        return llama_sampler_init(&penalties_iface, state);
+    } catch (...) {
+        return nullptr;
+    }
+}
+
 
 const char * lcpp_package_version(void) { return LCPP_PACKAGE_VERSION; }
 

@@ -69,6 +69,14 @@ int32_t lcpp_decode_sequence(struct llama_context * ctx, struct llama_batch * ba
 llama_token lcpp_sample(struct llama_sampler * chain, struct llama_sampler * grammar,
                         struct llama_context * ctx, int32_t idx, char ** error);
 
+/* Repeat/frequency/presence penalties over the last `last_n` tokens, computed
+ * exactly as llama.cpp's llama_sampler_init_penalties does, but touching only
+ * the penalised tokens when the candidates are the whole vocabulary in id order
+ * (instead of a hash lookup for each of the vocabulary's tokens).  NULL on
+ * allocation failure. */
+struct llama_sampler * lcpp_sampler_init_penalties(int32_t n_vocab, int32_t last_n, float repeat, float freq,
+                                                   float present);
+
 /* Accept a token already in the sequence; 0, or 1 with *error set. */
 int lcpp_sampler_accept(struct llama_sampler * smpl, llama_token token, char ** error);
 

@@ -234,6 +234,8 @@ int32_t lcpp_decode_sequence(struct llama_context * ctx, struct llama_batch * ba
 llama_token lcpp_sample(struct llama_sampler * chain, struct llama_sampler * grammar, struct llama_context * ctx,
                         int32_t idx, char ** error);
 int lcpp_sampler_accept(struct llama_sampler * smpl, llama_token token, char ** error);
+struct llama_sampler * lcpp_sampler_init_penalties(int32_t n_vocab, int32_t last_n, float repeat, float freq,
+                                                   float present);
 llama_token lcpp_step(struct llama_context * ctx, struct llama_sampler * chain, struct llama_sampler * grammar,
                       const struct llama_vocab * vocab, struct llama_batch * batch, int32_t idx, llama_pos pos,
                       llama_seq_id seq_id, bool decode, bool special, char * piece, int32_t piece_cap,

@@ -126,7 +126,7 @@ class SamplerChain:
             stages.append(lib.llama_sampler_init_logit_bias(vocab.n_tokens, len(p.logit_bias), biases))
         if p.repeat_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0:
             stages.append(
-                lib.llama_sampler_init_penalties(
+                lib.lcpp_sampler_init_penalties(
                     vocab.n_tokens,
                     p.penalty_last_n,
                     p.repeat_penalty,
