@@ -57,7 +57,7 @@ logger.addHandler(logging.NullHandler())
 
 _LEVELS = {
     lib.GGML_LOG_LEVEL_DEBUG: logging.DEBUG,
-    lib.GGML_LOG_LEVEL_INFO: logging.DEBUG,
+    lib.GGML_LOG_LEVEL_INFO: logging.INFO,
     lib.GGML_LOG_LEVEL_WARN: logging.WARNING,
     lib.GGML_LOG_LEVEL_ERROR: logging.ERROR,
 }
@@ -105,8 +105,12 @@ def ensure_backend() -> None:
 
 
 def set_verbose(verbose: bool) -> None:
-    """Show llama.cpp's informational output (``True``) or only warnings and errors."""
-    logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    """Show llama.cpp's informational output (``True``) or only warnings and errors.
+
+    llama.cpp's debug lines stay at ``logging.DEBUG``: set the ``llamacpp_native``
+    logger's level yourself to see them.
+    """
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
     if verbose and not logging.getLogger().handlers:
         logging.basicConfig(format="%(name)s: %(message)s")
 
