@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
+import os
 
-import pytest
+# Waiting OpenMP threads sleep instead of spinning: the suite shares two cores
+# with notebook kernels and worker threads, and spinning threads starve them.
+# (Set before llama.cpp is loaded; users' processes keep OpenMP's default.)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from llamacpp_native import Llama
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from llamacpp_native import Llama  # noqa: E402
 
 
 @pytest.fixture(scope="session")

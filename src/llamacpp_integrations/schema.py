@@ -62,7 +62,24 @@ def schema_to_grammar(schema: Any) -> str:
     """GBNF that only admits JSON valid for ``schema`` (checked before any decoding)."""
     json_schema = to_json_schema(schema)
     check_schema(json_schema)
-    return json_schema_to_grammar(json_schema)
+    return json_schema_to_grammar(_for_converter(json_schema))
+
+
+def _for_converter(schema: Any) -> Any:
+    """The schema as llama.cpp's converter reads it best.
+
+    The converter rejects ``items: false`` next to ``prefixItems`` (a closed tuple)
+    and lets an ``items`` schema there replace the tuple; without ``items`` it
+    produces exactly the tuple, which satisfies both forms.
+    """
+    if isinstance(schema, list):
+        return [_for_converter(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    converted = {key: _for_converter(value) for key, value in schema.items()}
+    if "prefixItems" in converted:
+        converted.pop("items", None)
+    return converted
 
 
 def parse_and_validate(text: str, schema: Any) -> Any:
@@ -74,9 +91,9 @@ def parse_and_validate(text: str, schema: Any) -> Any:
         raise SchemaValidationError(
             f"output is not JSON ({error.msg} at {error.pos}): {text[:200]!r}"
         ) from None
-    failure = jsonschema.exceptions.best_match(
-        jsonschema.validators.validator_for(json_schema)(json_schema).iter_errors(value)
-    )
+    validator_class = jsonschema.validators.validator_for(json_schema)
+    validator = validator_class(json_schema, format_checker=validator_class.FORMAT_CHECKER)
+    failure = jsonschema.exceptions.best_match(validator.iter_errors(value))
     if failure is not None:
         where = "/".join(str(p) for p in failure.absolute_path) or "(root)"
         raise SchemaValidationError(f"output violates '{failure.validator}' at {where}: {failure.message}")

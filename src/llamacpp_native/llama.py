@@ -503,7 +503,11 @@ class Llama:
             parallel_tool_calls=parallel_tool_calls,
         )
         request = self.chat_request(rendered, **kwargs)
-        chunks = self._chat_chunks(rendered, request, bool(tools) and tool_choice != "none", cancellation)
+        parse_tools = bool(tools) and tool_choice != "none"
+        # Structured output goes through the parser too: the template's grammar may
+        # wrap the JSON (e.g. in a code fence) and the parser returns it bare.
+        parse_output = parse_tools or _schema_from_response_format(response_format) is not None
+        chunks = self._chat_chunks(rendered, request, parse_tools, parse_output, cancellation)
         if stream:
             return chunks
         return _collect_chat(chunks)
@@ -513,6 +517,7 @@ class Llama:
         rendered: RenderedChat,
         request: GenerationRequest,
         parse_tools: bool,
+        parse_output: bool,
         cancellation: Cancellation | None,
     ) -> Iterator[dict[str, Any]]:
         response_id = responses.new_id("chatcmpl")
@@ -526,9 +531,9 @@ class Llama:
             pending.extend(final.logprobs or [])
             if final.finish_reason is not None:
                 break
-            if parse_tools:
+            if parse_output:
                 # Content is streamed once the parser sees it is not a tool call.
-                partial = self._parse_chat(rendered, text, partial=True, parse_tools=True)
+                partial = self._parse_chat(rendered, text, partial=True, parse_tools=parse_tools)
                 content = partial.get("content") or ""
                 if len(content) <= sent or partial.get("tool_calls"):
                     continue
@@ -550,9 +555,9 @@ class Llama:
             if not tool_calls and not content:
                 content = text  # keep what was generated rather than lose it
         delta: dict[str, Any] = {}
-        if parse_tools and len(content) > sent:
+        if parse_output and len(content) > sent:
             delta["content"] = content[sent:]
-        elif not parse_tools and final.text:
+        elif not parse_output and final.text:
             delta["content"] = final.text
         if tool_calls:
             delta["tool_calls"] = [

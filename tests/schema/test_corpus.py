@@ -668,15 +668,6 @@ def test_chat_response_format_grammar_output_validates(
     assert strict_errors(json.loads(parsed), CASES[0].schema) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "create_chat_completion streams the raw text as content when no tools are given, so the ```json "
-        "fence that the template grammar allows stays in message.content.  Fix: in Llama._chat_chunks, "
-        "parse the final text with parse_chat_output whenever a response_format schema was rendered, and "
-        "use its content"
-    ),
-)
 def test_chat_response_format_content_is_the_json(chat_json: tuple[dict[str, Any], str]) -> None:
     response, parsed = chat_json
     assert response["choices"][0]["message"]["content"] == parsed

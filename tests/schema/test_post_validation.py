@@ -95,11 +95,6 @@ NOT_ENFORCED: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
         {"anyOf": [{"type": "integer"}, {"type": "number"}]},
         {"oneOf": [{"type": "integer"}, {"type": "number"}]},
     ),
-    (
-        "items-beside-prefixItems",
-        {"type": "array", "items": {"type": "boolean"}},
-        {"type": "array", "prefixItems": [{"type": "string"}], "items": {"type": "boolean"}},
-    ),
     # Closed by default: with "properties" and no "additionalProperties", extra keys are
     # already excluded, so additionalProperties: false changes nothing (stricter than JSON Schema).
     (
@@ -225,28 +220,11 @@ def test_parse_and_validate_rejects_text_that_is_not_json() -> None:
         parse_and_validate('{"name": "unterminated', {"type": "object"})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "parse_and_validate builds its validator without a format checker, so formats are not checked; "
-        "the date grammar admits any day 01-31 in any month (e.g. 2024-02-31).  Fix: pass "
-        "format_checker=validator_class.FORMAT_CHECKER in llamacpp_integrations/schema.py"
-    ),
-)
 def test_parse_and_validate_checks_formats() -> None:
     with pytest.raises(SchemaValidationError, match="'format'"):
         parse_and_validate('"2024-02-31"', {"type": "string", "format": "date"})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=GrammarError,
-    reason=(
-        "llama.cpp's schema builder takes 'items' over 'prefixItems' and fails on items: false "
-        "('schema must be an object'), so the standard closed tuple of draft 2020-12 is rejected.  Fix: drop "
-        "'items' when 'prefixItems' is present before conversion (the exact tuple is a valid subset)"
-    ),
-)
 def test_closed_tuple_converts() -> None:
     grammar = schema_to_grammar({"type": "array", "prefixItems": [{"type": "integer"}], "items": False})
     assert grammar == schema_to_grammar({"type": "array", "prefixItems": [{"type": "integer"}]})
