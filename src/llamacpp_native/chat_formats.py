@@ -3,10 +3,12 @@
 The default test model (Gemma 3 270M, a base model) has no template; for it
 we use ``gemma``: Gemma's own turn markers, which its vocabulary has as
 special tokens.  Other models without a template fall back to ``chatml``.
-Templates are Jinja, rendered by llama.cpp's template engine.  Both mark tool
-calls as ``<tool_call>{...}</tool_call>``: from that marker llama.cpp knows where
-a call starts, so with ``tool_choice="auto"`` its grammar engages lazily at the
-marker and ends the turn after the call.
+Templates are Jinja, rendered by llama.cpp's template engine.  Both render
+past tool calls as ``<tool_call>{"name": ..., "arguments": ...}</tool_call>``:
+from that marker llama.cpp learns where a call starts, so with
+``tool_choice="auto"`` its grammar engages lazily at the marker and ends the
+turn after the call.  The tools are listed without spelling out the marker,
+which a small base model would otherwise copy into plain answers.
 """
 
 from __future__ import annotations
@@ -20,8 +22,7 @@ GEMMA = """{{- bos_token -}}
 {%- set turns = messages -%}
 {%- endif -%}
 {%- if tools -%}
-{%- set ns.preamble = ns.preamble + 'To call a tool, answer with <tool_call>{"name": <tool name>, '
-    + '"arguments": <arguments object>}</tool_call>. Tools:\\n' -%}
+{%- set ns.preamble = ns.preamble + 'You have these tools:\\n' -%}
 {%- for tool in tools -%}
 {%- set ns.preamble = ns.preamble + (tool | tojson) + '\\n' -%}
 {%- endfor -%}
@@ -43,8 +44,7 @@ GEMMA = """{{- bos_token -}}
 CHATML = """{%- for message in messages -%}
 {{- '<|im_start|>' + message['role'] + '\\n' -}}
 {%- if loop.first and tools -%}
-{{- 'To call a tool, answer with <tool_call>{"name": <tool name>, '
-    + '"arguments": <arguments object>}</tool_call>. Tools:\\n' -}}
+{{- 'You have these tools:\\n' -}}
 {%- for tool in tools -%}{{- (tool | tojson) + '\\n' -}}{%- endfor -%}
 {%- endif -%}
 {%- if message['content'] -%}{{- message['content'] -}}{%- endif -%}

@@ -421,6 +421,14 @@ class Llama:
         grammar = tighten_grammar(rendered.grammar, forbid_free_text=choice == "required")
         return dataclasses.replace(rendered, grammar=grammar)
 
+    def chat_prompt_tokens(self, rendered: RenderedChat) -> list[int]:
+        """The tokens a rendered chat is decoded as (with BOS where the model wants one)."""
+        prompt = self.tokenize(rendered.prompt, add_bos=False, special=True)
+        vocab = self.model.vocab
+        if vocab.add_bos and (not prompt or prompt[0] != vocab.bos):
+            prompt.insert(0, vocab.bos)  # llama.cpp strips the template's BOS when rendering
+        return prompt
+
     def chat_request(
         self,
         rendered: RenderedChat,
@@ -463,10 +471,7 @@ class Llama:
             logit_bias=logit_bias,
             grammar=spec,
         )
-        prompt = self.tokenize(rendered.prompt, add_bos=False, special=True)
-        vocab = self.model.vocab
-        if vocab.add_bos and (not prompt or prompt[0] != vocab.bos):
-            prompt.insert(0, vocab.bos)  # llama.cpp strips the template's BOS when rendering
+        prompt = self.chat_prompt_tokens(rendered)
         n_logprobs = (top_logprobs or 0) if logprobs else None
         # A template-made grammar starts with the generation prompt, which is already in
         # the prompt: the grammar must step past it before sampling (as llama.cpp does).

@@ -35,12 +35,6 @@ class TestLlamaCppEmbeddingsUnit(EmbeddingsUnitTests):
         return {"model_path": NO_MODEL_FILE}
 
 
-BASE_MODEL_RAMBLES = (
-    "Gemma 3 270M is a small base model: inside the JSON the grammar guarantees, its strings run on "
-    "(repeating markup) past the 32-token test budget, so the object never closes; test_chat_models.py "
-    "checks structured output with length-bounded fields"
-)
-
 WANTS_A_SECOND_CALL = (
     "after writing magic_function's argument 3 the 270M base model's first choice is '}},' (a second call); "
     "with one call per turn (the default, parallel_tool_calls=False) the grammar forbids that, and its best "
@@ -48,10 +42,6 @@ WANTS_A_SECOND_CALL = (
 )
 
 BEYOND_A_270M_BASE_MODEL = {
-    "test_structured_output": BASE_MODEL_RAMBLES,
-    "test_structured_output_async": BASE_MODEL_RAMBLES,
-    "test_structured_output_pydantic_2_v1": BASE_MODEL_RAMBLES,
-    "test_structured_output_optional_param": BASE_MODEL_RAMBLES,
     "test_json_mode": (
         "json_mode constrains the reply to some JSON object only; the suite's prompt does not name the "
         "fields and the 270M base model answers {}"

@@ -6,6 +6,7 @@ The model is a tiny base model: these tests check structure and behaviour, not w
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -205,15 +206,28 @@ def test_chat_with_tools_forced_choice_calls_the_named_tool(llm: LlamaCPP, multi
 
 
 def test_parallel_tool_calls_are_offered_when_allowed(llm: LlamaCPP, multiply: RecordingTool) -> None:
+    def call(call_id: str, a: int, b: int) -> dict[str, Any]:
+        arguments = json.dumps({"a": a, "b": b})
+        return {"id": call_id, "type": "function", "function": {"name": "multiply", "arguments": arguments}}
+
+    example = [  # one worked turn with two calls: what a 270M base model needs to see
+        ChatMessage(role=MessageRole.USER, content="What is 2 times 3, and 4 times 5?"),
+        ChatMessage(
+            role=MessageRole.ASSISTANT,
+            content="",
+            additional_kwargs={"tool_calls": [call("c1", 2, 3), call("c2", 4, 5)]},
+        ),
+    ]
     response = llm.chat_with_tools(
         [multiply.tool()],
-        user_msg=QUESTION,
+        user_msg="What is 6 times 7, and 8 times 9?",
+        chat_history=example,
         tool_required=True,
         allow_parallel_tool_calls=True,
-        **TOOL_TOKENS,
+        max_tokens=96,
     )
     calls = response.message.additional_kwargs["tool_calls"]
-    assert len(calls) >= 2  # the tiny model keeps calling while the grammar allows another call
+    assert len(calls) >= 2
     assert {call["function"]["name"] for call in calls} == {"multiply"}
 
 

@@ -207,7 +207,7 @@ class ChatLlamaCpp(LlamaCppGenerationSettings, BaseChatModel):
         """Prompt tokens of ``messages`` (and ``tools``) as rendered by the chat template."""
         openai_tools = [convert_to_openai_tool(t) for t in tools or []] or None
         rendered = self.llama.render_chat(_to_openai_messages(messages), tools=openai_tools)
-        return len(self.llama.tokenize(rendered.prompt, add_bos=False, special=True))
+        return len(self.llama.chat_prompt_tokens(rendered))
 
     # -- tools and structured output --------------------------------------------------------
     def bind_tools(
