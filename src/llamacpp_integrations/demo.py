@@ -75,14 +75,14 @@ def _speed(path: Path, text: str, seconds: float) -> str:
     """Tokens per second of ``text`` generated in ``seconds`` (counted with the model's tokenizer)."""
     from llamacpp_native import Llama
 
-    with Llama(path, vocab_only=True) as tokenizer:
+    with Llama(path, vocab_only=True, verbose=False) as tokenizer:
         tokens = len(tokenizer.tokenize(text, add_bos=False))
     return f"[{tokens} tokens in {seconds:.2f} s: {tokens / seconds:.1f} tokens/s]"
 
 
 def langchain_chain(path: Path, max_tokens: int) -> None:
     """A streamed ``prompt | LlamaCpp`` chain with a stdout callback."""
-    from langchain_core.callbacks import CallbackManager, StreamingStdOutCallbackHandler
+    from langchain_core.callbacks import StreamingStdOutCallbackHandler
     from langchain_core.prompts import PromptTemplate
 
     from llamacpp_integrations.langchain import LlamaCpp
@@ -93,11 +93,13 @@ def langchain_chain(path: Path, max_tokens: int) -> None:
         temperature=0.7,
         seed=7,
         n_ctx=1024,
-        callback_manager=CallbackManager([StreamingStdOutCallbackHandler()]),
+        stop=["Question:"],
+        verbose=False,
+        callbacks=[StreamingStdOutCallbackHandler()],
     )
     chain = PromptTemplate.from_template("Question: {question}\nAnswer:") | llm
     started = time.perf_counter()
-    answer = chain.invoke({"question": "Why is the sky blue?"}, config={"stop": ["Question:"]})
+    answer = chain.invoke({"question": "Why is the sky blue?"})
     print("\n" + _speed(path, answer, time.perf_counter() - started))
 
 
@@ -105,7 +107,7 @@ def langchain_tool_call(path: Path) -> None:
     """A tool call forced by ``tool_choice`` and parsed into ``AIMessage.tool_calls``."""
     from llamacpp_integrations.langchain import ChatLlamaCpp
 
-    chat = ChatLlamaCpp(model_path=str(path), temperature=0, max_tokens=48, n_ctx=1024)
+    chat = ChatLlamaCpp(model_path=str(path), temperature=0, max_tokens=48, n_ctx=1024, verbose=False)
     forced = chat.bind_tools([get_weather], tool_choice="get_weather")
     message = forced.invoke("What is the weather in Paris?")
     for call in message.tool_calls:
@@ -116,23 +118,34 @@ def langchain_structured(path: Path) -> None:
     """Structured output that is valid by construction (JSON-schema grammar)."""
     from llamacpp_integrations.langchain import ChatLlamaCpp
 
-    chat = ChatLlamaCpp(model_path=str(path), temperature=0, max_tokens=64, n_ctx=1024)
+    chat = ChatLlamaCpp(model_path=str(path), temperature=0, max_tokens=64, n_ctx=1024, verbose=False)
     person = chat.with_structured_output(Person).invoke("Invent a person who lives in Rome.")
     print(f"structured output: {person!r}")
 
 
 def llama_index_rag(path: Path, max_tokens: int) -> None:
     """A LlamaIndex query engine over local documents, streamed, with its sources."""
-    from llama_index.core import Document, VectorStoreIndex
+    from llama_index.core import Document, PromptTemplate, VectorStoreIndex
+    from llama_index.core.base.response.schema import StreamingResponse
 
     from llamacpp_integrations.llama_index import LlamaCPP, LlamaCppEmbedding
 
-    embed_model = LlamaCppEmbedding(model_path=str(path))
+    embed_model = LlamaCppEmbedding(model_path=str(path), verbose=False)
     index = VectorStoreIndex.from_documents([Document(text=t) for t in DOCUMENTS], embed_model=embed_model)
-    llm = LlamaCPP(model_path=str(path), temperature=0, max_new_tokens=max_tokens, context_window=2048)
-    engine = index.as_query_engine(llm=llm, similarity_top_k=2, streaming=True)
+    llm = LlamaCPP(
+        model_path=str(path),
+        temperature=0,
+        max_new_tokens=max_tokens,
+        context_window=2048,
+        generate_kwargs={"stop": ["\nQuestion:"]},
+        verbose=False,
+    )
+    # A short, plain prompt: a 270M base model continues LlamaIndex's long default one.
+    qa_prompt = PromptTemplate("Context:\n{context_str}\n\nQuestion: {query_str}\nAnswer:")
+    engine = index.as_query_engine(llm=llm, similarity_top_k=2, streaming=True, text_qa_template=qa_prompt)
     started = time.perf_counter()
     response = engine.query("How tall is the Eiffel Tower?")
+    assert isinstance(response, StreamingResponse)  # streaming=True above
     text = ""
     for token in response.response_gen:
         text += token
