@@ -32,7 +32,7 @@ from llamacpp_native.errors import (
     TokenizeError,
 )
 from llamacpp_native.grammar import LlamaGrammar, json_schema_to_grammar, read_grammar
-from llamacpp_native.llama import Llama
+from llamacpp_native.llama import Llama, SamplingOptions
 from llamacpp_native.model import Model
 from llamacpp_native.sampling import GrammarSpec, SamplerChain, SamplingParams
 from llamacpp_native.vocab import Vocab
@@ -72,6 +72,7 @@ __all__ = [
     "ModelNotFoundError",
     "RenderedChat",
     "SamplerChain",
+    "SamplingOptions",
     "SamplingParams",
     "SchemaValidationError",
     "TokenLogprob",

@@ -8,7 +8,9 @@ import math
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, TypedDict
+
+from typing_extensions import Unpack
 
 from llamacpp_native import responses
 from llamacpp_native._library import set_verbose
@@ -36,6 +38,25 @@ from llamacpp_native.model import Model, ProgressCallback
 from llamacpp_native.sampling import DEFAULT_SEED, GrammarSpec, SamplingParams
 
 GrammarLike = LlamaGrammar | str | None
+
+
+class SamplingOptions(TypedDict, total=False):
+    """Sampling keyword arguments of completions and chat, with llama-cpp-python's names.
+
+    Defaults: top_k 40, top_p 0.95, min_p 0.05, typical_p 1.0, no penalties,
+    the instance's seed, no logit bias; temperature 0.8 (completions) or 0.2 (chat).
+    """
+
+    temperature: float
+    top_p: float
+    min_p: float
+    typical_p: float
+    top_k: int
+    frequency_penalty: float
+    presence_penalty: float
+    repeat_penalty: float
+    seed: int | None
+    logit_bias: Mapping[int | str, float] | None
 
 
 def _trigger_pattern(trigger: Mapping[str, Any]) -> str | None:
@@ -218,33 +239,26 @@ class Llama:
 
     # -- requests --------------------------------------------------------------------------
     def _sampling(
-        self,
-        *,
-        temperature: float,
-        top_k: int,
-        top_p: float,
-        min_p: float,
-        typical_p: float,
-        repeat_penalty: float,
-        frequency_penalty: float,
-        presence_penalty: float,
-        seed: int | None,
-        logit_bias: Mapping[int | str, float] | None,
-        grammar: GrammarSpec | None,
+        self, options: SamplingOptions, temperature: float, grammar: GrammarSpec | None
     ) -> SamplingParams:
-        bias = {int(k): float(v) for k, v in (logit_bias or {}).items()}
+        unknown = sorted(set(options) - set(SamplingOptions.__annotations__))
+        if unknown:
+            known = sorted(SamplingOptions.__annotations__)
+            raise TypeError(f"unknown sampling option(s) {unknown}; known: {known}")
+        seed = options.get("seed")
+        bias = options.get("logit_bias") or {}
         return SamplingParams(
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            min_p=min_p,
-            typical_p=typical_p,
-            repeat_penalty=repeat_penalty,
-            frequency_penalty=frequency_penalty,
-            presence_penalty=presence_penalty,
+            temperature=options.get("temperature", temperature),
+            top_k=options.get("top_k", 40),
+            top_p=options.get("top_p", 0.95),
+            min_p=options.get("min_p", 0.05),
+            typical_p=options.get("typical_p", 1.0),
+            repeat_penalty=options.get("repeat_penalty", 1.0),
+            frequency_penalty=options.get("frequency_penalty", 0.0),
+            presence_penalty=options.get("presence_penalty", 0.0),
             penalty_last_n=self.last_n_tokens_size,
             seed=self.seed if seed is None else seed,
-            logit_bias=bias,
+            logit_bias={int(k): float(v) for k, v in bias.items()},
             grammar=grammar,
         )
 
@@ -273,36 +287,14 @@ class Llama:
         prompt: str | Sequence[int],
         *,
         max_tokens: int | None = 16,
-        temperature: float = 0.8,
-        top_p: float = 0.95,
-        min_p: float = 0.05,
-        typical_p: float = 1.0,
-        top_k: int = 40,
         stop: str | Sequence[str] | None = None,
-        frequency_penalty: float = 0.0,
-        presence_penalty: float = 0.0,
-        repeat_penalty: float = 1.0,
-        seed: int | None = None,
-        logit_bias: Mapping[int | str, float] | None = None,
         grammar: GrammarLike = None,
         logprobs: int | None = None,
+        **options: Unpack[SamplingOptions],
     ) -> GenerationRequest:
-        """Build the engine request that ``create_completion`` would run."""
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
-        sampling = self._sampling(
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            min_p=min_p,
-            typical_p=typical_p,
-            repeat_penalty=repeat_penalty,
-            frequency_penalty=frequency_penalty,
-            presence_penalty=presence_penalty,
-            seed=seed,
-            logit_bias=logit_bias,
-            grammar=self._grammar_spec(grammar),
-        )
-        return GenerationRequest(self._prompt_tokens(prompt), sampling, max_tokens, stops, logprobs)
+        """Build the engine request that ``create_completion`` would run (temperature 0.8 by default)."""
+        sampling = self._sampling(options, 0.8, self._grammar_spec(grammar))
+        return GenerationRequest(self._prompt_tokens(prompt), sampling, max_tokens, _stops(stop), logprobs)
 
     # -- completions --------------------------------------------------------------------------
     def create_completion(
@@ -433,21 +425,12 @@ class Llama:
         self,
         rendered: RenderedChat,
         *,
-        temperature: float = 0.2,
-        top_p: float = 0.95,
-        top_k: int = 40,
-        min_p: float = 0.05,
-        typical_p: float = 1.0,
-        stop: str | Sequence[str] | None = None,
         max_tokens: int | None = None,
-        presence_penalty: float = 0.0,
-        frequency_penalty: float = 0.0,
-        repeat_penalty: float = 1.0,
-        seed: int | None = None,
-        logit_bias: Mapping[int | str, float] | None = None,
+        stop: str | Sequence[str] | None = None,
         grammar: GrammarLike = None,
         logprobs: bool = False,
         top_logprobs: int | None = None,
+        **options: Unpack[SamplingOptions],
     ) -> GenerationRequest:
         """The engine request for a rendered chat."""
         spec = self._grammar_spec(grammar)
@@ -457,20 +440,7 @@ class Llama:
             spec = GrammarSpec(
                 rendered.grammar, "root", rendered.grammar_lazy, tuple(patterns), tuple(tokens)
             )
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
-        sampling = self._sampling(
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            min_p=min_p,
-            typical_p=typical_p,
-            repeat_penalty=repeat_penalty,
-            frequency_penalty=frequency_penalty,
-            presence_penalty=presence_penalty,
-            seed=seed,
-            logit_bias=logit_bias,
-            grammar=spec,
-        )
+        sampling = self._sampling(options, 0.2, spec)
         prompt = self.chat_prompt_tokens(rendered)
         n_logprobs = (top_logprobs or 0) if logprobs else None
         # A template-made grammar starts with the generation prompt, which is already in
@@ -480,7 +450,7 @@ class Llama:
         )
         prefill_tokens = self.tokenize(prefill, add_bos=False, special=True) if prefill else []
         return GenerationRequest(
-            prompt, sampling, max_tokens, stops + rendered.additional_stops, n_logprobs, prefill_tokens
+            prompt, sampling, max_tokens, _stops(stop) + rendered.additional_stops, n_logprobs, prefill_tokens
         )
 
     def create_chat_completion(
@@ -678,6 +648,10 @@ def _is_json_object(text: str) -> bool:
         return isinstance(json.loads(text), dict)
     except ValueError:
         return False
+
+
+def _stops(stop: str | Sequence[str] | None) -> list[str]:
+    return [stop] if isinstance(stop, str) else list(stop or [])
 
 
 def _unit(vector: list[float]) -> list[float]:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from typing_extensions import Self
 
 from llamacpp_integrations._runtime import shared_llama
-from llamacpp_native import Llama, LlamaGrammar
+from llamacpp_native import Llama, LlamaGrammar, SamplingOptions
 
 LOAD_SETTINGS = frozenset(inspect.signature(Llama.__init__).parameters) - {"self", "model_path", "seed"}
 """Names ``Llama(...)`` takes: they select (and share) a loaded model."""
@@ -29,10 +29,11 @@ PROVIDER = "llamacpp"
 
 
 def _parameters(*functions: Any) -> frozenset[str]:
-    names: set[str] = set()
+    """Keyword names the functions take, their sampling options included."""
+    names: set[str] = set(SamplingOptions.__annotations__)
     for function in functions:
         names |= set(inspect.signature(function).parameters)
-    return frozenset(names - {"self", "prompt", "rendered", "stream", "cancellation", "kwargs"})
+    return frozenset(names - {"self", "prompt", "rendered", "stream", "cancellation", "kwargs", "options"})
 
 
 COMPLETION_SETTINGS = _parameters(Llama.completion_request, Llama.create_completion)
