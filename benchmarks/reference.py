@@ -16,8 +16,6 @@ own to prepare them ahead of a benchmark run (it takes a few minutes on two core
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -26,22 +24,17 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-PIN = json.loads((REPO / "vendor" / "llama.cpp" / "pin.json").read_text())
+sys.path.insert(0, str(REPO / "build_tools"))
+
+from fetch_llama_cpp import FetchError, cache_root, download_verified_sdist, load_pin  # noqa: E402
+
+PIN = load_pin()
 NATIVE_TOOLS = ("llama-bench", "llama-completion", "llama-batched-bench")
 PEER_EXTRAS = ("langchain-community",)
 
 
 class ReferenceError(RuntimeError):
     """A reference could not be built or found."""
-
-
-def cache_root() -> Path:
-    """The per-user cache shared with ``build_tools/fetch_llama_cpp.py``."""
-    explicit = os.environ.get("LLAMACPP_INTEGRATIONS_CACHE")
-    if explicit:
-        return Path(explicit)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "llamacpp-integrations"
 
 
 def _say(message: str) -> None:
@@ -173,33 +166,16 @@ def peer_python(install: bool = True, rebuild: bool = False) -> Path:
     _run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], "creating the peer venv")
     pip = [str(python), "-m", "pip", "--disable-pip-version-check", "-q"]
     with tempfile.TemporaryDirectory(prefix="llama-cpp-python-sdist-") as tmp:
-        spec = f"{PIN['package']}=={PIN['version']}"
-        _run(
-            [
-                *pip,
-                "download",
-                "--no-deps",
-                "--no-build-isolation",
-                "--no-binary",
-                PIN["package"],
-                "-d",
-                tmp,
-                spec,
-            ],
-            f"downloading the {spec} sdist",
-        )
-        archives = sorted(Path(tmp).glob("*.tar.gz"))
-        if not archives:
-            raise ReferenceError(f"pip download {spec} produced no sdist")
-        digest = hashlib.sha256(archives[0].read_bytes()).hexdigest()
-        if digest != PIN["sha256"]:
-            raise ReferenceError(f"{archives[0].name} has sha256 {digest}, the pin expects {PIN['sha256']}")
+        try:
+            archive = download_verified_sdist(Path(tmp))
+        except FetchError as error:
+            raise ReferenceError(str(error)) from None
         # LLAMA_BUILD=OFF: install only the Python package; the library comes from
         # LLAMA_CPP_LIB_PATH at run time (see peer_env).  scikit-build-core comes from
         # the system site-packages, hence no build isolation.
         env = dict(os.environ, CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF")
         _run(
-            [*pip, "install", "--no-build-isolation", str(archives[0])],
+            [*pip, "install", "--no-build-isolation", str(archive)],
             "installing llama-cpp-python",
             env=env,
         )

@@ -95,22 +95,34 @@ def extract_subdir(archive: Path, subdir: str, target: Path) -> None:
             shutil.rmtree(staging)
 
 
+def load_pin() -> dict[str, str]:
+    """The pin: package, version, sha256 and the llama.cpp subdirectory."""
+    pin: dict[str, str] = json.loads(PIN_FILE.read_text())
+    return pin
+
+
+def download_verified_sdist(into: Path) -> Path:
+    """Download the pinned source distribution into ``into`` and check its sha256."""
+    pin = load_pin()
+    archive = download_sdist(pin, into)
+    actual = sha256_of(archive)
+    if actual != pin["sha256"]:
+        raise FetchError(
+            f"{archive.name} has sha256 {actual}, but the pin expects {pin['sha256']}; "
+            "refusing to build from an unverified source"
+        )
+    return archive
+
+
 def fetch() -> Path:
     """Return the cached pinned llama.cpp tree, fetching it first if needed."""
-    pin = json.loads(PIN_FILE.read_text())
+    pin = load_pin()
     target = cache_root() / f"llama.cpp-{pin['version']}-{pin['sha256'][:12]}"
     if (target / COMPLETE_MARKER).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="llamacpp-sdist-") as tmp:
-        archive = download_sdist(pin, Path(tmp))
-        actual = sha256_of(archive)
-        if actual != pin["sha256"]:
-            raise FetchError(
-                f"{archive.name} has sha256 {actual}, but the pin expects {pin['sha256']}; "
-                "refusing to build from an unverified source"
-            )
-        extract_subdir(archive, pin["subdir"], target)
+        extract_subdir(download_verified_sdist(Path(tmp)), pin["subdir"], target)
     return target
 
 

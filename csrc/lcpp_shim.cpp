@@ -336,15 +336,17 @@ int lcpp_sampler_accept(struct llama_sampler * smpl, llama_token token, char ** 
 llama_token lcpp_step(struct llama_context * ctx, struct llama_sampler * chain, struct llama_sampler * grammar,
                       const struct llama_vocab * vocab, struct llama_batch * batch, int32_t idx, llama_pos pos,
                       llama_seq_id seq_id, bool decode, bool special, char * piece, int32_t piece_cap,
-                      int32_t * piece_len, int32_t * decode_status, char ** error) {
+                      int32_t * piece_len, bool * end_of_generation, int32_t * decode_status, char ** error) {
     *decode_status = 0;
     *piece_len = 0;
+    *end_of_generation = false;
     const llama_token token = lcpp_sample(chain, grammar, ctx, idx, error);
     if (token < 0) {
         return token;
     }
     *piece_len = llama_token_to_piece(vocab, token, piece, piece_cap, 0, special);
-    if (decode && !llama_vocab_is_eog(vocab, token)) {
+    *end_of_generation = llama_vocab_is_eog(vocab, token);
+    if (decode && !*end_of_generation) {
         batch->n_tokens = 0;
         lcpp_batch_add(batch, token, pos, seq_id, true);
         *decode_status = llama_decode(ctx, *batch);

@@ -83,14 +83,15 @@ int lcpp_sampler_accept(struct llama_sampler * smpl, llama_token token, char ** 
 /* One generation step for one sequence: lcpp_sample at logits index `idx`, write
  * the token's text piece, and (unless it ends generation or `decode` is false)
  * decode it at `pos`.  Returns the token (-1 with *error set on failure);
+ * *end_of_generation tells whether the token ends generation;
  * *decode_status receives llama_decode's status (0 when nothing was decoded);
  * *piece_len the piece length, or the negative size needed when `piece_cap` was
  * too small. */
 llama_token lcpp_step(struct llama_context * ctx, struct llama_sampler * chain, struct llama_sampler * grammar,
                       const struct llama_vocab * vocab, struct llama_batch * batch,
                       int32_t idx, llama_pos pos, llama_seq_id seq_id, bool decode, bool special,
-                      char * piece, int32_t piece_cap, int32_t * piece_len, int32_t * decode_status,
-                      char ** error);
+                      char * piece, int32_t piece_cap, int32_t * piece_len, bool * end_of_generation,
+                      int32_t * decode_status, char ** error);
 
 /* Log-probability of `token` and the k most likely tokens at logits index `idx`.
  * Writes k ids and log-probs (descending) and returns the token's log-prob. */

@@ -239,7 +239,7 @@ struct llama_sampler * lcpp_sampler_init_penalties(int32_t n_vocab, int32_t last
 llama_token lcpp_step(struct llama_context * ctx, struct llama_sampler * chain, struct llama_sampler * grammar,
                       const struct llama_vocab * vocab, struct llama_batch * batch, int32_t idx, llama_pos pos,
                       llama_seq_id seq_id, bool decode, bool special, char * piece, int32_t piece_cap,
-                      int32_t * piece_len, int32_t * decode_status, char ** error);
+                      int32_t * piece_len, bool * end_of_generation, int32_t * decode_status, char ** error);
 float lcpp_logprobs(struct llama_context * ctx, int32_t idx, int32_t n_vocab, llama_token token, int32_t k,
                     llama_token * top_ids, float * top_logprobs);
 

@@ -203,6 +203,7 @@ class Engine:
         self._piece = ffi.new("char[]", PIECE_CAPACITY)
         self._piece_len = ffi.new("int32_t *")
         self._status = ffi.new("int32_t *")
+        self._eog = ffi.new("bool *")
 
     def close(self) -> None:
         """Free the context (the model is left to its owner)."""
@@ -344,6 +345,7 @@ class Engine:
         handle, vocab = self.context.handle, self.vocab.handle
         chain, grammar, error = sampler.handle, sampler.grammar_handle, sampler._error
         batch, piece, piece_len, status = self.context.batch, self._piece, self._piece_len, self._status
+        eog = self._eog
         step, is_eog, seq_id = lib.lcpp_step, lib.llama_vocab_is_eog, slot.seq_id
         want_logprobs = request.logprobs is not None
         while out.finish_reason is None:
@@ -360,10 +362,10 @@ class Engine:
                     self.context.check_status(self._decode_checked(slot, (token,)))
             else:
                 token = step(handle, chain, grammar, vocab, batch, -1, pos, seq_id, decode, False,
-                             piece, PIECE_CAPACITY, piece_len, status, error)  # fmt: skip
+                             piece, PIECE_CAPACITY, piece_len, eog, status, error)  # fmt: skip
                 if token < 0:
                     sampler.raise_native_error()
-                if is_eog(vocab, token):
+                if eog[0]:
                     break
                 if status[0] == DECODE_NO_KV_SLOT and self._evict_for(slot):
                     status[0] = self._decode_checked(slot, (token,))
