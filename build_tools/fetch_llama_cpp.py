@@ -10,6 +10,7 @@ actionable message on stderr.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -46,8 +47,22 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def metadata_isolation_flags() -> list[str]:
+    """pip flags for preparing the sdist's metadata, which ``pip download`` always does.
+
+    The pinned sdist builds with scikit-build-core.  Where it is importable (pip's
+    isolated build environment for this project, or a developer's environment),
+    pip uses it in place; elsewhere pip installs it into an isolated environment.
+    """
+    if importlib.util.find_spec("scikit_build_core") is not None:
+        return ["--no-build-isolation"]
+    return []
+
+
 def download_sdist(pin: dict[str, str], into: Path) -> Path:
     """Download the pinned source distribution with pip and return the archive."""
+    if importlib.util.find_spec("pip") is None:
+        raise FetchError(f"pip is not installed for {sys.executable}; it fetches the pinned source")
     spec = f"{pin['package']}=={pin['version']}"
     command = [
         sys.executable,
@@ -55,7 +70,7 @@ def download_sdist(pin: dict[str, str], into: Path) -> Path:
         "pip",
         "download",
         "--no-deps",
-        "--no-build-isolation",
+        *metadata_isolation_flags(),
         "--no-binary",
         pin["package"],
         "--disable-pip-version-check",

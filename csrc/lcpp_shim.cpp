@@ -245,6 +245,20 @@ int lcpp_chat_parse(const char * params_json, const char * text, bool is_partial
     });
 }
 
+int32_t lcpp_tokenize(const struct llama_vocab * vocab, const char * text, int32_t text_len,
+                      llama_token * tokens, int32_t n_tokens_max, bool add_special, bool parse_special,
+                      char ** error) {
+    *error = nullptr;
+    try {
+        return llama_tokenize(vocab, text, text_len, tokens, n_tokens_max, add_special, parse_special);
+    } catch (const std::exception & e) {
+        *error = copy_string(e.what());
+    } catch (...) {
+        *error = copy_string("unknown C++ exception while tokenizing");
+    }
+    return INT32_MIN;
+}
+
 void lcpp_log_discard(enum ggml_log_level, const char *, void *) {}
 
 bool lcpp_abort_when_flag_set(void * flag) {

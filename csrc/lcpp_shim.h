@@ -44,6 +44,12 @@ int lcpp_chat_apply(const lcpp_chat_templates * tmpls, const char * request_json
  * as returned by lcpp_chat_apply.  0 on success; else *out holds the reason. */
 int lcpp_chat_parse(const char * params_json, const char * text, bool is_partial, char ** out);
 
+/* llama_tokenize, guarded: any byte sequence goes in, and a C++ exception from
+ * the tokenizer comes back as INT32_MIN with *error set instead of crossing into C. */
+int32_t lcpp_tokenize(const struct llama_vocab * vocab, const char * text, int32_t text_len,
+                      llama_token * tokens, int32_t n_tokens_max, bool add_special, bool parse_special,
+                      char ** error);
+
 /* Log callback that drops everything (installed at interpreter exit). */
 void lcpp_log_discard(enum ggml_log_level level, const char * text, void * user_data);
 

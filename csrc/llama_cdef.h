@@ -226,6 +226,9 @@ int lcpp_chat_templates_init(const struct llama_model * model, const char * temp
 void lcpp_chat_templates_free(lcpp_chat_templates * tmpls);
 int lcpp_chat_apply(const lcpp_chat_templates * tmpls, const char * request_json, char ** out);
 int lcpp_chat_parse(const char * params_json, const char * text, bool is_partial, char ** out);
+int32_t lcpp_tokenize(const struct llama_vocab * vocab, const char * text, int32_t text_len,
+                      llama_token * tokens, int32_t n_tokens_max, bool add_special, bool parse_special,
+                      char ** error);
 void lcpp_log_discard(enum ggml_log_level level, const char * text, void * user_data);
 bool lcpp_abort_when_flag_set(void * flag);
 void lcpp_batch_add(struct llama_batch * batch, llama_token token, llama_pos pos, llama_seq_id seq_id, bool logits);

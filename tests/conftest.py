@@ -9,7 +9,8 @@ import os
 # (Set before llama.cpp is loaded; users' processes keep OpenMP's default.)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from collections.abc import Iterator  # noqa: E402
+import json  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -30,3 +31,62 @@ def llama(model_path: Path) -> Iterator[Llama]:
     """One shared ``Llama`` on the default model (tests must leave it usable)."""
     with Llama(model_path, n_ctx=2048, n_parallel=4, seed=1234) as instance:
         yield instance
+
+
+# Endings that complete any cut-off JSON tail: a string, an escape, a key, a
+# literal, a number, or a value still owed after ':' or ','.
+_JSON_TAILS = [
+    "",
+    "0",
+    '"',
+    '":0',
+    ":0",
+    'n"',
+    'n":0',
+    '0"',
+    '00"',
+    '000"',
+    '0000"',
+    '0000":0',
+    '"k":0',
+    "e",
+    "le",
+    "se",
+    "lse",
+    "alse",
+    "ue",
+    "rue",
+    "l",
+    "ll",
+    "ull",
+]
+
+
+def is_json_prefix(text: str) -> bool:
+    """Whether ``text`` is the start of some JSON document, as a JSON grammar only admits."""
+    closers: list[str] = []
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            escaped = char == "\\" and not escaped
+            in_string = char != '"' or escaped
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            closers.append("]" if char == "[" else "}")
+        elif char in "]}" and (not closers or closers.pop() != char):
+            return False
+    ending = "".join(reversed(closers))
+    for tail in _JSON_TAILS:
+        try:
+            json.loads(text + tail + ending)
+        except json.JSONDecodeError:
+            continue
+        return True
+    return False
+
+
+@pytest.fixture(scope="session")
+def json_prefix() -> Callable[[str], bool]:
+    """``json_prefix(text)``: whether ``text`` starts some JSON document (see ``is_json_prefix``)."""
+    return is_json_prefix

@@ -18,7 +18,7 @@ from typing import Any, get_type_hints
 import jsonschema
 import pydantic
 
-from llamacpp_native import GrammarError, SchemaValidationError, json_schema_to_grammar
+from llamacpp_native import GrammarError, OutputTruncatedError, SchemaValidationError, json_schema_to_grammar
 
 
 def to_json_schema(schema: Any) -> dict[str, Any]:
@@ -82,12 +82,30 @@ def _for_converter(schema: Any) -> Any:
     return converted
 
 
-def parse_and_validate(text: str, schema: Any) -> Any:
-    """Parse generated JSON and validate it; ``SchemaValidationError`` names the failing rule."""
+def truncation_error(finish_reason: str | None, output_tokens: int | None = None) -> OutputTruncatedError:
+    """The error for structured output that ``max_tokens`` cut off (``finish_reason == "length"``)."""
+    after = f" after {output_tokens} tokens" if output_tokens else ""
+    return OutputTruncatedError(
+        f"the reply stopped at max_tokens{after} before the JSON value was complete "
+        f"(finish_reason={finish_reason!r}); raise max_tokens, or bound the schema "
+        "(maxLength, maxItems, maxProperties) so the value fits"
+    )
+
+
+def parse_and_validate(
+    text: str, schema: Any, *, finish_reason: str | None = None, output_tokens: int | None = None
+) -> Any:
+    """Parse generated JSON and validate it; ``SchemaValidationError`` names the failing rule.
+
+    With ``finish_reason="length"``, JSON that does not parse raises
+    ``OutputTruncatedError`` naming ``max_tokens`` instead of a decode error.
+    """
     json_schema = to_json_schema(schema)
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
+        if finish_reason == "length":
+            raise truncation_error(finish_reason, output_tokens) from None
         raise SchemaValidationError(
             f"output is not JSON ({error.msg} at {error.pos}): {text[:200]!r}"
         ) from None

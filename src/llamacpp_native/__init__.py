@@ -4,9 +4,11 @@
 the low-level objects that own llama.cpp's handles.
 """
 
+import json
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
-from llamacpp_native._library import ffi, lib
+from llamacpp_native._library import NATIVE_DIR, ffi, lib
 from llamacpp_native.chat_template import ChatTemplates, RenderedChat, parse_chat_output
 from llamacpp_native.context import Context
 from llamacpp_native.engine import (
@@ -28,6 +30,7 @@ from llamacpp_native.errors import (
     LlamaError,
     ModelLoadError,
     ModelNotFoundError,
+    OutputTruncatedError,
     SchemaValidationError,
     TokenizeError,
 )
@@ -43,6 +46,11 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 
+def build_info() -> dict[str, Any]:
+    """What this build compiled in: ``amx_kernels``, ``runtime_libraries``, ``ggml_cpu_compile_options``."""
+    return dict(json.loads((NATIVE_DIR / "build_info.json").read_text()))
+
+
 def system_info() -> str:
     """llama.cpp's description of the CPU features and backends compiled in."""
     return str(ffi.string(lib.llama_print_system_info()).decode())
@@ -50,6 +58,7 @@ def system_info() -> str:
 
 __all__ = [
     "Cancellation",
+    "build_info",
     "ChatTemplateError",
     "ChatTemplates",
     "Chunk",
@@ -74,6 +83,7 @@ __all__ = [
     "SamplerChain",
     "SamplingOptions",
     "SamplingParams",
+    "OutputTruncatedError",
     "SchemaValidationError",
     "TokenLogprob",
     "TokenizeError",

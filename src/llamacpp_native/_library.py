@@ -12,17 +12,23 @@ import collections
 import logging
 import threading
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 from llamacpp_native.errors import LlamaError
 
 try:
+    from llamacpp_native import _llama_cffi
     from llamacpp_native._llama_cffi import ffi, lib
 except ImportError as error:  # pragma: no cover - only without a build
     raise ImportError(
         "llamacpp_native's compiled extension is missing; install the package with pip "
         "(`pip install .` from the repository) so that it is built."
     ) from error
+
+
+NATIVE_DIR = Path(_llama_cffi.__file__).parent
+"""Where the compiled extension, llama.cpp's shared libraries and ``build_info.json`` lie."""
 
 
 def _check_extension_version() -> None:

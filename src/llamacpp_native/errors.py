@@ -45,6 +45,10 @@ class SchemaValidationError(GrammarError):
     """Generated JSON failed a schema rule that the grammar could not enforce."""
 
 
+class OutputTruncatedError(SchemaValidationError):
+    """Structured output reached ``max_tokens`` before its JSON value was complete."""
+
+
 class TokenizeError(LlamaError, ValueError):
     """Text could not be tokenized, or tokens are outside the vocabulary."""
 

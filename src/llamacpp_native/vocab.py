@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from llamacpp_native._library import ffi, lib
+from llamacpp_native._library import ffi, lib, take_message
 from llamacpp_native.errors import TokenizeError
 
 
@@ -67,28 +67,33 @@ class Vocab:
                 data = text.encode("utf-8")
             except UnicodeEncodeError as error:
                 raise TokenizeError(
-                    f"text cannot be encoded as UTF-8 ({error.reason} at {error.start})"
+                    f"text cannot be encoded as UTF-8 ({error.reason} at {error.start}); "
+                    "pass bytes to tokenize raw bytes"
                 ) from None
         elif isinstance(text, (bytes, bytearray)):
-            data = bytes(text)
-            try:
-                data.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise TokenizeError(f"text is not valid UTF-8 ({error}); decode it to str first") from error
+            data = bytes(text)  # any byte sequence, as llama.cpp's tokenizer takes it
         else:
             raise TokenizeError(f"text must be str or bytes, not {type(text).__name__}")
-        capacity = len(data) + 8
-        tokens = ffi.new("llama_token[]", capacity)
-        count = lib.llama_tokenize(self.handle, data, len(data), tokens, capacity, add_special, parse_special)
+        count, tokens = self._tokenize_into(data, len(data) + 8, add_special, parse_special)
         if count < 0:
-            capacity = -count
-            tokens = ffi.new("llama_token[]", capacity)
-            count = lib.llama_tokenize(
-                self.handle, data, len(data), tokens, capacity, add_special, parse_special
-            )
+            count, tokens = self._tokenize_into(data, -count, add_special, parse_special)
         if count < 0:
             raise TokenizeError(f"tokenization of {len(data)} bytes failed")
         return list(ffi.unpack(tokens, count))
+
+    def _tokenize_into(
+        self, data: bytes, capacity: int, add_special: bool, parse_special: bool
+    ) -> tuple[int, Any]:
+        """One guarded ``llama_tokenize`` call: (count or -needed, token buffer)."""
+        tokens = ffi.new("llama_token[]", capacity)
+        error = ffi.new("char **")
+        count = lib.lcpp_tokenize(
+            self.handle, data, len(data), tokens, capacity, add_special, parse_special, error
+        )
+        message = take_message(error)
+        if message:
+            raise TokenizeError(f"llama.cpp could not tokenize {len(data)} bytes: {message}")
+        return count, tokens
 
     def check_tokens(self, tokens: Sequence[int]) -> None:
         """Raise ``TokenizeError`` if any token id is outside the vocabulary."""

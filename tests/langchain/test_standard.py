@@ -52,6 +52,11 @@ BEYOND_A_270M_BASE_MODEL = {
         "without examples the 270M base model does not decide by itself to call a tool (tool_choice 'auto'); "
         "test_chat_models.py shows auto tool calls coming out of a few-shot prompt"
     ),
+    "test_structured_output": (
+        "on some CPUs the greedy 270M base model loops inside a JSON string (a punchline of '10000000…') and "
+        "reaches the suite's 32 tokens; with_structured_output then raises OutputTruncatedError naming "
+        "max_tokens, as test_chat_models.py checks on its own"
+    ),
     "test_unicode_tool_call_integration": (
         "the 270M base model fills customer_name by copying the field's description instead of the Chinese "
         "name in the request (the grammar admits any Unicode), and the call does not close within 32 tokens"

@@ -120,12 +120,13 @@ def test_parsing_special_tokens_in_any_text_never_fails(llama: Llama, text: str)
 
 @FUZZ
 @given(data=st.binary(max_size=60))
-def test_any_bytes_either_round_trip_or_are_a_tokenize_error(llama: Llama, data: bytes) -> None:
+def test_any_bytes_tokenize_and_utf8_round_trips(llama: Llama, data: bytes) -> None:
+    tokens = llama.tokenize(data, add_bos=False)
+    assert all(0 <= t < llama.model.vocab.n_tokens for t in tokens)
     try:
-        tokens = llama.tokenize(data, add_bos=False)
-    except TokenizeError as error:
-        assert "not valid UTF-8" in str(error)
-        return
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return  # llama.cpp keeps the bytes, though not always their spaces' spelling
     assert llama.detokenize(tokens) == data
 
 

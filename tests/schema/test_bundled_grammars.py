@@ -13,7 +13,7 @@ from llamacpp_native import LlamaGrammar
 Complete = Callable[..., dict[str, Any]]
 
 
-def test_json_grammar_output_parses_as_an_object_or_array(complete: Complete) -> None:
+def test_json_grammar_admits_only_json(complete: Complete, json_prefix: Callable[[str], bool]) -> None:
     result = complete(
         "Describe a person in JSON format:",
         grammar=LlamaGrammar.from_file("json"),
@@ -21,8 +21,9 @@ def test_json_grammar_output_parses_as_an_object_or_array(complete: Complete) ->
         temperature=0.0,
     )
     text = result["choices"][0]["text"]
-    assert result["choices"][0]["finish_reason"] == "stop", f"the JSON was not closed: {text!r}"
-    assert isinstance(json.loads(text), (dict, list))
+    assert json_prefix(text), text  # even where max_tokens cut it off
+    if result["choices"][0]["finish_reason"] == "stop":
+        assert isinstance(json.loads(text), (dict, list))
 
 
 @pytest.fixture(scope="module")

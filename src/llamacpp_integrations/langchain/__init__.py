@@ -6,9 +6,13 @@ The maintained successor of langchain-community's ``LlamaCpp``,
 
 from importlib.metadata import PackageNotFoundError, version
 
-from llamacpp_integrations.langchain.chat_models import ChatLlamaCpp
-from llamacpp_integrations.langchain.embeddings import LlamaCppEmbeddings
-from llamacpp_integrations.langchain.llms import LlamaCpp
+from llamacpp_integrations._extras import require_extra
+
+require_extra("langchain", "langchain_core", "jsonschema")
+
+from llamacpp_integrations.langchain.chat_models import ChatLlamaCpp  # noqa: E402
+from llamacpp_integrations.langchain.embeddings import LlamaCppEmbeddings  # noqa: E402
+from llamacpp_integrations.langchain.llms import LlamaCpp  # noqa: E402
 
 try:
     __version__ = version("llamacpp-integrations")

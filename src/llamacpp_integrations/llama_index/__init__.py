@@ -2,8 +2,12 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from llamacpp_integrations.llama_index.embeddings import LlamaCppEmbedding
-from llamacpp_integrations.llama_index.llms import LlamaCPP
+from llamacpp_integrations._extras import require_extra
+
+require_extra("llama-index", "llama_index.core", "jsonschema")
+
+from llamacpp_integrations.llama_index.embeddings import LlamaCppEmbedding  # noqa: E402
+from llamacpp_integrations.llama_index.llms import LlamaCPP  # noqa: E402
 
 try:
     __version__ = version("llamacpp-integrations")

@@ -345,7 +345,15 @@ class LlamaCPP(FunctionCallingLLM):
 
     @staticmethod
     def _structured_output(output_cls: type[Model], response: ChatResponse) -> Model:
-        return output_cls.model_validate(parse_and_validate(response.message.content or "", output_cls))
+        final = (response.raw or {}).get("choices") or [{}]
+        usage = (response.raw or {}).get("usage") or {}
+        value = parse_and_validate(
+            response.message.content or "",
+            output_cls,
+            finish_reason=final[0].get("finish_reason"),
+            output_tokens=usage.get("completion_tokens"),
+        )
+        return output_cls.model_validate(value)
 
     @dispatcher.span
     def structured_predict(
