@@ -334,6 +334,43 @@ llama_token lcpp_sample(struct llama_sampler * chain, struct llama_sampler * gra
     return -1;
 }
 
+void lcpp_batch_add_run(struct llama_batch * batch, const llama_token * tokens, int32_t n, llama_pos pos0,
+                        llama_seq_id seq_id, bool logits_last) {
+    for (int32_t i = 0; i < n; ++i) {
+        lcpp_batch_add(batch, tokens[i], pos0 + i, seq_id, logits_last && i == n - 1);
+    }
+}
+
+int32_t lcpp_sample_many(struct llama_context * ctx, const struct llama_vocab * vocab, int32_t n,
+                         struct llama_sampler * const * chains, struct llama_sampler * const * grammars,
+                         const int32_t * idxs, llama_token * tokens, bool * eog, char * pieces,
+                         int32_t piece_stride, int32_t * piece_lens, char ** error) {
+    *error = nullptr;
+    int32_t failures = 0;
+    for (int32_t i = 0; i < n; ++i) {
+        char * reason = nullptr;
+        const llama_token token = lcpp_sample(chains[i], grammars[i], ctx, idxs[i], &reason);
+        tokens[i] = token;
+        eog[i] = false;
+        piece_lens[i] = 0;
+        if (token < 0) {
+            ++failures;
+            if (*error == nullptr) {
+                *error = reason;
+            } else {
+                std::free(reason);
+            }
+            continue;
+        }
+        eog[i] = llama_vocab_is_eog(vocab, token);
+        if (!eog[i]) {
+            piece_lens[i] = llama_token_to_piece(vocab, token, pieces + static_cast<size_t>(i) * piece_stride,
+                                                 piece_stride, 0, false);
+        }
+    }
+    return failures;
+}
+
 int lcpp_sampler_accept(struct llama_sampler * smpl, llama_token token, char ** error) {
     *error = nullptr;
     try {

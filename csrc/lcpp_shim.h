@@ -66,6 +66,22 @@ void lcpp_batch_add(struct llama_batch * batch, llama_token token, llama_pos pos
 int32_t lcpp_decode_sequence(struct llama_context * ctx, struct llama_batch * batch, int32_t n_batch,
                              const llama_token * tokens, int32_t n, llama_pos pos0, llama_seq_id seq_id);
 
+/* Append tokens[0..n) of one sequence at positions pos0.. to a batch; only the
+ * last one asks for logits, and only when `logits_last` is true. */
+void lcpp_batch_add_run(struct llama_batch * batch, const llama_token * tokens, int32_t n, llama_pos pos0,
+                        llama_seq_id seq_id, bool logits_last);
+
+/* Sample n sequences after one decode, each with its own chain and optional
+ * grammar (as lcpp_sample), at logits index idxs[i].  Writes tokens[i] (-1 where
+ * sampling failed; *error then holds the first failure's reason), eog[i], and the
+ * token's text piece at pieces + i * piece_stride with its length in
+ * piece_lens[i] (negative: the piece needs that many bytes).  Returns the number
+ * of failures. */
+int32_t lcpp_sample_many(struct llama_context * ctx, const struct llama_vocab * vocab, int32_t n,
+                         struct llama_sampler * const * chains, struct llama_sampler * const * grammars,
+                         const int32_t * idxs, llama_token * tokens, bool * eog, char * pieces,
+                         int32_t piece_stride, int32_t * piece_lens, char ** error);
+
 /* Sample a token at logits index `idx` with `chain` and an optional `grammar`
  * sampler (kept outside the chain), and accept it in both.  The grammar is
  * checked against the chain's choice first and applied to the whole vocabulary

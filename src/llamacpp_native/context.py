@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from llamacpp_native._library import ffi, lib, recent_errors
@@ -88,6 +88,7 @@ class Context:
         pooling: str = "unspecified",
         rope_freq_base: float = 0.0,
         rope_freq_scale: float = 0.0,
+        swa_full: bool = False,
     ) -> None:
         if not isinstance(n_ctx, int) or n_ctx < 0:
             raise ContextError(f"n_ctx must be >= 0 (0 = the model's training context), got {n_ctx!r}")
@@ -121,6 +122,7 @@ class Context:
         params.rope_freq_scale = rope_freq_scale
         params.no_perf = False
         params.kv_unified = n_seq_max > 1  # every sequence may use the whole window
+        params.swa_full = swa_full
         self._abort_flag = ffi.new("int *", 0)
         params.abort_callback = lib.lcpp_abort_when_flag_set
         params.abort_callback_data = self._abort_flag
@@ -146,6 +148,8 @@ class Context:
         self.embeddings_enabled = embeddings
         self.pooling: int = int(lib.llama_pooling_type(raw))
         self._memory = lib.llama_get_memory(raw)
+        self.before_close: Callable[[], None] | None = None
+        """Called once by ``close()`` before anything is freed (an engine stops its decode thread)."""
         model._register_context(self)
 
     # -- lifetime -----------------------------------------------------------------
@@ -171,7 +175,10 @@ class Context:
         """Free the context and its batch.  Safe to call twice."""
         if self._handle is None:
             return
-        self.request_abort()  # a decode running in another thread stops first
+        hook, self.before_close = self.before_close, None
+        if hook is not None:
+            hook()
+        self.request_abort()
         handle, self._handle = self._handle, None
         self._free_batch()
         ffi.release(handle)

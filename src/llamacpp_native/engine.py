@@ -1,27 +1,35 @@
-"""The generation engine: prefix-cached slots, the token loop, parallel batches.
+"""The generation engine: one decode loop per context serves every caller at once.
 
-Every integration generates through ``Engine``.  Per generated token Python
-makes a single native call (sample + detokenize + decode happen in C) plus the
-UTF-8/stop-string bookkeeping; logits are copied only when logprobs are asked for.
+Every integration generates through ``Engine``.  Requests from any thread or
+task join the running batch (continuous batching).  Per step the decode thread
+makes one ``llama_decode`` and one native sampling call for all sequences;
+text handling runs on each caller's side (``RequestStream``).  Logits are
+copied only when logprobs are asked for.
 """
 
 from __future__ import annotations
 
+import atexit
+import dataclasses
 import threading
 import time
+import weakref
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from llamacpp_native._library import ffi, lib
-from llamacpp_native.context import DECODE_NO_KV_SLOT, Context
-from llamacpp_native.errors import ClosedError, ContextOverflowError, GenerationCancelled, LlamaError
+from llamacpp_native._library import ffi, lib, take_message
+from llamacpp_native.context import DECODE_ABORTED, DECODE_NO_KV_SLOT, Context
+from llamacpp_native.errors import ClosedError, ContextOverflowError, GrammarError
 from llamacpp_native.model import Model
+from llamacpp_native.request_stream import MAX_BACKLOG, RequestStream
 from llamacpp_native.sampling import SamplerChain, SamplingParams
-from llamacpp_native.text_stream import StopMatcher, Utf8Stream
 
 PIECE_CAPACITY = 256
+MIN_COPIED_PREFIX = 16
+"""Shortest prefix worth copying from another slot; shorter prompts are decoded afresh,
+which keeps a short seeded request independent of what the cache held before."""
 
 
 @dataclass
@@ -77,6 +85,8 @@ class Chunk:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
+    """Prompt tokens served from the prefix cache (on the last chunk)."""
 
 
 @dataclass
@@ -90,20 +100,35 @@ class GenerationResult:
     completion_tokens: int
     logprobs: list[TokenLogprob] | None = None
     seconds: float = 0.0
+    cached_tokens: int = 0
 
 
 class Cancellation:
-    """A handle to stop a generation from any thread (stream close, task cancel)."""
+    """A handle to stop generations from any thread (stream close, task cancel).
+
+    Every stream attached to it is cancelled by ``cancel()``; a stream attached
+    after that is cancelled at once.
+    """
 
     def __init__(self) -> None:
         self._event = threading.Event()
-        self._context: Context | None = None
+        self._lock = threading.Lock()
+        self._streams: weakref.WeakSet[RequestStream] = weakref.WeakSet()
+
+    def attach(self, stream: RequestStream) -> None:
+        """Cancel ``stream`` together with this handle."""
+        with self._lock:
+            self._streams.add(stream)
+        if self.cancelled:
+            stream.cancel()
 
     def cancel(self) -> None:
-        """Stop the generation as soon as possible, including a prompt decode in progress."""
+        """Stop every attached generation as soon as possible."""
         self._event.set()
-        if self._context is not None:
-            self._context.request_abort()
+        with self._lock:
+            streams = list(self._streams)
+        for stream in streams:
+            stream.cancel()
 
     @property
     def cancelled(self) -> bool:
@@ -113,9 +138,58 @@ class Cancellation:
 
 @dataclass
 class _Slot:
+    """One sequence of the KV cache, and the tokens it holds (the prefix cache)."""
+
     seq_id: int
     tokens: list[int] = field(default_factory=list)
     last_used: float = 0.0
+    job: _Job | None = None
+
+
+@dataclass(eq=False)
+class _Job:
+    """A submitted request as the decode loop sees it."""
+
+    request: GenerationRequest
+    stream: weakref.ref[RequestStream]
+    sampler: SamplerChain
+    limit: int
+    tokens: list[int] = field(default_factory=list)  # the sequence so far: prompt, then decoded output
+    slot: _Slot | None = None
+    pending: int | None = None  # sampled token to decode next step
+    output: int = -1  # this job's logits index in the last decode, or -1
+    in_batch: Sequence[int] = ()  # tokens this job put into the current batch
+    decodes_pending: bool = False  # whether in_batch is the pending token
+    generated: int = 0
+    admitted: bool = False
+
+    @property
+    def prefilling(self) -> bool:
+        """Whether part of the sequence is not yet in the KV cache."""
+        return self.slot is not None and len(self.slot.tokens) < len(self.tokens)
+
+
+class _Schedule:
+    """What the decode thread shares with callers, guarded by ``cv``."""
+
+    def __init__(self) -> None:
+        self.cv = threading.Condition()
+        self.waiting: deque[_Job] = deque()
+        self.running: list[_Job] = []
+        self.poked = False
+        self.closing = False
+
+    def poke(self) -> None:
+        """Wake the decode thread for another step."""
+        with self.cv:
+            self.poked = True
+            self.cv.notify()
+
+    def close(self) -> None:
+        """Make the decode thread leave its loop."""
+        with self.cv:
+            self.closing = True
+            self.cv.notify()
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -126,142 +200,339 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
-class _SequenceOutput:
-    """Per-sequence output bookkeeping: tokens -> safe text chunks, stop, length, logprobs.
+def _decode_loop(engine_ref: weakref.ref[Engine], schedule: _Schedule) -> None:
+    """The decode thread: step while there is work, sleep until poked, leave on close."""
+    while True:
+        with schedule.cv:
+            while not schedule.poked and not schedule.closing:
+                schedule.cv.wait()
+            if schedule.closing:
+                return
+            schedule.poked = False
+        engine = engine_ref()
+        if engine is None:
+            return
+        if engine._step():
+            schedule.poke()  # progress was made: look again at once
+        del engine
 
-    A token's logprob is released together with the text it starts in, so logprobs
-    of tokens swallowed by a stop string are never reported.
-    """
 
-    def __init__(self, request: GenerationRequest, limit: int) -> None:
-        self.request = request
-        self.limit = limit
-        self.utf8 = Utf8Stream()
-        self.stops = StopMatcher(request.stop)
-        self.tokens: list[int] = []
-        self.finish_reason: str | None = None
-        self._produced = 0  # characters decoded so far (emitted or held back)
-        self._emitted = 0  # characters released so far
-        self._pending: list[tuple[int, TokenLogprob]] = []  # (start offset, logprob)
+_open_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 
-    def feed(
-        self, token: int, piece: bytes, logprob: TokenLogprob | None = None
-    ) -> tuple[str, list[TokenLogprob]]:
-        """Record a generated token; return the text (and logprobs) that may be emitted now."""
-        self.tokens.append(token)
-        decoded = self.utf8.push(piece)
-        if logprob is not None:
-            self._pending.append((self._produced, logprob))
-        self._produced += len(decoded)
-        text = self.stops.push(decoded)
-        self._emitted += len(text)
-        if self.stops.stopped:
-            self.finish_reason = "stop"
-        elif len(self.tokens) >= self.limit:
-            self.finish_reason = "length"
-        return text, self._release(final=False)
 
-    def end(self, reason: str) -> tuple[str, list[TokenLogprob]]:
-        """Finish with ``reason`` (if not already finished); return held-back text and logprobs."""
-        if self.finish_reason is None:
-            self.finish_reason = reason
-        tail = self.stops.push(self.utf8.flush()) + self.stops.flush()
-        self._emitted += len(tail)
-        return tail, self._release(final=True)
-
-    def _release(self, final: bool) -> list[TokenLogprob]:
-        if not self._pending:
-            return []
-        if final and not self.stops.stopped:
-            ready = [lp for _start, lp in self._pending]
-            self._pending = []
-            return ready
-        ready = [lp for start, lp in self._pending if start < self._emitted]
-        self._pending = [] if final else [(s, lp) for s, lp in self._pending if s >= self._emitted]
-        return ready
+@atexit.register
+def _close_engines_at_exit() -> None:
+    for engine in list(_open_engines):
+        engine.close()
 
 
 class Engine:
-    """Generation over one model and one context with several prefix-cached slots.
+    """One decode loop over one context, serving every caller at once (continuous batching).
 
-    Requests are serialised by a lock (so one engine is safe to share between
-    threads); ``generate_many`` runs several requests as parallel sequences in
-    one batch.  Each slot remembers the tokens in its part of the KV cache, and a
-    new request reuses the slot with the longest common prefix (LRU otherwise).
+    ``submit()`` queues a request from any thread or task and returns its
+    ``RequestStream``.  The decode thread owns the context.  Each step it retires
+    finished and cancelled sequences, admits waiting requests in order while a
+    slot and KV space allow, runs one ``llama_decode`` that mixes one token per
+    generating sequence with chunks of new prompts (within ``n_batch``), and
+    samples every sequence in one native call.
+
+    Each slot remembers the tokens of its part of the KV cache.  A new request
+    continues the slot with the longest common prefix, or copies that prefix
+    from a busy slot (``llama_memory_seq_cp``), so a shared system prompt is
+    decoded once.  Idle slots are evicted least recently used first when space
+    is needed.  A request is admitted once its prompt fits; when generation
+    later runs out of KV space, the most recently admitted sequence is preempted:
+    its cache is dropped and it waits at the head of the queue, to be decoded
+    again (prompt and output so far) and go on where it stopped.  So every
+    admitted request finishes, and one that can never fit is refused at ``submit()``.
     """
 
     def __init__(self, model: Model, *, n_slots: int = 4, **context_kwargs: Any) -> None:
         self.model = model
         self.vocab = model.vocab
         # Only each sequence's last token needs logits: reserve n_slots outputs, not n_batch
-        # (with a 262k vocabulary that is the difference between 2 MiB and 512 MiB).
-        self.context = Context(model, n_seq_max=n_slots, n_outputs_max=n_slots, **context_kwargs)
+        # (with a 262k vocabulary that is the difference between 2 MiB and 512 MiB).  A full
+        # SWA cache keeps every cached prefix valid for reuse and copying.
+        self.context = Context(
+            model, n_seq_max=n_slots, n_outputs_max=n_slots, swa_full=True, **context_kwargs
+        )
         self.n_ctx = self.context.n_ctx
         self.slots = [_Slot(i) for i in range(self.context.n_seq_max)]
-        self.lock = threading.Lock()
-        self._owner: int | None = None  # thread holding the engine, to refuse same-thread re-entry
-        self._piece = ffi.new("char[]", PIECE_CAPACITY)
-        self._piece_len = ffi.new("int32_t *")
-        self._status = ffi.new("int32_t *")
-        self._eog = ffi.new("bool *")
+        self._schedule = _Schedule()
+        self._decoding: list[_Job] = []
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._piece_stride = PIECE_CAPACITY
+        self._pieces = ffi.new("char[]", PIECE_CAPACITY * len(self.slots))
+        self.context.before_close = self._shut_down
+        self._thread = threading.Thread(
+            target=_decode_loop, args=(weakref.ref(self), self._schedule), name="llamacpp-decode", daemon=True
+        )
+        weakref.finalize(self, self._schedule.close)
+        _open_engines.add(self)
+        self._thread.start()
+
+    # -- the callers' side ----------------------------------------------------------------
+    def submit(self, request: GenerationRequest) -> RequestStream:
+        """Queue ``request`` and return its stream; raises at once if it can never run."""
+        request.validate(self.n_ctx, self.vocab.n_tokens)
+        self.vocab.check_tokens(request.prompt_tokens)
+        limit = self._limit(request)
+        stream = RequestStream(request, limit, self._on_stream_change, Chunk)
+        if limit <= 0:  # the prompt fills the context: nothing can be generated
+            stream.finish("length")
+            return stream
+        sampler = SamplerChain(self.vocab, request.sampling)
+        try:
+            if request.grammar_prefill:
+                sampler.accept(request.grammar_prefill)
+        except BaseException:
+            sampler.close()
+            raise
+        job = _Job(request, weakref.ref(stream), sampler, limit, list(request.prompt_tokens))
+        stream._job = job
+        with self._schedule.cv:
+            if self._closed or self._schedule.closing:
+                sampler.close()
+                raise ClosedError("the model is closed")
+            self._schedule.waiting.append(job)
+            self._schedule.poked = True
+            self._schedule.cv.notify()
+        return stream
+
+    def stream(self, request: GenerationRequest, cancellation: Cancellation | None = None) -> Iterator[Chunk]:
+        """Submit ``request`` and iterate its chunks; the last one has ``finish_reason``.
+
+        Closing the iterator (or cancelling) frees the sequence at the next step.
+        """
+        handle = self.submit(request)
+        if cancellation is not None:
+            cancellation.attach(handle)
+        return _chunks_of(handle)
+
+    def generate(
+        self, request: GenerationRequest, cancellation: Cancellation | None = None
+    ) -> GenerationResult:
+        """Generate for one request and return the whole result."""
+        return aggregate(self.stream(request, cancellation))
+
+    def generate_many(
+        self,
+        requests: Sequence[GenerationRequest],
+        on_chunk: Callable[[int, Chunk], None] | None = None,
+        cancellation: Cancellation | None = None,
+    ) -> list[GenerationResult]:
+        """Generate for several requests at once; ``on_chunk(index, chunk)`` sees text as it comes.
+
+        All requests are checked before any is queued; they then run beside each
+        other and beside every other caller's requests.
+        """
+        for request in requests:
+            request.validate(self.n_ctx, self.vocab.n_tokens)
+            self.vocab.check_tokens(request.prompt_tokens)
+        started = time.perf_counter()
+        wakeup = threading.Event()
+        streams: list[RequestStream] = []
+        try:
+            for request in requests:
+                stream = self.submit(request)
+                stream.wakeup = wakeup
+                if cancellation is not None:
+                    cancellation.attach(stream)
+                streams.append(stream)
+            collected: list[list[Chunk]] = [[] for _ in streams]
+            open_streams = set(range(len(streams)))
+            while open_streams:
+                wakeup.clear()
+                for i in sorted(open_streams):
+                    while (chunk := streams[i].poll()) is not None:
+                        collected[i].append(chunk)
+                        if on_chunk is not None:
+                            on_chunk(i, chunk)
+                    if streams[i].finished:
+                        open_streams.discard(i)
+                if open_streams:
+                    wakeup.wait()
+        finally:
+            for stream in streams:
+                stream.cancel()
+        elapsed = time.perf_counter() - started
+        return [dataclasses.replace(aggregate(iter(chunks)), seconds=elapsed) for chunks in collected]
+
+    def stats(self) -> dict[str, int]:
+        """Queue length and slot use, for monitoring."""
+        with self._schedule.cv:
+            return {
+                "slots": len(self.slots),
+                "busy_slots": sum(1 for s in self.slots if s.job is not None),
+                "queued": len(self._schedule.waiting),
+                "cached_tokens": sum(len(s.tokens) for s in self.slots),
+            }
+
+    @property
+    def idle(self) -> bool:
+        """Whether no request is queued or running."""
+        with self._schedule.cv:
+            return not self._schedule.waiting and not self._schedule.running
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no request is queued or running; False if ``timeout`` passed first."""
+        schedule = self._schedule
+        with schedule.cv:
+            return schedule.cv.wait_for(lambda: not schedule.waiting and not schedule.running, timeout)
 
     def close(self) -> None:
-        """Free the context (the model is left to its owner)."""
+        """Stop the decode loop (every waiting caller gets ``ClosedError``), then free the context."""
+        self._shut_down()
         self.context.close()
 
-    # -- slots & prefill --------------------------------------------------------------
-    def _choose_slot(self, prompt: Sequence[int], exclude: set[int]) -> tuple[_Slot, int]:
-        candidates = [s for s in self.slots if s.seq_id not in exclude]
-        best = max(candidates, key=lambda s: (_common_prefix(s.tokens, prompt), -s.last_used))
-        shared = _common_prefix(best.tokens, prompt)
-        # Reuse a slot only when the prompt continues a good part of what it holds: a
-        # short shared start (BOS alone) must not evict another conversation.
-        if shared >= 2 and 2 * shared >= len(best.tokens):
-            return best, shared
-        # Otherwise start afresh, so the prompt is decoded the same way whatever the cache held.
-        empty = [s for s in candidates if not s.tokens]
-        return (empty[0] if empty else min(candidates, key=lambda s: s.last_used)), 0
+    def _shut_down(self) -> None:
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        schedule = self._schedule
+        schedule.close()
+        if not self.context.closed:
+            self.context.request_abort()  # a long prefill stops early
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join()
+        with schedule.cv:
+            jobs = list(schedule.waiting) + list(schedule.running)
+            schedule.waiting.clear()
+            schedule.running.clear()
+        for job in jobs:
+            stream = job.stream()
+            if stream is not None:
+                stream.finish("error", ClosedError("the model was closed while this generation was running"))
+            job.sampler.close()
+        _open_engines.discard(self)
 
-    @contextmanager
-    def _exclusive(self, cancellation: Cancellation | None) -> Iterator[Context]:
-        """Hold the engine for one request (across a stream's pauses)."""
-        if self._owner == threading.get_ident():
-            raise LlamaError(
-                "a stream from this model is still open in this thread; read it to the end "
-                "or close() it before starting another request"
-            )
-        with self.lock:
-            self._owner = threading.get_ident()
-            context = self.context
-            context.clear_abort()
-            if cancellation is not None:
-                cancellation._context = context
-            try:
-                yield context
-            finally:
-                self._owner = None
-                if cancellation is not None:
-                    cancellation._context = None
-                if not context.closed:
-                    context.clear_abort()
+    def _on_stream_change(self, stream: RequestStream) -> None:
+        """A stream was cancelled, drained or dropped: unqueue it, or wake the loop."""
+        job: _Job | None = getattr(stream, "_job", None)
+        schedule = self._schedule
+        with schedule.cv:
+            if job is not None and job in schedule.waiting:
+                schedule.waiting.remove(job)
+                job.sampler.close()
+                schedule.cv.notify_all()
+                return
+            if job is not None and self._decoding == [job] and not stream.wanted:
+                self.context.request_abort()  # the only sequence of a long decode: stop it now
+            schedule.poked = True
+            schedule.cv.notify()
 
-    def _check_usable(self, cancellation: Cancellation | None) -> None:
-        if self.context.closed:
-            raise ClosedError("the model was closed while this generation was running")
-        if cancellation is not None and cancellation.cancelled:
-            raise GenerationCancelled("generation was cancelled")
+    # -- the decode thread's side ----------------------------------------------------------
+    def _limit(self, request: GenerationRequest) -> int:
+        room = self.n_ctx - len(request.prompt_tokens)
+        return room if not request.max_tokens else min(request.max_tokens, room)
+
+    def _step(self) -> bool:
+        """One step of the loop; False when nothing could be decoded."""
+        schedule = self._schedule
+        with schedule.cv:
+            for job in list(schedule.running):
+                stream = job.stream()
+                if stream is None or not stream.wanted:
+                    self._retire(job)
+            self._admit()
+            jobs = list(schedule.running)
+        if not jobs:
+            return False
+        batch = self._fill_batch(jobs)
+        if not batch:
+            return False
+        try:
+            self._decode(batch)
+            self._sample([job for job in batch if job.output >= 0])
+        except BaseException as error:  # never leave the loop: fail these requests instead
+            self._fail(batch, error)
+        return True
+
+    def _admit(self) -> None:
+        """Move waiting requests (in order) into free slots while their prompts fit."""
+        schedule = self._schedule
+        while schedule.waiting:
+            job = schedule.waiting[0]
+            placed = self._place(job)
+            if placed is None:
+                return
+            slot, shared = placed
+            schedule.waiting.popleft()
+            schedule.running.append(job)
+            slot.job = job
+            slot.last_used = time.monotonic()
+            job.slot = slot
+            # A fresh job re-decodes at least its last prompt token, for fresh logits; a
+            # preempted one already holds its next token.
+            keep = len(job.tokens) if job.pending is not None else len(job.tokens) - 1
+            self._truncate(slot, min(shared, keep))
+            if not job.admitted:
+                job.admitted = True
+                stream = job.stream()
+                if stream is not None:
+                    stream.cached_tokens = len(slot.tokens)
+
+    def _place(self, job: _Job) -> tuple[_Slot, int] | None:
+        """A free slot for ``job`` holding as much of its sequence as the cache offers, or None."""
+        free = [s for s in self.slots if s.job is None]
+        if not free:
+            return None
+        tokens = job.tokens
+        own = max(free, key=lambda s: (_common_prefix(s.tokens, tokens), -s.last_used))
+        shared = _common_prefix(own.tokens, tokens)
+        # Continue a slot only when the prompt continues a good part of it, so a short
+        # shared start (BOS alone) does not evict another conversation.
+        if not (shared >= 2 and 2 * shared >= len(own.tokens)):
+            # Otherwise start afresh (so a short prompt is decoded the same way whatever
+            # the cache held), or from a long prefix that another slot holds.
+            empty = [s for s in free if not s.tokens]
+            own = empty[0] if empty else min(free, key=lambda s: s.last_used)
+            self._forget(own)
+            donor = max(self.slots, key=lambda s: _common_prefix(s.tokens, tokens))
+            shared = _common_prefix(donor.tokens, tokens)
+            if shared >= MIN_COPIED_PREFIX:
+                self.context.kv_copy(donor.seq_id, own.seq_id, 0, shared)
+                own.tokens = list(tokens[:shared])
+            else:
+                shared = 0
+        if not self._free_cells(len(tokens) + 1 - shared, keep=own):
+            return None
+        return own, shared
+
+    def _cells_in_use(self) -> int:
+        """KV cells the slots hold (a prefix copied between slots counts twice: an upper bound)."""
+        return sum(len(s.tokens) for s in self.slots)
+
+    def _free_cells(self, needed: int, keep: _Slot | None = None) -> bool:
+        """Evict idle cached slots (LRU, never ``keep``) until ``needed`` cells are free."""
+        while self.n_ctx - self._cells_in_use() < needed:
+            idle = [s for s in self.slots if s.job is None and s is not keep and s.tokens]
+            if not idle:
+                return False
+            self._forget(min(idle, key=lambda s: s.last_used))
+        return True
+
+    def _preempt_youngest(self) -> bool:
+        """Drop the KV of the most recently admitted job holding any, and queue it first again."""
+        schedule = self._schedule
+        holders = [j for j in schedule.running if j.slot is not None and j.slot.tokens]
+        if len(holders) < 2:
+            return False  # a job alone always fits: its limit stops at the window
+        victim = holders[-1]
+        assert victim.slot is not None
+        with schedule.cv:
+            self._forget(victim.slot)
+            victim.slot.job = None
+            victim.slot = None
+            schedule.running.remove(victim)
+            schedule.waiting.appendleft(victim)
+        return True
 
     def _forget(self, slot: _Slot) -> None:
         self.context.kv_remove(slot.seq_id, -1, -1)
         slot.tokens = []
-
-    def _evict_for(self, slot: _Slot) -> bool:
-        """Free KV space by forgetting the least recently used other slot."""
-        others = [s for s in self.slots if s is not slot and s.tokens]
-        if not others:
-            return False
-        self._forget(min(others, key=lambda s: s.last_used))
-        return True
 
     def _truncate(self, slot: _Slot, keep: int) -> None:
         if keep < len(slot.tokens):
@@ -270,116 +541,144 @@ class Engine:
                 return
             del slot.tokens[keep:]
 
-    def _decode_checked(self, slot: _Slot, tokens: Sequence[int]) -> int:
-        """Decode tokens at the end of ``slot``; evict other slots when the cache is full."""
-        context = self.context
-        arr = ffi.new("llama_token[]", list(tokens))
-        while True:
-            status = lib.lcpp_decode_sequence(
-                context.handle,
-                context.batch,
-                context.n_batch,
-                arr,
-                len(tokens),
-                len(slot.tokens),
-                slot.seq_id,
-            )
-            if status != DECODE_NO_KV_SLOT or not self._evict_for(slot):
-                return int(status)
+    def _fill_batch(self, jobs: list[_Job]) -> list[_Job]:
+        """Put one token per generating job, then prompt chunks, into the batch.
 
-    def _prefill(self, slot: _Slot, prompt: Sequence[int], shared: int) -> None:
-        # Re-decode at least the last prompt token so fresh logits exist.
-        self._truncate(slot, min(shared, len(prompt) - 1))
-        start = len(slot.tokens)
-        for begin in range(start, len(prompt), self.context.n_batch):
-            chunk = prompt[begin : begin + self.context.n_batch]
-            self.context.check_status(self._decode_checked(slot, chunk), "prompt decode")
-            slot.tokens.extend(chunk)
-
-    def _limit(self, request: GenerationRequest) -> int:
-        room = self.n_ctx - len(request.prompt_tokens)
-        return room if not request.max_tokens else min(request.max_tokens, room)
-
-    def _sampler(self, request: GenerationRequest) -> SamplerChain:
-        sampler = SamplerChain(self.vocab, request.sampling)
-        if request.grammar_prefill:
-            sampler.accept(request.grammar_prefill)
-        return sampler
-
-    # -- single sequence ------------------------------------------------------------------
-    def stream(self, request: GenerationRequest, cancellation: Cancellation | None = None) -> Iterator[Chunk]:
-        """Generate for one request, yielding text chunks; the last one has ``finish_reason``.
-
-        Closing the iterator (or cancelling) stops decoding and leaves the engine usable.
+        The batch holds at most ``n_batch`` tokens and never more than the KV cache
+        has room for: idle slots are evicted, then the youngest jobs preempted.
         """
-        request.validate(self.n_ctx, self.vocab.n_tokens)
-        self.vocab.check_tokens(request.prompt_tokens)
-        sampler = self._sampler(request)
-        with self._exclusive(cancellation):
-            slot, shared = self._choose_slot(request.prompt_tokens, set())
-            slot.last_used = time.monotonic()
-            try:
-                self._prefill(slot, request.prompt_tokens, shared)
-                yield from self._generate_one(slot, request, sampler, cancellation)
-            except GeneratorExit:  # the consumer stopped reading: the cache is still consistent
-                raise
-            except BaseException:  # an interrupted decode may leave the slot half-written
-                if not self.context.closed:
-                    self._forget(slot)
-                raise
-            finally:
-                sampler.close()
+        context = self.context
+        generating = [job for job in jobs if self._ready_to_generate(job)]
+        while not self._free_cells(len(generating)) and self._preempt_youngest():
+            generating = [job for job in generating if job.slot is not None]
+        batch = context.batch
+        batch.n_tokens = 0
+        budget = min(context.n_batch, self.n_ctx - self._cells_in_use())
+        chosen: list[_Job] = []
+        for job in jobs:
+            job.output, job.in_batch, job.decodes_pending = -1, (), False
+        for job in generating[:budget]:
+            assert job.slot is not None and job.pending is not None
+            job.output = batch.n_tokens
+            job.in_batch, job.decodes_pending = (job.pending,), True
+            lib.lcpp_batch_add(batch, job.pending, len(job.slot.tokens), job.slot.seq_id, True)
+            chosen.append(job)
+        budget -= len(chosen)
+        for job in jobs:
+            if budget <= 0 or not job.prefilling:
+                continue
+            assert job.slot is not None
+            start = len(job.slot.tokens)
+            part = job.tokens[start : start + budget]
+            wants_logits = start + len(part) == len(job.tokens) and job.pending is None
+            tokens = ffi.new("llama_token[]", part)
+            lib.lcpp_batch_add_run(batch, tokens, len(part), start, job.slot.seq_id, wants_logits)
+            job.output = batch.n_tokens - 1 if wants_logits else -1
+            job.in_batch = part
+            budget -= len(part)
+            chosen.append(job)
+        return chosen
 
-    def _generate_one(
-        self,
-        slot: _Slot,
-        request: GenerationRequest,
-        sampler: SamplerChain,
-        cancellation: Cancellation | None,
-    ) -> Iterator[Chunk]:
-        out = _SequenceOutput(request, self._limit(request))
-        n_prompt = len(request.prompt_tokens)
-        if out.limit <= 0:
-            yield Chunk("", [], None, "length", n_prompt, 0)
+    def _ready_to_generate(self, job: _Job) -> bool:
+        """Holds its whole sequence and a sampled token, and its reader keeps up."""
+        stream = job.stream()
+        return (
+            job.slot is not None
+            and job.pending is not None
+            and not job.prefilling
+            and stream is not None
+            and stream.backlog < MAX_BACKLOG
+        )
+
+    def _decode(self, batch: list[_Job]) -> None:
+        """Decode the filled batch; on success every job's slot holds its new tokens."""
+        context = self.context
+        with self._schedule.cv:
+            self._decoding = batch
+        try:
+            status = lib.llama_decode(context.handle, context.batch[0])
+            while status == DECODE_NO_KV_SLOT and self._evict_idle():
+                status = lib.llama_decode(context.handle, context.batch[0])
+        finally:
+            with self._schedule.cv:
+                self._decoding = []
+        if status == DECODE_ABORTED:
+            # Processed ubatches stay in the cache: drop them, so each slot is what it says.
+            for job in batch:
+                assert job.slot is not None
+                self.context.kv_remove(job.slot.seq_id, len(job.slot.tokens), -1)
+                job.output = -1
+            if not self._schedule.closing:
+                context.clear_abort()
             return
-        handle, vocab = self.context.handle, self.vocab.handle
-        chain, grammar, error = sampler.handle, sampler.grammar_handle, sampler._error
-        batch, piece, piece_len, status = self.context.batch, self._piece, self._piece_len, self._status
-        eog = self._eog
-        step, is_eog, seq_id = lib.lcpp_step, lib.llama_vocab_is_eog, slot.seq_id
-        want_logprobs = request.logprobs is not None
-        while out.finish_reason is None:
-            self._check_usable(cancellation)
-            pos = len(slot.tokens)
-            decode = len(out.tokens) + 1 < out.limit
-            logprob: TokenLogprob | None = None
-            if want_logprobs:
-                token, logprob = self._sample_with_logprobs(sampler, request.logprobs or 0, -1)
-                piece_bytes = self.vocab.token_to_piece(token)
-                if is_eog(vocab, token):
-                    break
-                if decode:
-                    self.context.check_status(self._decode_checked(slot, (token,)))
-            else:
-                token = step(handle, chain, grammar, vocab, batch, -1, pos, seq_id, decode, False,
-                             piece, PIECE_CAPACITY, piece_len, eog, status, error)  # fmt: skip
+        context.check_status(status, "decode")
+        for job in batch:
+            assert job.slot is not None
+            job.slot.tokens.extend(job.in_batch)
+            if job.decodes_pending and job.pending is not None:
+                job.tokens.append(job.pending)
+                job.pending = None
+
+    def _evict_idle(self) -> bool:
+        idle = [s for s in self.slots if s.job is None and s.tokens]
+        if not idle:
+            return False
+        self._forget(min(idle, key=lambda s: s.last_used))
+        return True
+
+    def _sample(self, jobs: list[_Job]) -> None:
+        """Sample every job whose logits are ready (one native call), and hand the tokens out."""
+        plain = [j for j in jobs if j.request.logprobs is None]
+        results: list[tuple[_Job, int, bool, bytes, TokenLogprob | None]] = []
+        if plain:
+            n = len(plain)
+            chains = ffi.new("struct llama_sampler *[]", [j.sampler.handle for j in plain])
+            grammars = ffi.new(
+                "struct llama_sampler *[]", [j.sampler.grammar_handle or ffi.NULL for j in plain]
+            )
+            indices = ffi.new("int32_t[]", [j.output for j in plain])
+            tokens = ffi.new("llama_token[]", n)
+            eog = ffi.new("bool[]", n)
+            lengths = ffi.new("int32_t[]", n)
+            error = ffi.new("char **")
+            lib.lcpp_sample_many(
+                self.context.handle, self.vocab.handle, n, chains, grammars, indices,
+                tokens, eog, self._pieces, self._piece_stride, lengths, error,
+            )  # fmt: skip
+            message = take_message(error)
+            for i, job in enumerate(plain):
+                token = int(tokens[i])
                 if token < 0:
-                    sampler.raise_native_error()
-                if eog[0]:
-                    break
-                if status[0] == DECODE_NO_KV_SLOT and self._evict_for(slot):
-                    status[0] = self._decode_checked(slot, (token,))
-                if status[0] != 0:
-                    self.context.check_status(status[0], "token decode")
-                n = piece_len[0]
-                piece_bytes = ffi.buffer(piece, n)[:] if n >= 0 else self.vocab.token_to_piece(token)
-            if decode:
-                slot.tokens.append(token)
-            text, logprobs = out.feed(token, piece_bytes, logprob)
-            if text or logprobs:
-                yield Chunk(text, [token], logprobs or None)
-        tail, logprobs = out.end("stop")
-        yield Chunk(tail, [], logprobs or None, out.finish_reason, n_prompt, len(out.tokens))
+                    self._fail([job], GrammarError(message or "sampling failed"))
+                    continue
+                size = lengths[i]
+                piece = (
+                    ffi.buffer(self._pieces + i * self._piece_stride, size)[:]
+                    if size >= 0
+                    else self.vocab.token_to_piece(token)
+                )
+                results.append((job, token, bool(eog[i]), piece, None))
+        for job in jobs:
+            if job.request.logprobs is not None:
+                token, scored = self._sample_with_logprobs(job.sampler, job.request.logprobs, job.output)
+                eog_token = bool(lib.llama_vocab_is_eog(self.vocab.handle, token))
+                results.append((job, token, eog_token, self.vocab.token_to_piece(token), scored))
+        for job, token, end, piece, logprob in results:
+            stream = job.stream()
+            if stream is None:
+                continue  # dropped by its reader: retired next step
+            if end:
+                stream.finish("stop")
+                self._retire_now(job)
+                continue
+            stream.push(token, piece, logprob)
+            job.generated += 1
+            if job.generated >= job.limit:
+                stream.finish("length")
+                self._retire_now(job)
+            else:
+                job.pending = token
+                stream.wake()
 
     def _sample_with_logprobs(
         self, sampler: SamplerChain, top_n: int, index: int
@@ -397,160 +696,39 @@ class Engine:
         text = self.vocab.token_to_piece(token).decode("utf-8", "replace")
         return token, TokenLogprob(token, text, float(own), top)
 
-    def generate(
-        self, request: GenerationRequest, cancellation: Cancellation | None = None
-    ) -> GenerationResult:
-        """Generate for one request and return the whole result."""
-        return aggregate(self.stream(request, cancellation))
+    def _retire_now(self, job: _Job) -> None:
+        with self._schedule.cv:
+            self._retire(job)
 
-    # -- many sequences in one batch ---------------------------------------------------
-    def generate_many(
-        self,
-        requests: Sequence[GenerationRequest],
-        on_chunk: Callable[[int, Chunk], None] | None = None,
-        cancellation: Cancellation | None = None,
-    ) -> list[GenerationResult]:
-        """Generate for several requests as parallel sequences sharing each decode.
+    def _retire(self, job: _Job) -> None:
+        """Free a job's slot (its tokens stay cached) and sampler; call with ``cv`` held."""
+        if job not in self._schedule.running:
+            return
+        self._schedule.running.remove(job)
+        if not self._schedule.running:
+            self._schedule.cv.notify_all()  # wakes wait_idle()
+        if job.slot is not None:
+            job.slot.job = None
+            job.slot.last_used = time.monotonic()
+        job.sampler.close()
 
-        Requests beyond the number of slots run in further rounds.  ``on_chunk``
-        receives ``(request_index, chunk)`` as text is produced.
-        """
-        for request in requests:
-            request.validate(self.n_ctx, self.vocab.n_tokens)
-            self.vocab.check_tokens(request.prompt_tokens)
-        results: list[GenerationResult] = []
-        width = len(self.slots)
-        for start in range(0, len(requests), width):
-            group = list(requests[start : start + width])
+    def _fail(self, jobs: list[_Job], error: BaseException) -> None:
+        """End ``jobs`` with ``error`` and forget their slots (a failed decode may half-write them)."""
+        for job in jobs:
+            stream = job.stream()
+            if stream is not None:
+                stream.finish("error", error)
+            if job.slot is not None and not self.context.closed:
+                self._forget(job.slot)
+            self._retire_now(job)
 
-            def forward(i: int, chunk: Chunk, offset: int = start) -> None:
-                if on_chunk is not None:
-                    on_chunk(offset + i, chunk)
 
-            results.extend(self._generate_group(group, forward, cancellation))
-        return results
-
-    def _generate_group(
-        self,
-        requests: list[GenerationRequest],
-        on_chunk: Callable[[int, Chunk], None],
-        cancellation: Cancellation | None,
-    ) -> list[GenerationResult]:
-        samplers = [self._sampler(r) for r in requests]
-        started = time.perf_counter()
-        with self._exclusive(cancellation):
-            chosen: list[_Slot] = []
-            try:
-                for request in requests:
-                    slot, shared = self._choose_slot(request.prompt_tokens, {s.seq_id for s in chosen})
-                    slot.last_used = time.monotonic()
-                    self._truncate(slot, min(shared, len(request.prompt_tokens) - 1))
-                    chosen.append(slot)
-                outputs = self._run_group(requests, samplers, chosen, on_chunk, cancellation)
-            except BaseException:
-                if not self.context.closed:
-                    for slot in chosen:
-                        self._forget(slot)
-                raise
-            finally:
-                for sampler in samplers:
-                    sampler.close()
-        elapsed = time.perf_counter() - started
-        return [
-            GenerationResult(
-                text,
-                out.tokens,
-                out.finish_reason or "stop",
-                len(r.prompt_tokens),
-                len(out.tokens),
-                logprobs or None,
-                elapsed,
-            )
-            for r, out, text, logprobs in outputs
-        ]
-
-    def _run_group(
-        self,
-        requests: list[GenerationRequest],
-        samplers: list[SamplerChain],
-        slots: list[_Slot],
-        on_chunk: Callable[[int, Chunk], None],
-        cancellation: Cancellation | None,
-    ) -> list[tuple[GenerationRequest, _SequenceOutput, str, list[TokenLogprob]]]:
-        context = self.context
-        # Prompt bodies first, then every prompt's last token in one final batch, so
-        # that all sequences have their logits in the same (last) batch.
-        bodies = [
-            (r.prompt_tokens[len(s.tokens) : -1], len(s.tokens), s.seq_id)
-            for r, s in zip(requests, slots, strict=True)
-        ]
-        self._decode_group([b for b in bodies if b[0]], slots)
-        lasts = [
-            (r.prompt_tokens[-1:], len(r.prompt_tokens) - 1, s.seq_id)
-            for r, s in zip(requests, slots, strict=True)
-        ]
-        indices = self._decode_group(lasts, slots)
-        for request, slot in zip(requests, slots, strict=True):
-            slot.tokens = list(request.prompt_tokens)
-        outputs = [_SequenceOutput(r, self._limit(r)) for r in requests]
-        texts = [""] * len(requests)
-        logprobs: list[list[TokenLogprob]] = [[] for _ in requests]
-        active = [i for i, out in enumerate(outputs) if out.limit > 0]
-        for out in outputs:
-            if out.limit <= 0:
-                out.finish_reason = "length"
-        vocab, batch = self.vocab.handle, context.batch
-        while active:
-            self._check_usable(cancellation)
-            batch.n_tokens = 0
-            still: list[int] = []
-            for i in active:
-                out, request = outputs[i], requests[i]
-                if request.logprobs is not None:
-                    token, logprob = self._sample_with_logprobs(samplers[i], request.logprobs, indices[i])
-                else:
-                    token, logprob = samplers[i].sample(context, indices[i]), None
-                if lib.llama_vocab_is_eog(vocab, token):
-                    out.finish_reason = "stop"
-                else:
-                    text, released = out.feed(token, self.vocab.token_to_piece(token), logprob)
-                    logprobs[i].extend(released)
-                    if text or released:
-                        texts[i] += text
-                        on_chunk(i, Chunk(text, [token], released or None))
-                    if out.finish_reason is None:
-                        indices[i] = batch.n_tokens
-                        lib.lcpp_batch_add(batch, token, len(slots[i].tokens), slots[i].seq_id, True)
-                        slots[i].tokens.append(token)
-                        still.append(i)
-                if out.finish_reason is not None:
-                    tail, released = out.end("stop")
-                    texts[i] += tail
-                    logprobs[i].extend(released)
-                    chunk = Chunk(
-                        tail,
-                        [],
-                        released or None,
-                        out.finish_reason,
-                        len(request.prompt_tokens),
-                        len(out.tokens),
-                    )
-                    on_chunk(i, chunk)
-            active = still
-            if active:
-                context.check_status(lib.llama_decode(context.handle, batch[0]), "parallel decode")
-        return list(zip(requests, outputs, texts, logprobs, strict=True))
-
-    def _decode_group(self, sequences: list[tuple[list[int], int, int]], slots: list[_Slot]) -> list[int]:
-        """``decode_many``, forgetting slots outside the group while the KV cache is full."""
-        while True:
-            try:
-                return self.context.decode_many(sequences)
-            except ContextOverflowError:
-                idle = [s for s in self.slots if s not in slots and s.tokens]
-                if not idle:
-                    raise
-                self._forget(min(idle, key=lambda s: s.last_used))
+def _chunks_of(stream: RequestStream) -> Iterator[Chunk]:
+    """Iterate a stream; closing (or dropping) the iterator cancels the request."""
+    try:
+        yield from stream
+    finally:
+        stream.cancel()
 
 
 def aggregate(chunks: Iterator[Chunk]) -> GenerationResult:
@@ -574,4 +752,5 @@ def aggregate(chunks: Iterator[Chunk]) -> GenerationResult:
         last.completion_tokens,
         logprobs or None,
         time.perf_counter() - started,
+        last.cached_tokens,
     )

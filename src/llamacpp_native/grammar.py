@@ -14,17 +14,22 @@ from llamacpp_native.errors import GrammarError
 
 _LOOSE_SPACE = re.compile(r"^space ::= .*$", re.MULTILINE)
 _FREE_TEXT_PREFIX = re.compile(r"\s*\buntil-\d+\??")
+_REPEATED_CALLS = re.compile(r"^(tool-calls ::= )\((\S+) space\)\+$", re.MULTILINE)
 
 
-def tighten_grammar(grammar: str, *, forbid_free_text: bool = False) -> str:
+def tighten_grammar(grammar: str, *, forbid_free_text: bool = False, single_call: bool = False) -> str:
     """Adjust a llama.cpp-generated grammar for reliable output from small models.
 
     JSON whitespace becomes at most one space (llama.cpp allows newlines and up
     to 20 tabs/spaces between tokens, which small models loop on).  With
     ``forbid_free_text`` the root rule's free-text prefix before a tool call is
-    removed, so that a required tool call starts at once.
+    removed, so that a required tool call starts at once.  With ``single_call``
+    (``parallel_tool_calls=False``) a reply holds one tool-call block, where some
+    templates' grammars repeat it.
     """
     grammar = _LOOSE_SPACE.sub('space ::= " "?', grammar)
+    if single_call:
+        grammar = _REPEATED_CALLS.sub(r"\1\2 space", grammar)
     if forbid_free_text:
         lines = grammar.split("\n")
         lines = [_FREE_TEXT_PREFIX.sub("", line) if line.startswith("root ::=") else line for line in lines]

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, TypedDict
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypeAlias, TypedDict
 
 from typing_extensions import Unpack
 
@@ -23,6 +22,7 @@ from llamacpp_native.chat_template import (
     RenderedChat,
     parse_chat_output,
 )
+from llamacpp_native.chunk_shapers import ChatShaper, CompletionShaper
 from llamacpp_native.context import Context
 from llamacpp_native.engine import (
     Cancellation,
@@ -30,14 +30,14 @@ from llamacpp_native.engine import (
     Engine,
     GenerationRequest,
     GenerationResult,
-    TokenLogprob,
 )
 from llamacpp_native.errors import ChatTemplateError, ContextOverflowError
 from llamacpp_native.grammar import LlamaGrammar, json_schema_to_grammar, tighten_grammar
 from llamacpp_native.model import Model, ProgressCallback
+from llamacpp_native.request_stream import RequestStream
 from llamacpp_native.sampling import DEFAULT_SEED, GrammarSpec, SamplingParams
 
-GrammarLike = LlamaGrammar | str | None
+GrammarLike: TypeAlias = LlamaGrammar | str | None
 
 
 class SamplingOptions(TypedDict, total=False):
@@ -310,57 +310,45 @@ class Llama:
         """Complete ``prompt``; a dict, or an iterator of chunk dicts with ``stream=True``.
 
         ``suffix`` is appended to the generated text; ``echo`` prepends the prompt.
-        Other keyword arguments are those of ``completion_request``.
+        Other keyword arguments are those of ``completion_request``.  Calls from
+        many threads run at once, in the engine's shared batch.
         """
+        request, shaper = self._completion(prompt, suffix, max_tokens, echo, kwargs)
+        chunks = _shaped(self.engine.stream(request, cancellation), shaper)
+        return chunks if stream else _collect_completion(chunks, request.logprobs is not None)
+
+    __call__ = create_completion
+
+    async def acreate_completion(
+        self,
+        prompt: str | Sequence[int],
+        suffix: str | None = None,
+        max_tokens: int | None = 16,
+        echo: bool = False,
+        stream: bool = False,
+        **kwargs: Any,
+    ) -> dict[str, Any] | AsyncIterator[dict[str, Any]]:
+        """``create_completion`` for asyncio: awaits the engine without a worker thread.
+
+        With ``stream=True`` it returns an async iterator; closing it or cancelling
+        the task frees the sequence at the engine's next step.
+        """
+        request, shaper = self._completion(prompt, suffix, max_tokens, echo, kwargs)
+        chunks = _ashaped(self.engine.submit(request), shaper)
+        if stream:
+            return chunks
+        return _collect_completion([c async for c in chunks], request.logprobs is not None)
+
+    def _completion(
+        self, prompt: str | Sequence[int], suffix: str | None, max_tokens: int | None, echo: bool, kwargs: Any
+    ) -> tuple[GenerationRequest, CompletionShaper]:
         request = self.completion_request(prompt, max_tokens=max_tokens, **kwargs)
         prefix = (
             (prompt if isinstance(prompt, str) else self.detokenize(prompt).decode("utf-8", "replace"))
             if echo
             else ""
         )
-        chunks = self._completion_chunks(request, prefix, suffix or "", cancellation)
-        if stream:
-            return chunks
-        response_id, texts, last, logprob_items = "", [], None, []
-        for chunk in chunks:
-            response_id = chunk["id"]
-            choice = chunk["choices"][0]
-            texts.append(choice["text"])
-            if choice["logprobs"]:
-                logprob_items.append(choice["logprobs"])
-            last = chunk
-        assert last is not None
-        logprobs = _merge_completion_logprobs(logprob_items) if request.logprobs is not None else None
-        return responses.completion(
-            response_id,
-            self.model_path,
-            "".join(texts),
-            last["choices"][0]["finish_reason"],
-            logprobs,
-            last.get("usage"),
-        )
-
-    __call__ = create_completion
-
-    def _completion_chunks(
-        self, request: GenerationRequest, prefix: str, suffix: str, cancellation: Cancellation | None
-    ) -> Iterator[dict[str, Any]]:
-        response_id = responses.new_id("cmpl")
-        offset = len(prefix)
-        if prefix:
-            yield responses.completion(response_id, self.model_path, prefix, None, None, None)
-        for chunk in self.engine.stream(request, cancellation):
-            text = chunk.text + (suffix if chunk.finish_reason else "")
-            logprobs = None
-            if chunk.logprobs:
-                logprobs = responses.completion_logprobs(chunk.logprobs, offset)
-                offset += sum(len(item.text) for item in chunk.logprobs)
-            token_usage = (
-                responses.usage(chunk.prompt_tokens, chunk.completion_tokens) if chunk.finish_reason else None
-            )
-            yield responses.completion(
-                response_id, self.model_path, text, chunk.finish_reason, logprobs, token_usage
-            )
+        return request, CompletionShaper(self.model_path, prefix, suffix or "")
 
     def create_completions(
         self,
@@ -410,7 +398,9 @@ class Llama:
         )
         if not rendered.grammar:
             return rendered
-        grammar = tighten_grammar(rendered.grammar, forbid_free_text=choice == "required")
+        grammar = tighten_grammar(
+            rendered.grammar, forbid_free_text=choice == "required", single_call=not parallel_tool_calls
+        )
         return dataclasses.replace(rendered, grammar=grammar)
 
     def chat_prompt_tokens(self, rendered: RenderedChat) -> list[int]:
@@ -470,6 +460,41 @@ class Llama:
         Returns a ``chat.completion`` dict, or an iterator of ``chat.completion.chunk``
         dicts with ``stream=True``.  Keyword arguments are those of ``chat_request``.
         """
+        request, shaper = self._chat(
+            messages, tools, tool_choice, response_format, parallel_tool_calls, kwargs
+        )
+        chunks = _shaped(self.engine.stream(request, cancellation), shaper)
+        return chunks if stream else _collect_chat(chunks)
+
+    async def acreate_chat_completion(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: Any = None,
+        response_format: Mapping[str, Any] | None = None,
+        stream: bool = False,
+        parallel_tool_calls: bool = True,
+        **kwargs: Any,
+    ) -> dict[str, Any] | AsyncIterator[dict[str, Any]]:
+        """``create_chat_completion`` for asyncio: awaits the engine without a worker thread."""
+        request, shaper = self._chat(
+            messages, tools, tool_choice, response_format, parallel_tool_calls, kwargs
+        )
+        chunks = _ashaped(self.engine.submit(request), shaper)
+        if stream:
+            return chunks
+        return _collect_chat([c async for c in chunks])
+
+    def _chat(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        tool_choice: Any,
+        response_format: Mapping[str, Any] | None,
+        parallel_tool_calls: bool,
+        kwargs: Any,
+    ) -> tuple[GenerationRequest, ChatShaper]:
         rendered = self.render_chat(
             messages,
             tools=tools,
@@ -482,77 +507,11 @@ class Llama:
         # Structured output goes through the parser too: the template's grammar may
         # wrap the JSON (e.g. in a code fence) and the parser returns it bare.
         parse_output = parse_tools or _schema_from_response_format(response_format) is not None
-        chunks = self._chat_chunks(rendered, request, parse_tools, parse_output, cancellation)
-        if stream:
-            return chunks
-        return _collect_chat(chunks)
 
-    def _chat_chunks(
-        self,
-        rendered: RenderedChat,
-        request: GenerationRequest,
-        parse_tools: bool,
-        parse_output: bool,
-        cancellation: Cancellation | None,
-    ) -> Iterator[dict[str, Any]]:
-        response_id = responses.new_id("chatcmpl")
-        model = self.model_path
-        yield responses.chat_chunk(response_id, model, {"role": "assistant", "content": ""})
-        text, sent = "", 0
-        pending: list[TokenLogprob] = []  # logprobs not yet attached to a yielded chunk
-        final = Chunk("", [])
-        for final in self.engine.stream(request, cancellation):
-            text += final.text
-            pending.extend(final.logprobs or [])
-            if final.finish_reason is not None:
-                break
-            if parse_output:
-                # Content is streamed once the parser sees it is not a tool call.
-                partial = self._parse_chat(rendered, text, partial=True, parse_tools=parse_tools)
-                content = partial.get("content") or ""
-                if len(content) <= sent or partial.get("tool_calls"):
-                    continue
-                delta_text, sent = content[sent:], len(content)
-            elif final.text or pending:
-                delta_text = final.text
-            else:
-                continue
-            yield responses.chat_chunk(
-                response_id, model, {"content": delta_text}, None, None, _take_logprobs(pending)
-            )
-        # Output cut off by max_tokens is parsed as partial: complete calls survive.
-        truncated = final.finish_reason == "length"
-        message = self._parse_chat(rendered, text, partial=truncated, parse_tools=parse_tools)
-        content = message.get("content") or ""
-        tool_calls = message.get("tool_calls") or []
-        if truncated:  # a call cut off by max_tokens is not a call
-            tool_calls = [c for c in tool_calls if _is_json_object(c["function"].get("arguments", ""))]
-            if not tool_calls and not content:
-                content = text  # keep what was generated rather than lose it
-        delta: dict[str, Any] = {}
-        if parse_output and len(content) > sent:
-            delta["content"] = content[sent:]
-        elif not parse_output and final.text:
-            delta["content"] = final.text
-        if tool_calls:
-            delta["tool_calls"] = [
-                {
-                    "index": i,
-                    "id": call.get("id") or responses.new_id("call"),
-                    "type": "function",
-                    "function": call["function"],
-                }
-                for i, call in enumerate(tool_calls)
-            ]
-        finish = "tool_calls" if tool_calls and final.finish_reason != "length" else final.finish_reason
-        yield responses.chat_chunk(
-            response_id,
-            model,
-            delta,
-            finish,
-            responses.usage(final.prompt_tokens, final.completion_tokens),
-            _take_logprobs(pending),
-        )
+        def parse(text: str, partial: bool) -> dict[str, Any]:
+            return self._parse_chat(rendered, text, partial=partial, parse_tools=parse_tools)
+
+        return request, ChatShaper(self.model_path, parse, parse_output)
 
     def _parse_chat(
         self, rendered: RenderedChat, text: str, *, partial: bool, parse_tools: bool
@@ -634,20 +593,52 @@ class Llama:
         return responses.embedding_response(model or self.model_path, vectors, n_tokens)
 
 
-def _take_logprobs(pending: list[TokenLogprob]) -> dict[str, Any] | None:
-    """The chat logprobs block for ``pending`` (emptied), or None."""
-    if not pending:
-        return None
-    block = responses.chat_logprobs(list(pending))
-    pending.clear()
-    return block
+Shaper: TypeAlias = CompletionShaper | ChatShaper
 
 
-def _is_json_object(text: str) -> bool:
+def _shaped(chunks: Iterator[Chunk], shaper: Shaper) -> Iterator[dict[str, Any]]:
+    """OpenAI chunk dicts from engine chunks; closing this iterator cancels the request."""
     try:
-        return isinstance(json.loads(text), dict)
-    except ValueError:
-        return False
+        yield from shaper.start()
+        for chunk in chunks:
+            yield from shaper.feed(chunk)
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+
+
+async def _ashaped(stream: RequestStream, shaper: Shaper) -> AsyncIterator[dict[str, Any]]:
+    """``_shaped`` over an awaited stream; closing or cancelling it cancels the request."""
+    try:
+        for item in shaper.start():
+            yield item
+        async for chunk in stream:
+            for item in shaper.feed(chunk):
+                yield item
+    finally:
+        stream.cancel()
+
+
+def _collect_completion(chunks: Iterable[dict[str, Any]], with_logprobs: bool) -> dict[str, Any]:
+    """One ``text_completion`` dict from its chunks."""
+    response_id, texts, last, logprob_items = "", [], None, []
+    for chunk in chunks:
+        response_id = chunk["id"]
+        choice = chunk["choices"][0]
+        texts.append(choice["text"])
+        if choice["logprobs"]:
+            logprob_items.append(choice["logprobs"])
+        last = chunk
+    assert last is not None
+    return responses.completion(
+        response_id,
+        last["model"],
+        "".join(texts),
+        last["choices"][0]["finish_reason"],
+        _merge_completion_logprobs(logprob_items) if with_logprobs else None,
+        last.get("usage"),
+    )
 
 
 def _stops(stop: str | Sequence[str] | None) -> list[str]:
@@ -667,7 +658,7 @@ def _merge_completion_logprobs(blocks: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def _collect_chat(chunks: Iterator[dict[str, Any]]) -> dict[str, Any]:
+def _collect_chat(chunks: Iterable[dict[str, Any]]) -> dict[str, Any]:
     response_id, content, finish = "", "", "stop"
     tool_calls: list[dict[str, Any]] = []
     token_usage: dict[str, int] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import pytest
@@ -23,6 +24,7 @@ from typing_extensions import TypedDict
 
 from llamacpp_integrations.langchain import ChatLlamaCpp
 from llamacpp_integrations.langchain.chat_models import _to_openai_messages, _tool_choice
+from llamacpp_native import OutputTruncatedError
 
 
 @tool
@@ -229,11 +231,23 @@ def test_with_structured_output_typed_dict_and_include_raw(lc_params: dict[str, 
     assert chat.with_structured_output(JokeDict)  # TypedDicts are accepted too
 
 
-def test_json_mode_gives_a_json_object(chat: ChatLlamaCpp) -> None:
+def test_json_mode_admits_only_json(chat: ChatLlamaCpp, json_prefix: Callable[[str], bool]) -> None:
     result = chat.with_structured_output(JokeDict, method="json_mode", include_raw=True).invoke(
         "Tell me a joke about cats as JSON."
     )
-    assert isinstance(json.loads(result["raw"].content), dict)  # valid JSON by construction
+    raw = result["raw"]
+    assert json_prefix(raw.content), raw.content  # whatever the model chose, and wherever it stopped
+    if raw.response_metadata["finish_reason"] == "stop":
+        assert isinstance(json.loads(raw.content), dict)
+    else:
+        assert isinstance(result["parsing_error"], OutputTruncatedError)
+
+
+@pytest.mark.parametrize("method", ["json_mode", "json_schema", "function_calling"])
+def test_structured_output_cut_off_by_max_tokens_names_max_tokens(chat: ChatLlamaCpp, method: str) -> None:
+    extractor = chat.model_copy(update={"max_tokens": 3}).with_structured_output(Joke, method=method)
+    with pytest.raises(OutputTruncatedError, match="max_tokens after 3 tokens"):
+        extractor.invoke("Tell me a joke about cats as JSON.")
 
 
 def test_structured_output_rejects_unknown_arguments(chat: ChatLlamaCpp) -> None:
@@ -271,5 +285,5 @@ async def test_cancelling_the_task_stops_decoding(lc_params: dict[str, Any]) -> 
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    assert not chat.llama.engine.lock.locked()
+    assert chat.llama.engine.wait_idle(timeout=60)
     assert handler.count < 100

@@ -269,40 +269,44 @@ def test_echo_and_suffix(lc_params: dict[str, Any]) -> None:
 
 
 # -- batches run as parallel sequences ----------------------------------------------------
-def _count_parallel_groups(llm: LlamaCpp, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    engine = llm.llama.engine
-    sizes: list[int] = []
-    original = engine.generate_many
+class PromptIndexCollector(AsyncCallbackHandler):
+    """Records which prompt each streamed token belongs to, in arrival order (sync and async)."""
 
-    def spy(requests: Any, *args: Any, **kwargs: Any) -> Any:
-        sizes.append(len(requests))
-        return original(requests, *args, **kwargs)
+    def __init__(self) -> None:
+        self.order: list[int] = []
 
-    monkeypatch.setattr(engine, "generate_many", spy)
-    return sizes
+    async def on_llm_new_token(self, token: Any, **kwargs: Any) -> None:
+        self.order.append(kwargs["chunk"].generation_info["prompt_index"])
+
+
+def _ran_at_once(order: list[int], n: int) -> bool:
+    """Every prompt's first token came before any prompt's last token."""
+    firsts = [order.index(i) for i in range(n)]
+    lasts = [len(order) - 1 - order[::-1].index(i) for i in range(n)]
+    return max(firsts) < min(lasts)
 
 
 PROMPTS: list[Any] = ["The capital of France is", "One, two, three,", "The sky is"]
 
 
-def test_batch_runs_prompts_as_parallel_sequences(llm: LlamaCpp, monkeypatch: pytest.MonkeyPatch) -> None:
-    sizes = _count_parallel_groups(llm, monkeypatch)
-    handler = TokenCollector()
-    outputs = llm.batch(PROMPTS, config={"callbacks": [handler]})
-    assert sizes == [3]  # one parallel group, not three calls one after another
-    assert len(outputs) == 3 and all(isinstance(o, str) and o for o in outputs)
-    assert handler.tokens  # tokens are still reported as they are made
+@pytest.fixture
+def no_end(llm: LlamaCpp) -> dict[str, Any]:
+    """Call settings under which every prompt generates its 8 tokens."""
+    return {"max_tokens": 8, "logit_bias": {llm.llama.token_eos(): -100.0, 106: -100.0}}
 
 
-async def test_abatch_runs_prompts_as_parallel_sequences(
-    llm: LlamaCpp, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    sizes = _count_parallel_groups(llm, monkeypatch)
-    handler = AsyncTokenCollector()
-    outputs = await llm.abatch(PROMPTS, config={"callbacks": [handler]})
-    assert sizes == [3]
+def test_batch_runs_prompts_at_once(llm: LlamaCpp, no_end: dict[str, Any]) -> None:
+    handler = PromptIndexCollector()
+    outputs = llm.batch(PROMPTS, config={"callbacks": [handler]}, **no_end)
     assert len(outputs) == 3 and all(isinstance(o, str) and o for o in outputs)
-    assert handler.tokens
+    assert _ran_at_once(handler.order, 3), handler.order  # not three calls one after another
+
+
+async def test_abatch_runs_prompts_at_once(llm: LlamaCpp, no_end: dict[str, Any]) -> None:
+    handler = PromptIndexCollector()
+    outputs = await llm.abatch(PROMPTS, config={"callbacks": [handler]}, **no_end)
+    assert len(outputs) == 3 and all(isinstance(o, str) and o for o in outputs)
+    assert _ran_at_once(handler.order, 3), handler.order
 
 
 # -- async ------------------------------------------------------------------------------------
@@ -326,6 +330,6 @@ async def test_cancelling_the_task_stops_decoding(lc_params: dict[str, Any]) -> 
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task  # returns once the decoding thread has stopped
-    assert not llm.llama.engine.lock.locked()
+    assert llm.llama.engine.wait_idle(timeout=60)
     assert len(handler.tokens) < 100  # far from the 900 it was allowed
     assert await llm.ainvoke("The sky is", max_tokens=2)  # and the model is usable at once

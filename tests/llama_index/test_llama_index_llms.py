@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 
 from llamacpp_integrations._runtime import shared_llama
 from llamacpp_integrations.llama_index import LlamaCPP
-from llamacpp_native import Chunk, GenerationRequest, RenderedChat
+from llamacpp_native import Chunk, GenerationRequest, OutputTruncatedError, RenderedChat
 
 QUESTION = "What is 6 times 7?"
 TOOL_TOKENS = {"max_tokens": 64}  # room for a whole tool-call JSON object
@@ -188,7 +188,7 @@ async def test_cancelling_an_astream_task_stops_decoding_and_the_model_answers_a
     with pytest.raises(asyncio.CancelledError):
         await task
     assert 0 < len(decoded) < 1500
-    assert not engine.lock.locked()  # no decoding goes on behind the cancelled task
+    assert engine.wait_idle(timeout=60)  # the cancelled sequence is freed; nothing decodes behind it
 
     answer = await llm.acomplete("One, two,", max_tokens=4)
     assert answer.text
@@ -327,6 +327,16 @@ def test_structured_predict_returns_a_valid_object(llm: LlamaCPP) -> None:
     )
     assert isinstance(person, Person)
     assert len(person.name) <= 20 and 0 <= person.age <= 120
+
+
+def test_structured_predict_cut_off_by_max_tokens_names_max_tokens(llm: LlamaCPP) -> None:
+    with pytest.raises(OutputTruncatedError, match="max_tokens after 3 tokens"):
+        llm.structured_predict(
+            Person,
+            PromptTemplate("Invent a person who lives in {city}."),
+            llm_kwargs={"max_tokens": 3},
+            city="Oslo",
+        )
 
 
 async def test_astructured_predict_returns_a_valid_object(llm: LlamaCPP) -> None:

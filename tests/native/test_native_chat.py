@@ -117,3 +117,13 @@ def test_an_unknown_chat_format_is_a_value_error_listing_the_known_ones(llama: L
         ValueError, match=r"unknown chat_format 'vicuna'; choose one of \['chatml', 'gemma'\]"
     ):
         template_for("vicuna", "gemma3", None)
+
+
+def test_parallel_tool_calls_off_admits_one_call_block(llama: Llama) -> None:
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+    messages = [{"role": "user", "content": "Call f."}]
+    many = llama.render_chat(messages, tools=[tool], tool_choice="required", parallel_tool_calls=True)
+    one = llama.render_chat(messages, tools=[tool], tool_choice="required", parallel_tool_calls=False)
+    calls_rule = [line for line in one.grammar.splitlines() if line.startswith("tool-calls ::=")]
+    assert "tool-calls ::= (tool-call space)+" in many.grammar
+    assert calls_rule == ["tool-calls ::= tool-call space"]

@@ -38,7 +38,7 @@ INVALID_SCHEMAS: list[tuple[str, Any, list[str]]] = [
 
 @pytest.fixture
 def no_decoding(llama: Llama, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """Record any prompt decode on the shared engine (there must be none)."""
+    """Record any decode on the shared engine (there must be none)."""
     calls: list[str] = []
     engine = llama.engine
 
@@ -49,8 +49,7 @@ def no_decoding(llama: Llama, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[
 
         return wrapper
 
-    monkeypatch.setattr(engine, "_prefill", spy("prefill", engine._prefill))
-    monkeypatch.setattr(engine.context, "decode_many", spy("decode_many", engine.context.decode_many))
+    monkeypatch.setattr(engine, "_decode", spy("decode", engine._decode))
     yield calls
 
 

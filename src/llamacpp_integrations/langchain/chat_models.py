@@ -26,10 +26,9 @@ from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import Field, model_validator
 from typing_extensions import Self
 
-from llamacpp_integrations._runtime import iterate_blocking
 from llamacpp_integrations.langchain._settings import CHAT_SETTINGS, PROVIDER, LlamaCppGenerationSettings
-from llamacpp_integrations.schema import parse_and_validate, to_json_schema
-from llamacpp_native import Cancellation, GrammarError
+from llamacpp_integrations.schema import parse_and_validate, to_json_schema, truncation_error
+from llamacpp_native import GrammarError
 
 ToolLike = Mapping[str, Any] | type | Callable[..., Any] | BaseTool
 StructuredOutputMethod = Literal["json_schema", "function_calling", "json_mode"]
@@ -137,15 +136,12 @@ class ChatLlamaCpp(LlamaCppGenerationSettings, BaseChatModel):
         self,
         messages: list[BaseMessage],
         stop: list[str] | None,
-        cancellation: Cancellation | None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         """Message chunks; the last has finish_reason, model_name, usage and chunk_position='last'."""
         params = self._request(stop, kwargs)
         model_name = self.model_name
-        parts = self.llama.create_chat_completion(
-            _to_openai_messages(messages), stream=True, cancellation=cancellation, **params
-        )
+        parts = self.llama.create_chat_completion(_to_openai_messages(messages), stream=True, **params)
         assert isinstance(parts, Generator)  # stream=True
         with contextlib.closing(parts):
             for part in parts:
@@ -159,7 +155,7 @@ class ChatLlamaCpp(LlamaCppGenerationSettings, BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         # LangChain reports streamed chunks to on_llm_new_token itself.
-        yield from self._chunks(messages, stop, None, **kwargs)
+        yield from self._chunks(messages, stop, **kwargs)
 
     async def _astream(
         self,
@@ -168,10 +164,15 @@ class ChatLlamaCpp(LlamaCppGenerationSettings, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        chunks = iterate_blocking(lambda cancellation: self._chunks(messages, stop, cancellation, **kwargs))
-        async with contextlib.aclosing(cast(AsyncGenerator[ChatGenerationChunk, None], chunks)):
-            async for chunk in chunks:
-                yield chunk
+        params = self._request(stop, kwargs)
+        model_name = self.model_name
+        parts = cast(
+            AsyncGenerator[dict[str, Any], None],
+            await self.llama.acreate_chat_completion(_to_openai_messages(messages), stream=True, **params),
+        )
+        async with contextlib.aclosing(parts):
+            async for part in parts:
+                yield _chunk_from_part(part, model_name)
 
     def _generate(
         self,
@@ -292,6 +293,7 @@ class ChatLlamaCpp(LlamaCppGenerationSettings, BaseChatModel):
             raise ValueError(
                 f"method must be 'json_schema', 'function_calling' or 'json_mode', not {method!r}"
             )
+        parser = RunnableLambda(_complete_reply, name="check_complete") | parser
         if not include_raw:
             return llm | parser
         parser_assign = RunnablePassthrough.assign(
@@ -395,6 +397,18 @@ def _pydantic_or_json_parser(
         parser: OutputParserLike[Any] = PydanticOutputParser(pydantic_object=schema)
         return parser
     return RunnableLambda(lambda message: parse_and_validate(message.text, json_schema), name="parse_json")
+
+
+def _complete_reply(message: BaseMessage) -> BaseMessage:
+    """Pass a finished reply on; raise ``OutputTruncatedError`` where max_tokens cut it off."""
+    if message.response_metadata.get("finish_reason") != "length" or getattr(message, "tool_calls", None):
+        return message
+    try:
+        json.loads(message.text)
+    except json.JSONDecodeError:
+        usage = getattr(message, "usage_metadata", None) or {}
+        raise truncation_error("length", usage.get("output_tokens")) from None
+    return message
 
 
 def _logprobs(chunk: ChatGenerationChunk) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, cast
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -12,9 +12,8 @@ from langchain_core.language_models import LangSmithParams
 from langchain_core.language_models.llms import LLM
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 
-from llamacpp_integrations._runtime import iterate_blocking, run_blocking
 from llamacpp_integrations.langchain._settings import COMPLETION_SETTINGS, LlamaCppGenerationSettings
-from llamacpp_native import Cancellation, Chunk
+from llamacpp_native import Chunk, GenerationRequest, responses
 
 OnText = Callable[[int, str], None]
 
@@ -82,27 +81,14 @@ class LlamaCpp(LlamaCppGenerationSettings, LLM):
         return {"suffix": self.suffix, "echo": self.echo, "logprobs": self.logprobs}
 
     # -- the streaming core ------------------------------------------------------------------
-    def _chunks(
-        self, prompt: str, stop: list[str] | None, cancellation: Cancellation | None, **kwargs: Any
-    ) -> Iterator[GenerationChunk]:
-        """Generation chunks for one prompt; the last carries finish_reason, usage and model_name."""
+    def _request(
+        self, prompt: str, stop: list[str] | None, kwargs: Mapping[str, Any]
+    ) -> tuple[GenerationRequest, _ChunkConverter]:
+        """The engine request for one prompt, and the converter of its chunks."""
         params = self._sampling(stop, kwargs)
-        model_name = self.model_name
-        parts = self.llama.create_completion(prompt, stream=True, cancellation=cancellation, **params)
-        assert isinstance(parts, Generator)  # stream=True
-        with contextlib.closing(parts):
-            for part in parts:
-                choice = part["choices"][0]
-                info: dict[str, Any] = {}
-                if choice.get("logprobs"):
-                    info["logprobs"] = choice["logprobs"]
-                if choice.get("finish_reason"):
-                    info["finish_reason"] = choice["finish_reason"]
-                    info["model_name"] = model_name
-                    if part.get("usage"):
-                        info["token_usage"] = part["usage"]
-                if choice["text"] or info:
-                    yield GenerationChunk(text=choice["text"], generation_info=info or None)
+        suffix, echo = params.pop("suffix", None) or "", params.pop("echo", False)
+        request = self.llama.completion_request(prompt, **params)
+        return request, _ChunkConverter(prompt if echo else "", suffix, self.model_name)
 
     def _stream(
         self,
@@ -111,13 +97,15 @@ class LlamaCpp(LlamaCppGenerationSettings, LLM):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[GenerationChunk]:
-        for chunk in self._chunks(prompt, stop, None, **kwargs):
-            if run_manager:
-                logprobs = (chunk.generation_info or {}).get("logprobs")
-                run_manager.on_llm_new_token(
-                    chunk.text, chunk=chunk, verbose=self.verbose, log_probs=logprobs
-                )
-            yield chunk
+        request, converter = self._request(prompt, stop, kwargs)
+        chunks = self.llama.engine.stream(request)
+        with contextlib.closing(cast(Generator[Chunk, None, None], chunks)):
+            for chunk in converter.convert(chunks):
+                if run_manager:
+                    run_manager.on_llm_new_token(
+                        chunk.text, chunk=chunk, verbose=self.verbose, log_probs=_logprobs(chunk)
+                    )
+                yield chunk
 
     async def _astream(
         self,
@@ -126,15 +114,17 @@ class LlamaCpp(LlamaCppGenerationSettings, LLM):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[GenerationChunk]:
-        chunks = iterate_blocking(lambda cancellation: self._chunks(prompt, stop, cancellation, **kwargs))
-        async with contextlib.aclosing(cast(AsyncGenerator[GenerationChunk, None], chunks)):
-            async for chunk in chunks:
-                if run_manager:
-                    logprobs = (chunk.generation_info or {}).get("logprobs")
-                    await run_manager.on_llm_new_token(
-                        chunk.text, chunk=chunk, verbose=self.verbose, log_probs=logprobs
-                    )
-                yield chunk
+        request, converter = self._request(prompt, stop, kwargs)
+        with self.llama.engine.submit(request) as stream:  # leaving it (or task cancel) cancels
+            for first in converter.convert(()):
+                yield first
+            async for engine_chunk in stream:
+                for chunk in converter.convert((engine_chunk,), started=True):
+                    if run_manager:
+                        await run_manager.on_llm_new_token(
+                            chunk.text, chunk=chunk, verbose=self.verbose, log_probs=_logprobs(chunk)
+                        )
+                    yield chunk
 
     # -- whole generations ---------------------------------------------------------------------
     def _call(
@@ -155,7 +145,7 @@ class LlamaCpp(LlamaCppGenerationSettings, LLM):
     ) -> LLMResult:
         if self._runs_in_parallel(prompts, kwargs):
             on_text = _token_forwarder(run_manager) if run_manager else None
-            generations = self._parallel(prompts, stop, kwargs, on_text, None)
+            generations = self._parallel(prompts, stop, kwargs, on_text)
         else:
             generations = [_collect(self._stream(p, stop, run_manager, **kwargs)) for p in prompts]
         return self._result(generations)
@@ -167,25 +157,20 @@ class LlamaCpp(LlamaCppGenerationSettings, LLM):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> LLMResult:
-        if self._runs_in_parallel(prompts, kwargs):
-            loop = asyncio.get_running_loop()
-            forwarded: list[Any] = []
+        if len(prompts) == 1:
+            return self._result([await _acollect(self._astream(prompts[0], stop, run_manager, **kwargs))])
 
-            def on_text(index: int, text: str) -> None:  # called on the decoding thread
-                assert run_manager is not None
-                chunk = GenerationChunk(text=text, generation_info={"prompt_index": index})
-                coroutine = run_manager.on_llm_new_token(text, chunk=chunk, verbose=self.verbose)
-                forwarded.append(asyncio.run_coroutine_threadsafe(coroutine, loop))
+        async def generate(index: int, prompt: str) -> Generation:
+            final: GenerationChunk | None = None
+            async for chunk in self._astream(prompt, stop, None, **kwargs):
+                if run_manager and chunk.text:
+                    tagged = GenerationChunk(text=chunk.text, generation_info={"prompt_index": index})
+                    await run_manager.on_llm_new_token(chunk.text, chunk=tagged, verbose=self.verbose)
+                final = chunk if final is None else final + chunk
+            return _as_generation(final)
 
-            generations = await run_blocking(
-                lambda cancellation: self._parallel(
-                    prompts, stop, kwargs, on_text if run_manager else None, cancellation
-                )
-            )
-            await asyncio.gather(*(asyncio.wrap_future(f) for f in forwarded))
-        else:
-            generations = [await _acollect(self._astream(p, stop, run_manager, **kwargs)) for p in prompts]
-        return self._result(generations)
+        # Every prompt joins the engine's running batch at once; no worker threads.
+        return self._result(list(await asyncio.gather(*(generate(i, p) for i, p in enumerate(prompts)))))
 
     # -- several prompts as parallel sequences ------------------------------------------------
     def _runs_in_parallel(self, prompts: Sequence[str], kwargs: dict[str, Any]) -> bool:
@@ -198,7 +183,6 @@ class LlamaCpp(LlamaCppGenerationSettings, LLM):
         stop: list[str] | None,
         kwargs: dict[str, Any],
         on_text: OnText | None,
-        cancellation: Cancellation | None,
     ) -> list[Generation]:
         params = self._sampling(stop, kwargs)
         suffix, echo = params.pop("suffix", None) or "", params.pop("echo", False)
@@ -210,7 +194,7 @@ class LlamaCpp(LlamaCppGenerationSettings, LLM):
             if on_text is not None and chunk.text:
                 on_text(index, chunk.text)
 
-        results = llama.engine.generate_many(requests, on_chunk, cancellation)
+        results = llama.engine.generate_many(requests, on_chunk)
         return [
             Generation(
                 text=(prompt if echo else "") + result.text + suffix,
@@ -232,6 +216,38 @@ class LlamaCpp(LlamaCppGenerationSettings, LLM):
             generations=[[g] for g in generations],
             llm_output={"token_usage": total, "model_name": self.model_name},
         )
+
+
+class _ChunkConverter:
+    """Engine chunks -> LangChain ``GenerationChunk``s: echo first, suffix and metadata last."""
+
+    def __init__(self, prefix: str, suffix: str, model_name: str) -> None:
+        self.prefix = prefix
+        self.suffix = suffix
+        self.model_name = model_name
+        self._offset = len(prefix)
+
+    def convert(self, chunks: Iterable[Chunk], started: bool = False) -> Iterator[GenerationChunk]:
+        """Convert ``chunks``; without ``started`` the echoed prompt comes first."""
+        if not started and self.prefix:
+            yield GenerationChunk(text=self.prefix)
+        for chunk in chunks:
+            info: dict[str, Any] = {}
+            if chunk.logprobs:
+                info["logprobs"] = responses.completion_logprobs(chunk.logprobs, self._offset)
+                self._offset += sum(len(item.text) for item in chunk.logprobs)
+            text = chunk.text
+            if chunk.finish_reason:
+                text += self.suffix
+                info["finish_reason"] = chunk.finish_reason
+                info["model_name"] = self.model_name
+                info["token_usage"] = _usage(chunk.prompt_tokens, chunk.completion_tokens)
+            if text or info:
+                yield GenerationChunk(text=text, generation_info=info or None)
+
+
+def _logprobs(chunk: GenerationChunk) -> Any:
+    return (chunk.generation_info or {}).get("logprobs")
 
 
 def _token_forwarder(run_manager: CallbackManagerForLLMRun) -> OnText:
