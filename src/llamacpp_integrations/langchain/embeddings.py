@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import warnings
 
 from langchain_core.embeddings import Embeddings
 from pydantic import Field, model_validator
 from typing_extensions import Self
 
-from llamacpp_integrations._runtime import run_blocking
 from llamacpp_integrations.langchain._settings import LlamaCppLoadSettings
 
 
@@ -63,8 +63,8 @@ class LlamaCppEmbeddings(LlamaCppLoadSettings, Embeddings):
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
         """``embed_documents`` without blocking the event loop."""
-        return await run_blocking(lambda _cancellation: self.embed_documents(texts))
+        return await asyncio.to_thread(self.embed_documents, texts)
 
     async def aembed_query(self, text: str) -> list[float]:
         """``embed_query`` without blocking the event loop."""
-        return await run_blocking(lambda _cancellation: self.embed_query(text))
+        return await asyncio.to_thread(self.embed_query, text)

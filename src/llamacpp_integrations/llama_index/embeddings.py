@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any, cast
 
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_validator, model_validator
 
-from llamacpp_integrations._runtime import run_blocking, shared_llama
+from llamacpp_integrations._runtime import shared_llama
 from llamacpp_native import Llama
 
 
@@ -85,13 +86,13 @@ class LlamaCppEmbedding(BaseEmbedding):
         return self._embed(texts, self.text_instruction)
 
     async def _aget_query_embedding(self, query: str) -> Embedding:
-        return (await run_blocking(lambda _: self._embed([query], self.query_instruction)))[0]
+        return (await asyncio.to_thread(self._embed, [query], self.query_instruction))[0]
 
     async def _aget_text_embedding(self, text: str) -> Embedding:
         return (await self._aget_text_embeddings([text]))[0]
 
     async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
-        return await run_blocking(lambda _: self._embed(texts, self.text_instruction))
+        return await asyncio.to_thread(self._embed, texts, self.text_instruction)
 
 
 __all__ = ["LlamaCppEmbedding"]

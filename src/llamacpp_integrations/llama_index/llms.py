@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import llama_index.core.instrumentation as instrument
@@ -37,9 +37,9 @@ from llama_index.core.program.utils import FlexibleModel, process_streaming_obje
 from llama_index.core.prompts import BasePromptTemplate
 from llama_index.core.types import Model, PydanticProgramMode
 
-from llamacpp_integrations._runtime import iterate_blocking, run_blocking, shared_llama
+from llamacpp_integrations._runtime import shared_llama
 from llamacpp_integrations.schema import parse_and_validate, schema_to_grammar, to_json_schema
-from llamacpp_native import Cancellation, Llama
+from llamacpp_native import Llama
 
 if TYPE_CHECKING:
     from llama_index.core.tools.types import BaseTool
@@ -148,71 +148,23 @@ class LlamaCPP(FunctionCallingLLM):
         merged.pop("stream", None)
         return merged
 
-    def _complete_stream(
-        self, prompt: str, formatted: bool, kwargs: Mapping[str, Any], cancellation: Cancellation
-    ) -> Generator[CompletionResponse, None, None]:
-        """The completion core: stream ``prompt``'s continuation as cumulative responses."""
+    def _completion_args(
+        self, prompt: str, formatted: bool, kwargs: Mapping[str, Any]
+    ) -> tuple[str, dict[str, Any]]:
         if not formatted:
             prompt = cast(Callable[[str], str], self.completion_to_prompt)(prompt)
-        chunks = cast(
-            Iterator[dict[str, Any]],
-            self._model().create_completion(
-                prompt, stream=True, cancellation=cancellation, **self._generation_kwargs(kwargs)
-            ),
-        )
+        return prompt, self._generation_kwargs(kwargs)
 
-        def responses() -> Generator[CompletionResponse, None, None]:
-            text = ""
-            for chunk in chunks:
-                choice = chunk["choices"][0]
-                text += choice["text"]
-                yield CompletionResponse(
-                    text=text, delta=choice["text"], raw=chunk, additional_kwargs=chunk.get("usage") or {}
-                )
-
-        return responses()
-
-    def _chat_stream(
-        self, messages: Sequence[ChatMessage], kwargs: Mapping[str, Any], cancellation: Cancellation
-    ) -> Generator[ChatResponse, None, None]:
-        """The chat core: stream the assistant's reply (text and tool calls) as cumulative responses."""
-        if self.messages_to_prompt is not generic_messages_to_prompt:
-            return self._chat_through_prompt(messages, kwargs, cancellation)
-        chunks = cast(
-            Iterator[dict[str, Any]],
-            self._model().create_chat_completion(
+    def _chat_args(
+        self, messages: Sequence[ChatMessage], kwargs: Mapping[str, Any]
+    ) -> tuple[Any, dict[str, Any], _ChatResponses | _PromptChatResponses]:
+        """What to send: OpenAI messages for the chat template, or a prompt from ``messages_to_prompt``."""
+        if self.messages_to_prompt is generic_messages_to_prompt:
+            return (
                 [_to_openai_message(m) for m in messages],
-                stream=True,
-                cancellation=cancellation,
-                **self._generation_kwargs(kwargs),
-            ),
-        )
-
-        def responses() -> Generator[ChatResponse, None, None]:
-            text = ""
-            tool_calls: list[dict[str, Any]] = []
-            for chunk in chunks:
-                choice = chunk["choices"][0]
-                delta = choice["delta"].get("content") or ""
-                text += delta
-                tool_calls.extend(
-                    {k: v for k, v in call.items() if k != "index"}
-                    for call in choice["delta"].get("tool_calls") or []
-                )
-                if delta or choice["finish_reason"]:
-                    yield ChatResponse(
-                        message=_assistant_message(text, tool_calls),
-                        delta=delta,
-                        raw=chunk,
-                        additional_kwargs=chunk.get("usage") or {},
-                    )
-
-        return responses()
-
-    def _chat_through_prompt(
-        self, messages: Sequence[ChatMessage], kwargs: Mapping[str, Any], cancellation: Cancellation
-    ) -> Generator[ChatResponse, None, None]:
-        """Chat with a user-given ``messages_to_prompt``: format, then complete."""
+                self._generation_kwargs(kwargs),
+                _ChatResponses(),
+            )
         options = dict(kwargs)
         if options.pop("tools", None):
             raise ValueError(
@@ -225,63 +177,91 @@ class LlamaCPP(FunctionCallingLLM):
         if grammar is not None:
             options["grammar"] = grammar
         prompt = cast(Callable[[Sequence[ChatMessage]], str], self.messages_to_prompt)(messages)
-        completions = self._complete_stream(prompt, True, options, cancellation)
-        return (
-            ChatResponse(
-                message=ChatMessage(role=MessageRole.ASSISTANT, content=r.text),
-                delta=r.delta,
-                raw=r.raw,
-                additional_kwargs=r.additional_kwargs,
-            )
-            for r in completions
+        return prompt, self._generation_kwargs(options), _PromptChatResponses()
+
+    # -- the two cores, each for threads and for asyncio: everything else aggregates them ----------
+    def _complete_stream(
+        self, prompt: str, formatted: bool, kwargs: Mapping[str, Any]
+    ) -> Generator[CompletionResponse, None, None]:
+        """Stream ``prompt``'s continuation as cumulative responses; closing it stops decoding."""
+        prompt, options = self._completion_args(prompt, formatted, kwargs)
+        chunks = cast(
+            Iterator[dict[str, Any]], self._model().create_completion(prompt, stream=True, **options)
         )
+        converter = _CompletionResponses()
+        return (converter.feed(chunk) for chunk in cast(Iterator[dict[str, Any]], chunks))
+
+    async def _acomplete_stream(
+        self, prompt: str, formatted: bool, kwargs: Mapping[str, Any]
+    ) -> AsyncGenerator[CompletionResponse, None]:
+        prompt, options = self._completion_args(prompt, formatted, kwargs)
+        chunks = await self._model().acreate_completion(prompt, stream=True, **options)
+        converter = _CompletionResponses()
+        async for chunk in cast(AsyncIterator[dict[str, Any]], chunks):
+            yield converter.feed(chunk)
+
+    def _chat_stream(
+        self, messages: Sequence[ChatMessage], kwargs: Mapping[str, Any]
+    ) -> Generator[ChatResponse, None, None]:
+        """Stream the assistant's reply (text and tool calls) as cumulative responses."""
+        payload, options, converter = self._chat_args(messages, kwargs)
+        model = self._model()
+        chunks = (
+            model.create_chat_completion(payload, stream=True, **options)
+            if isinstance(converter, _ChatResponses)
+            else model.create_completion(payload, stream=True, **options)
+        )
+        return (r for chunk in cast(Iterator[dict[str, Any]], chunks) if (r := converter.feed(chunk)))
+
+    async def _achat_stream(
+        self, messages: Sequence[ChatMessage], kwargs: Mapping[str, Any]
+    ) -> AsyncGenerator[ChatResponse, None]:
+        payload, options, converter = self._chat_args(messages, kwargs)
+        model = self._model()
+        chunks = await (
+            model.acreate_chat_completion(payload, stream=True, **options)
+            if isinstance(converter, _ChatResponses)
+            else model.acreate_completion(payload, stream=True, **options)
+        )
+        async for chunk in cast(AsyncIterator[dict[str, Any]], chunks):
+            response = converter.feed(chunk)
+            if response is not None:
+                yield response
 
     # -- LlamaIndex's LLM interface -------------------------------------------------------
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        return _final(self._chat_stream(messages, kwargs, Cancellation()))
+        return _final(self._chat_stream(messages, kwargs))
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        return self._chat_stream(messages, kwargs, Cancellation())
+        return self._chat_stream(messages, kwargs)
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        return await run_blocking(
-            lambda cancellation: _final(self._chat_stream(messages, kwargs, cancellation))
-        )
+        return await _afinal(self._achat_stream(messages, kwargs))
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
-        return cast(
-            ChatResponseAsyncGen,
-            iterate_blocking(lambda cancellation: self._chat_stream(messages, kwargs, cancellation)),
-        )
+        return self._achat_stream(messages, kwargs)
 
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        return _final(self._complete_stream(prompt, formatted, kwargs, Cancellation()))
+        return _final(self._complete_stream(prompt, formatted, kwargs))
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
-        return self._complete_stream(prompt, formatted, kwargs, Cancellation())
+        return self._complete_stream(prompt, formatted, kwargs)
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        return await run_blocking(
-            lambda cancellation: _final(self._complete_stream(prompt, formatted, kwargs, cancellation))
-        )
+        return await _afinal(self._acomplete_stream(prompt, formatted, kwargs))
 
     @llm_completion_callback()
     async def astream_complete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseAsyncGen:
-        return cast(
-            CompletionResponseAsyncGen,
-            iterate_blocking(
-                lambda cancellation: self._complete_stream(prompt, formatted, kwargs, cancellation)
-            ),
-        )
+        return self._acomplete_stream(prompt, formatted, kwargs)
 
     # -- tool calling (FunctionCallingLLM) ------------------------------------------------------
     def _prepare_chat_with_tools(
@@ -426,6 +406,68 @@ class _PartialObjects:
         objects = process_streaming_objects(response, self._output_cls, cur_objects=self._current)
         self._current = objects if isinstance(objects, list) else [objects]
         return objects
+
+
+class _CompletionResponses:
+    """``text_completion`` chunks -> cumulative ``CompletionResponse``s."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def feed(self, chunk: dict[str, Any]) -> CompletionResponse:
+        delta = chunk["choices"][0]["text"]
+        self.text += delta
+        return CompletionResponse(
+            text=self.text, delta=delta, raw=chunk, additional_kwargs=chunk.get("usage") or {}
+        )
+
+
+class _PromptChatResponses(_CompletionResponses):
+    """Completion chunks of a ``messages_to_prompt`` prompt -> cumulative ``ChatResponse``s."""
+
+    def feed(self, chunk: dict[str, Any]) -> ChatResponse:  # type: ignore[override]
+        response = super().feed(chunk)
+        return ChatResponse(
+            message=ChatMessage(role=MessageRole.ASSISTANT, content=response.text),
+            delta=response.delta,
+            raw=chunk,
+            additional_kwargs=response.additional_kwargs,
+        )
+
+
+class _ChatResponses:
+    """``chat.completion.chunk``s -> cumulative ``ChatResponse``s (None for chunks without news)."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.tool_calls: list[dict[str, Any]] = []
+
+    def feed(self, chunk: dict[str, Any]) -> ChatResponse | None:
+        choice = chunk["choices"][0]
+        delta = choice["delta"].get("content") or ""
+        self.text += delta
+        self.tool_calls.extend(
+            {k: v for k, v in call.items() if k != "index"}
+            for call in choice["delta"].get("tool_calls") or []
+        )
+        if not delta and not choice["finish_reason"]:
+            return None
+        return ChatResponse(
+            message=_assistant_message(self.text, self.tool_calls),
+            delta=delta,
+            raw=chunk,
+            additional_kwargs=chunk.get("usage") or {},
+        )
+
+
+async def _afinal(responses: AsyncIterator[R]) -> R:
+    """``_final`` for an async stream."""
+    last: R | None = None
+    async for last in responses:  # noqa: B007 - the last one is the aggregate
+        pass
+    assert last is not None, "a generation always ends with a final chunk"
+    last.delta = None
+    return last
 
 
 def _final(responses: Iterator[R]) -> R:
