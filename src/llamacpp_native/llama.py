@@ -34,6 +34,7 @@ from llamacpp_native.engine import (
 from llamacpp_native.errors import ChatTemplateError, ContextOverflowError
 from llamacpp_native.grammar import LlamaGrammar, json_schema_to_grammar, tighten_grammar
 from llamacpp_native.model import Model, ProgressCallback
+from llamacpp_native.openai_requests import check_tools, normalise_tool_choice, schema_from_response_format
 from llamacpp_native.request_stream import RequestStream
 from llamacpp_native.sampling import DEFAULT_SEED, GrammarSpec, SamplingParams
 
@@ -68,53 +69,6 @@ def _trigger_pattern(trigger: Mapping[str, Any]) -> str | None:
     if kind == TRIGGER_TOKEN:
         return None
     return "".join("\\" + c if c in r"\^$.|?*+()[]{}" else c for c in value)  # a literal word
-
-
-def _normalise_tool_choice(
-    tools: list[dict[str, Any]] | None, tool_choice: Any
-) -> tuple[list[dict[str, Any]] | None, str]:
-    """OpenAI ``tool_choice`` -> (tools to offer, auto|required|none)."""
-    if not tools:
-        return None, "none"
-    if tool_choice is None or tool_choice == "auto":
-        return tools, "auto"
-    if tool_choice in ("none", "required"):
-        return tools, tool_choice
-    if isinstance(tool_choice, Mapping):
-        name = (tool_choice.get("function") or {}).get("name")
-        chosen = [t for t in tools if t.get("function", {}).get("name") == name]
-        if not chosen:
-            known = [t.get("function", {}).get("name") for t in tools]
-            raise ValueError(
-                f"tool_choice names tool {name!r}, which is not among the tools offered: {known}"
-            )
-        return chosen, "required"
-    raise ValueError(
-        f"tool_choice must be 'auto', 'none', 'required' or {{'type': 'function', ...}}, not {tool_choice!r}"
-    )
-
-
-def _check_tools(tools: list[dict[str, Any]] | None) -> None:
-    for tool in tools or []:
-        function = tool.get("function") if isinstance(tool, Mapping) else None
-        if not isinstance(function, Mapping) or not function.get("name"):
-            raise ValueError(
-                f"each tool needs {{'type': 'function', 'function': {{'name': ...}}}}; got {tool!r}"
-            )
-
-
-def _schema_from_response_format(response_format: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    if not response_format:
-        return None
-    kind = response_format.get("type")
-    if kind == "json_object":
-        return dict(response_format.get("schema") or {"type": "object"})
-    if kind == "json_schema":
-        spec = response_format.get("json_schema") or {}
-        return dict(spec.get("schema") or response_format.get("schema") or {"type": "object"})
-    if kind == "text":
-        return None
-    raise ValueError(f"response_format type must be text, json_object or json_schema, not {kind!r}")
 
 
 class Llama:
@@ -384,9 +338,9 @@ class Llama:
         parallel_tool_calls: bool = True,
     ) -> RenderedChat:
         """Render messages (and tools, response format) to a prompt, grammar and parser settings."""
-        _check_tools(tools)
-        offered, choice = _normalise_tool_choice(tools, tool_choice)
-        schema = _schema_from_response_format(response_format)
+        check_tools(tools)
+        offered, choice = normalise_tool_choice(tools, tool_choice)
+        schema = schema_from_response_format(response_format)
         if schema is not None:
             json_schema_to_grammar(schema)  # a clear GrammarError before rendering
         rendered = self.chat_templates.render(
@@ -506,7 +460,7 @@ class Llama:
         parse_tools = bool(tools) and tool_choice != "none"
         # Structured output goes through the parser too: the template's grammar may
         # wrap the JSON (e.g. in a code fence) and the parser returns it bare.
-        parse_output = parse_tools or _schema_from_response_format(response_format) is not None
+        parse_output = parse_tools or schema_from_response_format(response_format) is not None
 
         def parse(text: str, partial: bool) -> dict[str, Any]:
             return self._parse_chat(rendered, text, partial=partial, parse_tools=parse_tools)

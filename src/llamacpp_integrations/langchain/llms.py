@@ -18,14 +18,6 @@ from llamacpp_native import Chunk, GenerationRequest, responses
 OnText = Callable[[int, str], None]
 
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
-
-
 class LlamaCpp(LlamaCppGenerationSettings, LLM):
     """A local llama.cpp (GGUF) model for text completion.
 
@@ -201,17 +193,19 @@ class LlamaCpp(LlamaCppGenerationSettings, LLM):
                 generation_info={
                     "finish_reason": result.finish_reason,
                     "model_name": self.model_name,
-                    "token_usage": _usage(result.prompt_tokens, result.completion_tokens),
+                    "token_usage": responses.usage(result.prompt_tokens, result.completion_tokens),
                 },
             )
             for prompt, result in zip(prompts, results, strict=True)
         ]
 
     def _result(self, generations: list[Generation]) -> LLMResult:
-        total = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-        for generation in generations:
-            for key, value in ((generation.generation_info or {}).get("token_usage") or {}).items():
-                total[key] = total.get(key, 0) + value
+        usages = [(g.generation_info or {}).get("token_usage") or {} for g in generations]
+        total = responses.usage(
+            sum(u.get("prompt_tokens", 0) for u in usages),
+            sum(u.get("completion_tokens", 0) for u in usages),
+            sum((u.get("prompt_tokens_details") or {}).get("cached_tokens", 0) for u in usages),
+        )
         return LLMResult(
             generations=[[g] for g in generations],
             llm_output={"token_usage": total, "model_name": self.model_name},
@@ -241,7 +235,9 @@ class _ChunkConverter:
                 text += self.suffix
                 info["finish_reason"] = chunk.finish_reason
                 info["model_name"] = self.model_name
-                info["token_usage"] = _usage(chunk.prompt_tokens, chunk.completion_tokens)
+                info["token_usage"] = responses.usage(
+                    chunk.prompt_tokens, chunk.completion_tokens, chunk.cached_tokens
+                )
             if text or info:
                 yield GenerationChunk(text=text, generation_info=info or None)
 

@@ -40,6 +40,7 @@ from llama_index.core.types import Model, PydanticProgramMode
 from llamacpp_integrations._runtime import shared_llama
 from llamacpp_integrations.schema import parse_and_validate, schema_to_grammar, to_json_schema
 from llamacpp_native import Llama
+from llamacpp_native.openai_requests import schema_from_response_format
 
 if TYPE_CHECKING:
     from llama_index.core.tools.types import BaseTool
@@ -493,10 +494,8 @@ def _resolve_tool_choice(
 
 def _grammar_for(response_format: Mapping[str, Any] | None) -> str | None:
     """GBNF for an OpenAI ``response_format`` when chat completes a plain prompt."""
-    if not response_format or response_format.get("type", "text") == "text":
-        return None
-    spec = response_format.get("json_schema") or {}
-    return schema_to_grammar(spec.get("schema") or response_format.get("schema") or {"type": "object"})
+    schema = schema_from_response_format(response_format)
+    return None if schema is None else schema_to_grammar(schema)
 
 
 def _arguments(arguments: Any) -> Any:
