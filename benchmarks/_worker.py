@@ -1,4 +1,5 @@
-"""One benchmark round for one Python engine, run in its own process by ``bench.py``.
+"""One benchmark round for one Python engine, run in its own process by ``bench.py``
+(and by ``concurrency.py``: task ``concurrency``, many client threads at once).
 
 Usage (internal): ``python _worker.py CONFIG_JSON``; prints one JSON object on stdout.
 
@@ -19,8 +20,9 @@ import cProfile
 import json
 import math
 import sys
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -246,7 +248,7 @@ def _close(llm: Any) -> None:
 
 
 # -- LangChain -------------------------------------------------------------------------------------
-def _langchain_llm(engine: str, config: dict[str, Any]) -> Any:
+def _langchain_llm(engine: str, config: dict[str, Any], load: dict[str, Any] | None = None) -> Any:
     settings = dict(
         model_path=config["model"],
         n_ctx=config["n_ctx"],
@@ -277,7 +279,9 @@ def _langchain_llm(engine: str, config: dict[str, Any]) -> Any:
         )
     from llamacpp_integrations.langchain import LlamaCpp as OurLlamaCpp
 
-    return OurLlamaCpp(**settings, n_ubatch=config["n_ubatch"], flash_attn=config["flash_attn"])
+    return OurLlamaCpp(
+        **settings, n_ubatch=config["n_ubatch"], flash_attn=config["flash_attn"], model_kwargs=load or {}
+    )
 
 
 def run_langchain(engine: str, config: dict[str, Any]) -> dict[str, Any]:
@@ -300,10 +304,154 @@ def run_langchain(engine: str, config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# -- many clients at once (concurrency.py) ---------------------------------------------------------
+ClientStream = Callable[[int], Iterator[Any]]
+"""``stream(i)``: client ``i``'s request, as an iterator with one item per streamed token
+(or a few, when text is held back); it raises if the request did not generate what was asked."""
+
+
+def drive_clients(n: int, stream: ClientStream) -> list[dict[str, float]]:
+    """Run ``stream(0..n-1)`` from ``n`` threads released together; times per client.
+
+    Each client notes when it starts (just after the shared barrier), when its first
+    item arrives and when its stream ends, all on one ``perf_counter`` clock.  An error
+    in any client is raised here once every thread has finished.
+    """
+    barrier = threading.Barrier(n)
+    records: list[dict[str, float]] = [{} for _ in range(n)]
+    errors: list[BaseException] = []
+
+    def client(index: int) -> None:
+        record = records[index]
+        try:
+            barrier.wait()
+            record["start"] = time.perf_counter()
+            items = 0
+            for _item in stream(index):
+                if not items:
+                    record["first"] = time.perf_counter()
+                items += 1
+            record["end"] = time.perf_counter()
+            record["items"] = items
+        except BaseException as error:  # reported by the caller, never lost in a thread
+            errors.append(error)
+            barrier.abort()
+
+    threads = [threading.Thread(target=client, args=(i,), name=f"client-{i}") for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    real = [e for e in errors if not isinstance(e, threading.BrokenBarrierError)]
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {n} clients failed: {(real or errors)[0]!r}")
+    return records
+
+
+def client_figures(records: list[dict[str, float]], tokens_each: int) -> dict[str, Any]:
+    """Aggregate tokens/s (all tokens / first start to last end) and each client's time to first token."""
+    started = min(r["start"] for r in records)
+    wall = max(r["end"] for r in records) - started
+    tokens = tokens_each * len(records)
+    return {
+        "clients": len(records),
+        "tokens": tokens,
+        "wall_s": wall,
+        "tps": tokens / wall,
+        "ttft_s": [r["first"] - r["start"] for r in records],
+        "end_s": [r["end"] - started for r in records],
+    }
+
+
+def _expect_length(last: Any, what: str) -> None:
+    if _finish(last) != "length":
+        raise RuntimeError(f"{what} ended with {_finish(last)!r}, not 'length' (EOG suppression failed?)")
+
+
+def run_concurrency(engine: str, config: dict[str, Any]) -> dict[str, Any]:
+    """``clients`` concurrent streams of ``tokens`` tokens each, through one model object.
+
+    ours: one ``Llama`` with ``n_parallel=clients`` (its engine batches the streams);
+    peer: one ``llama_cpp.Llama``, which is not thread-safe, so each client holds a lock
+    for its whole stream (the requests queue up, as they must for its users);
+    langchain-ours: one ``LlamaCpp`` on an ours model with ``n_parallel=clients``.
+    A warm-up round of short streams from every client comes first.
+    """
+    n, tokens = config["clients"], config["tokens"]
+    prompts, seeds = config["prompts"], config["seeds"]
+    kwargs = _sampling(config)
+    started = time.perf_counter()
+    if engine == "langchain-ours":
+        llm = _langchain_llm(
+            engine,
+            dict(config, n_ctx=n * config["ctx_per_slot"], tg=tokens),
+            load={"n_parallel": n, "n_threads_batch": config["threads"]},
+        )
+        per_call = {"min_p": kwargs.pop("min_p"), "logit_bias": kwargs["logit_bias"]}
+        llm.llama  # noqa: B018 - load now, not inside the first client's timing
+
+        def stream(index: int, prompt: str | None = None, max_tokens: int = tokens) -> Iterator[Any]:
+            # LangChain's stream() yields text only; whether it generated every token is
+            # checked in the warm-up below (same settings, finish reason from on_llm_end).
+            text = prompt or prompts[index]
+            yield from llm.stream(text, max_tokens=max_tokens, seed=seeds[index], **per_call)
+
+    else:
+        n_ctx = n * config["ctx_per_slot"] if engine == "ours" else config["ctx_per_slot"]
+        llm = _load_llama(engine, config, n_parallel=n, n_ctx=n_ctx)
+        lock = threading.Lock() if engine == "peer" else None
+
+        def stream(index: int, prompt: str | None = None, max_tokens: int = tokens) -> Iterator[Any]:
+            text = prompt or prompts[index]
+            call = dict(kwargs, seed=seeds[index])
+            if lock is None:
+                last = None
+                for chunk in llm.create_completion(text, max_tokens=max_tokens, stream=True, **call):
+                    last = chunk
+                    yield chunk
+            else:
+                with lock:  # one llama_cpp.Llama serves one request at a time
+                    last = None
+                    for chunk in llm.create_completion(text, max_tokens=max_tokens, stream=True, **call):
+                        last = chunk
+                        yield chunk
+            _expect_length(last, f"client {index}'s stream")
+
+    load_s = time.perf_counter() - started
+    warm = config["warmup_tokens"]
+    drive_clients(n, lambda i: stream(i, prompt=config["warmup_prompts"][i], max_tokens=warm))
+    if engine == "langchain-ours":
+        _check_langchain_length(llm, config["warmup_prompts"][0], warm, seeds[0], per_call)
+    figures = client_figures(drive_clients(n, stream), tokens)
+    _close(llm.llama if engine == "langchain-ours" else llm)
+    return {"concurrency": dict(figures, load_s=load_s)}
+
+
+def _check_langchain_length(
+    llm: Any, prompt: str, max_tokens: int, seed: int, per_call: dict[str, Any]
+) -> None:
+    """One stream with a callback that sees LangChain's final generation: all ``max_tokens`` made?"""
+    from langchain_core.callbacks import BaseCallbackHandler
+
+    seen: dict[str, Any] = {}
+
+    class Final(BaseCallbackHandler):
+        def on_llm_end(self, response: Any, **_: Any) -> None:
+            seen["info"] = response.generations[0][0].generation_info or {}
+
+    _drain(llm.stream(prompt, max_tokens=max_tokens, seed=seed, config={"callbacks": [Final()]}, **per_call))
+    info = seen.get("info", {})
+    made = (info.get("token_usage") or {}).get("completion_tokens")
+    if info.get("finish_reason") != "length" or made != max_tokens:
+        raise RuntimeError(f"LangChain stream made {made} tokens, finish {info.get('finish_reason')!r}")
+
+
 def main(argv: list[str]) -> int:
     config = json.loads(Path(argv[1]).read_text())
     engine = config["engine"]
-    if engine in ("ours", "peer"):
+    if config.get("tasks") == ["concurrency"]:
+        result = run_concurrency(engine, config)
+    elif engine in ("ours", "peer"):
         result = run_llama(engine, config)
     elif engine in ("langchain-ours", "langchain-peer"):
         result = run_langchain(engine, config)

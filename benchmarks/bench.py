@@ -51,6 +51,7 @@ import reference  # noqa: E402
 RESULTS = HERE / "results"
 ENGINES = ("native", "peer", "ours", "langchain")
 TG_PROMPT = "Once upon a time, in a quiet village at the edge of a great forest,"
+NATIVE_TOOLS = ("llama-bench", "llama-completion", "llama-batched-bench")  # llama-server: concurrency.py
 
 
 @dataclass(frozen=True)
@@ -498,7 +499,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     peer_python: Path | None = None
     if "native" in args.engines:
         try:
-            tools = reference.native_tools(build=not args.no_build)
+            tools = reference.native_tools(build=not args.no_build, names=NATIVE_TOOLS)
         except reference.ReferenceError as error:
             notes.append(f"llama.cpp tools skipped: {error}")
     if "peer" in args.engines or "langchain" in args.engines:

@@ -1,8 +1,10 @@
 """Build or locate the references the benchmark compares against.
 
-* **llama.cpp's own tools** (``llama-bench``, ``llama-completion``, ``llama-batched-bench``),
-  built from the same pinned llama.cpp source as our package, in a separate CMake
-  build under the per-user cache (never in the repository's ``build/``).
+* **llama.cpp's own tools** (``llama-bench``, ``llama-completion``, ``llama-batched-bench``,
+  ``llama-server``), built from the same pinned llama.cpp source as our package, in a
+  separate CMake build under the per-user cache (never in the repository's ``build/``).
+  The server is built without its web UI (no npm, no download) and without HTTPS:
+  the benchmarks talk to it over loopback HTTP only.
 * **llama-cpp-python** (the peer), the pinned release whose sdist carries that
   llama.cpp source, installed into its own virtual environment *without* building
   its llama.cpp: at run time it loads our package's ``libllama.so`` through
@@ -29,7 +31,7 @@ sys.path.insert(0, str(REPO / "build_tools"))
 from fetch_llama_cpp import FetchError, cache_root, download_verified_sdist, load_pin  # noqa: E402
 
 PIN = load_pin()
-NATIVE_TOOLS = ("llama-bench", "llama-completion", "llama-batched-bench")
+NATIVE_TOOLS = ("llama-bench", "llama-completion", "llama-batched-bench", "llama-server")
 PEER_EXTRAS = ("langchain-community",)
 
 
@@ -84,21 +86,36 @@ def _is_current(directory: Path) -> bool:
     return stamp.is_file() and stamp.read_text().strip() == _identity()
 
 
-def native_tools(build: bool = True, rebuild: bool = False, jobs: int | None = None) -> dict[str, Path]:
-    """Paths of the native tools, building them first when missing (and ``build`` allows)."""
+def native_tools(
+    build: bool = True,
+    rebuild: bool = False,
+    jobs: int | None = None,
+    names: tuple[str, ...] = NATIVE_TOOLS,
+) -> dict[str, Path]:
+    """Paths of the native tools ``names``, building those missing first (when ``build`` allows).
+
+    Every tool comes from the one build directory; asking for a tool that an earlier
+    run did not build adds just that target to it.
+    """
+    unknown = sorted(set(names) - set(NATIVE_TOOLS))
+    if unknown:
+        raise ReferenceError(f"unknown llama.cpp tools {unknown}; known: {NATIVE_TOOLS}")
     build_dir = native_build_dir()
-    tools = {name: build_dir / "bin" / name for name in NATIVE_TOOLS}
-    if not rebuild and _is_current(build_dir) and all(path.is_file() for path in tools.values()):
+    tools = {name: build_dir / "bin" / name for name in names}
+    current = _is_current(build_dir)
+    if not rebuild and current and all(path.is_file() for path in tools.values()):
         return tools
     if not build:
+        missing = ", ".join(name for name, path in tools.items() if not path.is_file()) or "all"
         raise ReferenceError(
-            f"llama.cpp's tools are not built yet (expected in {build_dir}); "
+            f"llama.cpp's tools are not built yet ({missing}; expected in {build_dir}); "
             "run `python benchmarks/reference.py native`"
         )
-    if build_dir.exists() and (rebuild or not _is_current(build_dir)):
+    if build_dir.exists() and (rebuild or not current):
         shutil.rmtree(build_dir)  # stale: another pin, or asked to start again
+    targets = [name for name, path in tools.items() if rebuild or not current or not path.is_file()]
     source = llama_cpp_source()
-    _say(f"building llama.cpp's {', '.join(NATIVE_TOOLS)} from {source}")
+    _say(f"building llama.cpp's {', '.join(targets)} from {source}")
     _say(f"into {build_dir} (Release, same defaults as our package; several minutes on 2 cores, once)")
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
     _run(
@@ -113,7 +130,12 @@ def native_tools(build: bool = True, rebuild: bool = False, jobs: int | None = N
             "-DLLAMA_BUILD_TOOLS=ON",
             "-DLLAMA_BUILD_EXAMPLES=ON",
             "-DLLAMA_BUILD_TESTS=OFF",
-            "-DLLAMA_BUILD_SERVER=OFF",
+            # llama-server, for the concurrency benchmark.  Its web UI would come from npm
+            # or a download: neither, the server runs with an empty asset table.  No HTTPS
+            # (OpenSSL off; this tree has no libcurl option left: LLAMA_CURL is deprecated).
+            "-DLLAMA_BUILD_SERVER=ON",
+            "-DLLAMA_BUILD_UI=OFF",
+            "-DLLAMA_USE_PREBUILT_UI=OFF",
             "-DLLAMA_BUILD_APP=OFF",
             "-DLLAMA_OPENSSL=OFF",
             "-DLLAMA_ALL_WARNINGS=OFF",
@@ -122,7 +144,7 @@ def native_tools(build: bool = True, rebuild: bool = False, jobs: int | None = N
     )
     jobs = jobs or os.cpu_count() or 2
     _run(
-        ["cmake", "--build", str(build_dir), "--target", *NATIVE_TOOLS, f"-j{jobs}"],
+        ["cmake", "--build", str(build_dir), "--target", *targets, f"-j{jobs}"],
         "building the reference tools",
     )
     missing = [str(path) for path in tools.values() if not path.is_file()]
