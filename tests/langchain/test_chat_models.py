@@ -287,3 +287,23 @@ async def test_cancelling_the_task_stops_decoding(lc_params: dict[str, Any]) -> 
         await task
     assert chat.llama.engine.wait_idle(timeout=60)
     assert handler.count < 100
+
+
+class WeatherInput(BaseModel):
+    location: str = Field(description="The city, e.g. Paris")
+    unit: str = Field(json_schema_extra={"enum": ["celsius", "fahrenheit"]})
+
+
+@tool("get_weather_in", args_schema=WeatherInput)
+def get_weather_in(location: str, unit: str) -> str:
+    """Get the current weather in a city, in the given unit."""
+    return f"It is 21 degrees {unit} in {location}."
+
+
+def test_a_tools_args_schema_keeps_its_enum(chat: ChatLlamaCpp) -> None:
+    # convert_to_openai_tool drops this enum; the grammar must still enforce it.
+    message = chat.bind_tools([get_weather_in], tool_choice="get_weather_in").invoke(
+        "What's the weather in Paris in Celsius?"
+    )
+    assert isinstance(message, AIMessage) and message.tool_calls
+    assert message.tool_calls[0]["args"]["unit"] in {"celsius", "fahrenheit"}

@@ -119,7 +119,7 @@ class ChatLlamaCpp(LlamaCppGenerationSettings, BaseChatModel):
             params["logprobs"] = True
             count = logprobs if isinstance(logprobs, int) and not isinstance(logprobs, bool) else 0
             params["top_logprobs"] = top if top is not None else count
-        tools = [convert_to_openai_tool(t) for t in params.get("tools") or []]
+        tools = [_openai_tool(t) for t in params.get("tools") or []]
         if tools:
             params["tools"] = tools
             params["tool_choice"] = _tool_choice(params.get("tool_choice"), tools)
@@ -206,7 +206,7 @@ class ChatLlamaCpp(LlamaCppGenerationSettings, BaseChatModel):
         self, messages: list[BaseMessage], tools: Sequence[ToolLike] | None = None
     ) -> int:
         """Prompt tokens of ``messages`` (and ``tools``) as rendered by the chat template."""
-        openai_tools = [convert_to_openai_tool(t) for t in tools or []] or None
+        openai_tools = [_openai_tool(t) for t in tools or []] or None
         rendered = self.llama.render_chat(_to_openai_messages(messages), tools=openai_tools)
         return len(self.llama.chat_prompt_tokens(rendered))
 
@@ -230,7 +230,7 @@ class ChatLlamaCpp(LlamaCppGenerationSettings, BaseChatModel):
         unless ``parallel_tool_calls=True`` (llama.cpp server's default: small
         models otherwise tend to repeat calls until max_tokens).
         """
-        formatted = [convert_to_openai_tool(t, strict=strict) for t in tools]
+        formatted = [_openai_tool(t, strict=strict) for t in tools]
         if tool_choice is not None:
             kwargs["tool_choice"] = _tool_choice(tool_choice, formatted)
         if parallel_tool_calls is not None:
@@ -351,6 +351,27 @@ def _chunk_from_part(part: Mapping[str, Any], model_name: str) -> ChatGeneration
     )
     logprobs = choice.get("logprobs")
     return ChatGenerationChunk(message=message, generation_info={"logprobs": logprobs} if logprobs else None)
+
+
+def _openai_tool(tool: Any, strict: bool | None = None) -> dict[str, Any]:
+    """The OpenAI tool spec, with the parameters' schema taken whole from a tool's ``args_schema``.
+
+    ``convert_to_openai_tool`` rebuilds a ``BaseTool``'s parameters and drops
+    constraints pydantic keeps in ``json_schema_extra`` (an ``enum`` given to
+    ``Field``), so the grammar would not see them.  Arguments LangChain hides
+    from the model (injected ones) stay hidden.
+    """
+    spec = convert_to_openai_tool(tool, strict=strict)
+    if isinstance(tool, BaseTool) and is_basemodel_subclass(tool.args_schema):
+        lossy = spec["function"]["parameters"]
+        full = cast(Any, tool.args_schema).model_json_schema()
+        shown = set(lossy.get("properties") or {})
+        full["properties"] = {k: v for k, v in (full.get("properties") or {}).items() if k in shown}
+        full["required"] = [k for k in full.get("required") or [] if k in shown]
+        full.pop("title", None)
+        full.pop("description", None)
+        spec["function"]["parameters"] = full
+    return spec
 
 
 def _tool_choice(choice: Any, tools: Sequence[Mapping[str, Any]]) -> str | dict[str, Any]:
