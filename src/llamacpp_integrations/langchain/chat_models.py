@@ -97,7 +97,7 @@ class ChatLlamaCpp(LlamaCppGenerationSettings, BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {"model_path": self.model_path, **self._default_params}
+        return {**self._model_identity, **self._default_params}
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         return LangSmithParams(ls_model_type="chat", **self._ls_common(stop, kwargs))  # type: ignore[typeddict-item]
@@ -362,9 +362,10 @@ def _openai_tool(tool: Any, strict: bool | None = None) -> dict[str, Any]:
     from the model (injected ones) stay hidden.
     """
     spec = convert_to_openai_tool(tool, strict=strict)
-    if isinstance(tool, BaseTool) and is_basemodel_subclass(tool.args_schema):
+    schema = getattr(tool, "args_schema", None)
+    if isinstance(tool, BaseTool) and isinstance(schema, type) and is_basemodel_subclass(schema):
         lossy = spec["function"]["parameters"]
-        full = cast(Any, tool.args_schema).model_json_schema()
+        full = cast(Any, schema).model_json_schema()
         shown = set(lossy.get("properties") or {})
         full["properties"] = {k: v for k, v in (full.get("properties") or {}).items() if k in shown}
         full["required"] = [k for k in full.get("required") or [] if k in shown]

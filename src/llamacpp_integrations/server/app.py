@@ -1,0 +1,62 @@
+"""``create_app(settings)``: the FastAPI application, wired (routes, errors, middleware, lifespan)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from llamacpp_integrations import __version__
+from llamacpp_integrations.server.errors import install_handlers
+from llamacpp_integrations.server.middleware import BodyLimitMiddleware, RequestLogMiddleware
+from llamacpp_integrations.server.routes import ROUTERS
+from llamacpp_integrations.server.settings import ServerSettings
+from llamacpp_integrations.server.state import ServerState
+
+DESCRIPTION = """An OpenAI-compatible server for local GGUF models (llama.cpp).
+
+Every request joins one running batch per model (continuous batching). Errors
+always have OpenAI's shape `{"error": {"message", "type", "param", "code"}}`."""
+
+
+class _ServerApp(FastAPI):
+    """FastAPI whose OpenAPI schema omits the automatic 422 answers: invalid input gets 400 here."""
+
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            schema = super().openapi()
+            for path in schema.get("paths", {}).values():
+                for operation in path.values():
+                    operation.get("responses", {}).pop("422", None)
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+        return super().openapi()
+
+
+def create_app(settings: ServerSettings) -> FastAPI:
+    """The server for ``settings``; models load when it starts (the default) or on first use (others).
+
+    Raises ``ModelNotFoundError`` at once when a configured model file does not exist.
+    """
+    state = ServerState(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await state.startup()
+        try:
+            yield
+        finally:
+            await state.shutdown()
+
+    app = _ServerApp(
+        title="llamacpp-integrations server", version=__version__, description=DESCRIPTION, lifespan=lifespan
+    )
+    app.state.server = state
+    install_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestLogMiddleware, metrics=state.metrics)  # outermost: sees every answer
+    for router in ROUTERS:
+        app.include_router(router)
+    return app

@@ -1,0 +1,166 @@
+"""One completion or chat request on a leased model: a JSON response or an SSE stream.
+
+The request is checked and queued in the engine before anything is sent, so
+bad input (a prompt over the context included) is answered with a plain 400
+even with ``stream: true``.  Whatever ends the request (its last token, an
+error, the client going away) frees its slot and releases the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from functools import partial
+from typing import Any, TypeVar, cast
+
+from sse_starlette import EventSourceResponse
+from starlette.requests import Request
+from starlette.types import Receive, Scope, Send
+
+from llamacpp_integrations.schema import parse_and_validate
+from llamacpp_integrations.server import collect
+from llamacpp_integrations.server.errors import CLIENT_CLOSED, APIError, api_error
+from llamacpp_integrations.server.middleware import RequestRecord
+from llamacpp_integrations.server.models import Lease
+from llamacpp_integrations.server.schemas import ChatCompletionRequest, CompletionRequest
+
+T = TypeVar("T")
+
+SHUTDOWN_GRACE_S = 5.0
+"""On shutdown, how long a stream may take to send its last (error) event before it is cut."""
+
+
+class Generation:
+    """A started generation: iterate it as a response (``response()``) or SSE events (``events()``)."""
+
+    def __init__(
+        self,
+        lease: Lease,
+        source: AsyncGenerator[dict[str, Any], None],
+        body: CompletionRequest | ChatCompletionRequest,
+        record: RequestRecord,
+    ) -> None:
+        self.lease = lease
+        self.chat = isinstance(body, ChatCompletionRequest)
+        self.usage: dict[str, Any] = {}
+        self._source = source
+        self._record = record
+        self._include_usage = body.include_usage
+        self._with_logprobs = isinstance(body, CompletionRequest) and body.logprobs is not None
+        self._check: Callable[[str], Any] | None = None
+        if isinstance(body, ChatCompletionRequest) and body.response_format and body.response_format.strict:
+            self._check = partial(parse_and_validate, schema=body.output_schema())
+        self._text: list[str] = []
+        self._finished = self._failed = self._closed = False
+
+    @classmethod
+    async def start(
+        cls, lease: Lease, body: CompletionRequest | ChatCompletionRequest, record: RequestRecord
+    ) -> Generation:
+        """Check ``body`` and queue it on ``lease``'s model; raises (nothing sent yet) if it cannot run."""
+        try:
+            end_tokens = await lease.entry.end_tokens() if body.ignore_eos else []
+            kwargs = body.llama_kwargs(end_tokens)
+            llama = lease.llama
+            chat = isinstance(body, ChatCompletionRequest)
+            create = llama.acreate_chat_completion if chat else llama.acreate_completion
+            # Rendering and tokenizing a long prompt is CPU work: a worker thread does it
+            # (the queued request is then awaited here, on the event loop, like any stream).
+            source = await asyncio.to_thread(lambda: asyncio.run(create(stream=True, **kwargs)))
+        except BaseException:
+            lease.release()
+            raise
+        return cls(lease, cast(AsyncGenerator[dict[str, Any], None], source), body, record)
+
+    def _take(self, chunk: dict[str, Any]) -> dict[str, Any]:
+        """One engine chunk as the client sees it: named after the alias, usage kept aside."""
+        chunk["model"] = self.lease.alias
+        usage = chunk.pop("usage", None)
+        if usage is not None:
+            self.usage = usage
+            self._record.prompt_tokens = usage["prompt_tokens"]
+            self._record.completion_tokens = usage["completion_tokens"]
+        if self._check is not None:
+            choice = chunk["choices"][0]
+            self._text.append(choice["delta"].get("content") or "")
+            if choice["finish_reason"] == "stop":
+                self._check("".join(self._text))  # SchemaValidationError: the reply broke a strict schema
+        return chunk
+
+    async def response(self) -> dict[str, Any]:
+        """The whole answer as one ``chat.completion`` or ``text_completion``."""
+        try:
+            chunks = [self._take(chunk) async for chunk in self._source]
+            self._finished = True
+        finally:
+            await self.close()
+        if self.chat:
+            return collect.chat_completion(chunks, self.usage)
+        return collect.completion(chunks, self.usage, self._with_logprobs)
+
+    async def events(self) -> AsyncIterator[str]:
+        """SSE data: each chunk, a usage chunk if asked, then ``[DONE]``; a late error is the last event."""
+        last: dict[str, Any] | None = None
+        try:
+            async for chunk in self._source:
+                last = self._take(chunk)
+                yield _json(last)
+            self._finished = True
+            if self._include_usage and last is not None:
+                yield _json({**last, "choices": [], "usage": self.usage})
+            yield "[DONE]"
+        except Exception as error:  # the status line is sent: the error becomes the final event
+            self._failed = True
+            yield _json(api_error(error).body())
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        """Stop generating if still running and release the model (safe to call again)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._record.cancelled = not (self._finished or self._failed)
+        try:
+            await self._source.aclose()
+        finally:
+            self.lease.release()
+
+
+class EventStream(EventSourceResponse):
+    """The SSE response of a generation; closes it however the response ends, even unstarted."""
+
+    def __init__(self, generation: Generation) -> None:
+        super().__init__(generation.events(), sep="\n", shutdown_grace_period=SHUTDOWN_GRACE_S)
+        self.generation = generation
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.generation.close()
+
+
+async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work``, cancelling it if the client disconnects first (then a 499 ``APIError``)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for pending in (watcher, task):
+            pending.cancel()
+        await asyncio.gather(task, watcher, return_exceptions=True)
+    if task.cancelled():
+        raise APIError(CLIENT_CLOSED, "The client closed the connection", code="client_closed_request")
+    return task.result()
+
+
+async def _disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _json(value: dict[str, Any]) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)

@@ -1,0 +1,121 @@
+"""Counters and gauges for ``GET /metrics`` in Prometheus' text format (no client library needed)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+RATE_WINDOW_S = 60.0
+"""Generation throughput is averaged over this many seconds."""
+
+
+@dataclass(frozen=True)
+class ModelGauges:
+    """One model's current load, as the registry and its engine see it."""
+
+    model: str
+    loaded: bool
+    slots: int
+    busy_slots: int
+    queued: int
+    in_flight: int
+
+
+class Metrics:
+    """What the server has done since it started: requests, tokens, cancellations, throughput."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.requests: Counter[tuple[str, int]] = Counter()
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.cancelled = 0
+        self._recent: deque[tuple[float, int]] = deque()  # (when finished, completion tokens)
+
+    def record_request(self, endpoint: str, status: int) -> None:
+        """Count one answered HTTP request."""
+        self.requests[(endpoint, status)] += 1
+
+    def record_tokens(self, prompt_tokens: int, completion_tokens: int) -> None:
+        """Count the tokens of one finished generation or embedding."""
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += completion_tokens
+        if completion_tokens:
+            self._recent.append((time.monotonic(), completion_tokens))
+
+    def record_cancelled(self) -> None:
+        """Count a generation stopped because its client went away."""
+        self.cancelled += 1
+
+    def tokens_per_second(self) -> float:
+        """Generated tokens per second over the last ``RATE_WINDOW_S`` seconds."""
+        now = time.monotonic()
+        while self._recent and self._recent[0][0] < now - RATE_WINDOW_S:
+            self._recent.popleft()
+        span = min(RATE_WINDOW_S, now - self.started)
+        return sum(n for _, n in self._recent) / span if span > 0 else 0.0
+
+    def render(self, models: Iterable[ModelGauges]) -> str:
+        """The Prometheus text exposition of everything above, plus each model's gauges."""
+        lines: list[str] = []
+
+        def metric(name: str, kind: str, help_text: str, samples: list[tuple[dict[str, str], float]]) -> None:
+            lines.append(f"# HELP {name} {help_text}")
+            lines.append(f"# TYPE {name} {kind}")
+            lines.extend(f"{name}{_labels(labels)} {_number(value)}" for labels, value in samples)
+
+        metric(
+            "llamacpp_requests_total",
+            "counter",
+            "HTTP requests answered, by endpoint and status.",
+            [({"endpoint": e, "status": str(s)}, n) for (e, s), n in sorted(self.requests.items())],
+        )
+        metric(
+            "llamacpp_prompt_tokens_total", "counter", "Prompt tokens processed.", [({}, self.prompt_tokens)]
+        )
+        metric(
+            "llamacpp_completion_tokens_total", "counter", "Tokens generated.", [({}, self.completion_tokens)]
+        )
+        metric(
+            "llamacpp_requests_cancelled_total",
+            "counter",
+            "Generations stopped because the client went away.",
+            [({}, self.cancelled)],
+        )
+        metric(
+            "llamacpp_tokens_per_second",
+            "gauge",
+            f"Tokens generated per second over the last {RATE_WINDOW_S:.0f} s.",
+            [({}, self.tokens_per_second())],
+        )
+        gauges = list(models)
+        for name, help_text, attribute in (
+            ("llamacpp_model_loaded", "Whether the model is loaded (1) or not (0).", "loaded"),
+            ("llamacpp_slots", "Sequences the model decodes together.", "slots"),
+            ("llamacpp_busy_slots", "Slots generating now.", "busy_slots"),
+            ("llamacpp_queue_length", "Requests waiting in the engine for a slot.", "queued"),
+            (
+                "llamacpp_requests_in_flight",
+                "Generation requests admitted and not yet answered.",
+                "in_flight",
+            ),
+        ):
+            samples = [({"model": g.model}, float(getattr(g, attribute))) for g in gauges]
+            metric(name, "gauge", help_text, samples)
+        return "\n".join(lines) + "\n"
+
+
+def _labels(labels: dict[str, str]) -> str:
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{key}="{_escape(value)}"' for key, value in labels.items()) + "}"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:.6g}"

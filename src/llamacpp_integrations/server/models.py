@@ -1,0 +1,204 @@
+"""The model registry: names -> models, loaded on first use, at most ``models_max`` resident (LRU).
+
+A request holds a ``Lease`` on its model while it runs, so a model in use is
+never unloaded under it.  Generation leases also count against the model's
+queue bound: ``n_parallel`` running plus ``max_queue`` waiting, beyond which
+a request is refused with 503 and ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from llamacpp_integrations.server.errors import model_not_found, server_overloaded, shutting_down
+from llamacpp_integrations.server.metrics import ModelGauges
+from llamacpp_integrations.server.settings import ModelSettings
+from llamacpp_native import Llama
+from llamacpp_native.errors import ModelNotFoundError
+
+logger = logging.getLogger(__name__)
+
+
+class ModelEntry:
+    """One configured model: its settings and, while resident, its ``Llama``."""
+
+    def __init__(self, settings: ModelSettings) -> None:
+        self.settings = settings
+        self.llama: Llama | None = None
+        self.load_error: BaseException | None = None
+        self.users = 0  # leases held
+        self.in_flight = 0  # generation leases held (running or waiting for a slot)
+        self.last_used = 0.0
+        self.load_lock = asyncio.Lock()
+        self._end_tokens: list[int] | None = None
+
+    @property
+    def alias(self) -> str:
+        """The model's public name."""
+        return self.settings.alias
+
+    async def end_tokens(self) -> list[int]:
+        """The loaded model's end-of-generation tokens (for ``ignore_eos``), found once per load."""
+        if self._end_tokens is None:
+            assert self.llama is not None, "only a leased (loaded) model has tokens"
+            vocab = self.llama.model.vocab
+            self._end_tokens = await asyncio.to_thread(
+                lambda: [token for token in range(vocab.n_tokens) if vocab.is_eog(token)]
+            )
+        return self._end_tokens
+
+    def unload(self) -> Llama | None:
+        """Forget the loaded ``Llama`` (returned, for the caller to close)."""
+        llama, self.llama, self._end_tokens = self.llama, None, None
+        return llama
+
+    def gauges(self) -> ModelGauges:
+        """Current load, for /metrics."""
+        stats = self.llama.engine.stats() if self.llama is not None else {}
+        return ModelGauges(
+            model=self.alias,
+            loaded=self.llama is not None,
+            slots=stats.get("slots", self.settings.n_parallel),
+            busy_slots=stats.get("busy_slots", 0),
+            queued=stats.get("queued", 0),
+            in_flight=self.in_flight,
+        )
+
+
+class Lease:
+    """A model held by one request; ``release()`` (idempotent) when the request is done."""
+
+    def __init__(self, registry: ModelRegistry, entry: ModelEntry, llama: Llama, generation: bool) -> None:
+        self._registry = registry
+        self.entry = entry
+        self.llama = llama
+        self.generation = generation
+        self._released = False
+
+    @property
+    def alias(self) -> str:
+        """The name responses report as ``model``."""
+        return self.entry.alias
+
+    def release(self) -> None:
+        """Give the model back (it may then be unloaded to make room)."""
+        if not self._released:
+            self._released = True
+            self._registry._release(self)
+
+
+class ModelRegistry:
+    """The served models by name: lazy loading, LRU unloading, per-model queue bounds."""
+
+    def __init__(
+        self, models: Sequence[ModelSettings], *, models_max: int, max_queue: int, verbose: bool = False
+    ) -> None:
+        if not models:
+            raise ValueError("no model to serve")
+        for settings in models:
+            if not Path(settings.model).is_file():
+                raise ModelNotFoundError(f"model file not found: {settings.model}")
+        self.entries = [ModelEntry(settings) for settings in models]
+        self.models_max = models_max
+        self.max_queue = max_queue
+        self.verbose = verbose
+        self.closing = False
+        self._names: dict[str, ModelEntry] = {}
+        for entry in reversed(self.entries):  # the first model wins a name two models share
+            self._names.update(dict.fromkeys(entry.settings.names(), entry))
+        self._closes: set[asyncio.Future[None]] = set()
+
+    @property
+    def default(self) -> ModelEntry:
+        """The model used when a request names none."""
+        return self.entries[0]
+
+    def resolve(self, name: str | None) -> ModelEntry:
+        """The entry for ``name`` (the default for None or ""); 404 ``APIError`` if unknown."""
+        if not name:
+            return self.default
+        entry = self._names.get(name)
+        if entry is None:
+            raise model_not_found(name)
+        return entry
+
+    async def acquire(self, name: str | None, *, generation: bool = False) -> Lease:
+        """Hold the model called ``name``, loading it first if needed.
+
+        Raises 404 for an unknown name, 503 while shutting down, and 503 with
+        ``Retry-After`` when a generation would exceed the model's queue bound.
+        """
+        entry = self.resolve(name)
+        if self.closing:
+            raise shutting_down()
+        if generation and entry.in_flight >= entry.settings.n_parallel + self.max_queue:
+            raise server_overloaded()
+        entry.users += 1
+        entry.in_flight += generation
+        try:
+            llama = await self._loaded(entry)
+        except BaseException:
+            entry.users -= 1
+            entry.in_flight -= generation
+            raise
+        entry.last_used = time.monotonic()
+        return Lease(self, entry, llama, generation)
+
+    async def _loaded(self, entry: ModelEntry) -> Llama:
+        async with entry.load_lock:
+            if entry.llama is None:
+                self._unload_idle(keep=entry, room_for_one=True)
+                settings = entry.settings
+                logger.info("loading model %s from %s", entry.alias, settings.model)
+                try:
+                    llama = await asyncio.to_thread(
+                        Llama, settings.model, **settings.llama_kwargs(self.verbose)
+                    )
+                except Exception as error:
+                    entry.load_error = error
+                    raise
+                entry.load_error = None
+                if self.closing:
+                    await asyncio.to_thread(llama.close)
+                    raise shutting_down()
+                entry.llama = llama
+            return entry.llama
+
+    def _release(self, lease: Lease) -> None:
+        entry = lease.entry
+        entry.users -= 1
+        entry.in_flight -= lease.generation
+        entry.last_used = time.monotonic()
+        self._unload_idle()
+
+    def _unload_idle(self, keep: ModelEntry | None = None, room_for_one: bool = False) -> None:
+        """Unload least recently used idle models while more than ``models_max`` are resident."""
+        limit = self.models_max - room_for_one
+        resident = [e for e in self.entries if e.llama is not None]
+        idle = sorted((e for e in resident if e.users == 0 and e is not keep), key=lambda e: e.last_used)
+        for entry in idle[: max(0, len(resident) - limit)]:
+            logger.info("unloading model %s (least recently used)", entry.alias)
+            self._close_in_background(entry)
+
+    def _close_in_background(self, entry: ModelEntry) -> None:
+        llama = entry.unload()
+        if llama is not None:
+            future = asyncio.ensure_future(asyncio.to_thread(llama.close))
+            self._closes.add(future)
+            future.add_done_callback(self._closes.discard)
+
+    async def close(self) -> None:
+        """Stop admitting and close every model; requests still running get ``ClosedError``."""
+        self.closing = True
+        for entry in self.entries:
+            self._close_in_background(entry)
+        if self._closes:
+            await asyncio.gather(*self._closes, return_exceptions=True)
+
+    def gauges(self) -> list[ModelGauges]:
+        """Every model's current load, for /metrics."""
+        return [entry.gauges() for entry in self.entries]

@@ -1,0 +1,10 @@
+"""The server's endpoints, one router per concern."""
+
+from llamacpp_integrations.server.routes.embeddings import router as embeddings
+from llamacpp_integrations.server.routes.generation import router as generation
+from llamacpp_integrations.server.routes.info import router as info
+from llamacpp_integrations.server.routes.tokens import router as tokens
+
+ROUTERS = (info, generation, embeddings, tokens)
+
+__all__ = ["ROUTERS"]

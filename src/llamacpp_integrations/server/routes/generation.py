@@ -1,0 +1,46 @@
+"""``POST /v1/completions`` and ``POST /v1/chat/completions``: JSON, or SSE with ``stream: true``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+
+from llamacpp_integrations.server.auth import require_api_key
+from llamacpp_integrations.server.errors import ERROR_RESPONSES
+from llamacpp_integrations.server.generation import EventStream, Generation, until_disconnected
+from llamacpp_integrations.server.middleware import request_record
+from llamacpp_integrations.server.schemas import ChatCompletionRequest, CompletionRequest
+from llamacpp_integrations.server.state import server_state
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], tags=["generation"])
+
+_ANSWERS = {
+    **ERROR_RESPONSES,
+    200: {
+        "description": "The completion; with stream=true, its chunks as server-sent events, then [DONE].",
+        "content": {"application/json": {}, "text/event-stream": {}},
+    },
+}
+
+
+@router.post("/completions", responses=_ANSWERS)
+async def create_completion(body: CompletionRequest, request: Request) -> Response:
+    """Continue a prompt (``text_completion``)."""
+    return await _generate(body, request)
+
+
+@router.post("/chat/completions", responses=_ANSWERS)
+async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
+    """Answer a conversation (``chat.completion``), with tools and structured output."""
+    return await _generate(body, request)
+
+
+async def _generate(body: CompletionRequest | ChatCompletionRequest, request: Request) -> Response:
+    lease = await server_state(request).registry.acquire(body.model, generation=True)
+    generation = await Generation.start(lease, body, request_record(request.scope))
+    if body.stream:
+        return EventStream(generation)
+    try:
+        return JSONResponse(await until_disconnected(request, generation.response()))
+    finally:
+        await generation.close()

@@ -1,0 +1,333 @@
+"""Request bodies, as OpenAI (and llama-server, for the extra sampling fields) send them.
+
+Unknown fields are ignored, so newer clients keep working; known fields are
+type-checked, and a bad one is answered with 400 naming it.  Each model turns
+itself into the keyword arguments of ``llamacpp_native.Llama``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from llamacpp_integrations.schema import check_schema
+
+INT32_MAX = 2**31 - 1
+SEED_MASK = 0xFFFFFFFF
+"""Seeds are 32-bit in llama.cpp: -1 becomes 0xFFFFFFFF, which means a random seed."""
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, populate_by_name=True)
+
+
+class StreamOptions(_Body):
+    """``stream_options``: with ``include_usage`` a last chunk with ``choices: []`` carries the usage."""
+
+    include_usage: bool = False
+
+
+class GenerationBody(_Body):
+    """What completions and chat share: model, streaming, limits, sampling and constraints."""
+
+    model: str | None = Field(default=None, description="A served model's name; omitted = the default.")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(default=None, ge=0, description="0 or null: until the context ends.")
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int | None = Field(default=1, description="Choices to generate; only 1 is supported.")
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = Field(default=None, ge=0, le=INT32_MAX)
+    min_p: float | None = None
+    typical_p: float | None = None
+    repeat_penalty: float | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    logit_bias: dict[int, float] | None = Field(default=None, description="Token id (as a string) -> bias.")
+    ignore_eos: bool = Field(default=False, description="Never end at an end-of-generation token.")
+    grammar: str | None = Field(default=None, description="A GBNF grammar the output must follow.")
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, n: int | None) -> int | None:
+        if n not in (None, 1):
+            raise ValueError("only n=1 is supported; send one request per choice")
+        return n
+
+    @property
+    def include_usage(self) -> bool:
+        """Whether a stream ends with a usage chunk."""
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def common_kwargs(self, end_tokens: Sequence[int]) -> dict[str, Any]:
+        """Sampling, stop strings and grammar for ``Llama``, only those given.
+
+        ``end_tokens`` get a -inf bias when ``ignore_eos`` is set.
+        """
+        names = (
+            "temperature",
+            "top_p",
+            "top_k",
+            "min_p",
+            "typical_p",
+            "repeat_penalty",
+            "frequency_penalty",
+            "presence_penalty",
+            "stop",
+            "grammar",
+        )
+        given = {name: getattr(self, name) for name in names}
+        options: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
+        if self.seed is not None:
+            options["seed"] = self.seed & SEED_MASK
+        bias: dict[int, float] = dict(self.logit_bias or {})
+        if self.ignore_eos:
+            bias.update(dict.fromkeys(end_tokens, -math.inf))
+        if bias:
+            options["logit_bias"] = bias
+        return options
+
+
+class CompletionRequest(GenerationBody):
+    """``POST /v1/completions``."""
+
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+        description="Text or token ids; one prompt per request."
+    )
+    max_tokens: int | None = Field(default=16, ge=0, description="0 or null: until the context ends.")
+    suffix: str | None = None
+    echo: bool = False
+    logprobs: int | None = Field(default=None, ge=0, le=INT32_MAX, description="Top alternatives per token.")
+
+    def single_prompt(self) -> str | list[int]:
+        """The one prompt, as text or token ids (``ValueError`` for none or several)."""
+        prompt = self.prompt
+        if isinstance(prompt, str):
+            return prompt
+        tokens = [item for item in prompt if isinstance(item, int)]
+        if prompt and len(tokens) == len(prompt):
+            return tokens
+        if len(prompt) != 1:
+            raise ValueError(f"prompt must hold exactly one prompt, got {len(prompt)}; send one request each")
+        only = prompt[0]
+        return [int(token) for token in only] if isinstance(only, list) else str(only)
+
+    def llama_kwargs(self, end_tokens: Sequence[int]) -> dict[str, Any]:
+        """Keyword arguments of ``Llama.acreate_completion``."""
+        return {
+            "prompt": self.single_prompt(),
+            "suffix": self.suffix,
+            "max_tokens": self.max_tokens,
+            "echo": self.echo,
+            "logprobs": self.logprobs,
+            **self.common_kwargs(end_tokens),
+        }
+
+
+class ContentPart(_Body):
+    """One part of a message's content; only text parts are supported."""
+
+    type: str
+    text: str | None = None
+
+
+class FunctionCall(_Body):
+    """A call the assistant made: the function's name and its JSON arguments."""
+
+    name: str
+    arguments: str | dict[str, Any] = "{}"
+
+
+class ToolCall(_Body):
+    """A tool call in an earlier assistant turn."""
+
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatMessage(_Body):
+    """One turn; ``developer`` is read as ``system``; ``tool`` turns answer earlier tool calls."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+    def as_llama(self) -> dict[str, Any]:
+        """The message as the chat template reads it (text parts joined, arguments as JSON text)."""
+        message: dict[str, Any] = {
+            "role": "system" if self.role == "developer" else self.role,
+            "content": self._text(),
+        }
+        if self.name is not None:
+            message["name"] = self.name
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        if self.tool_calls:
+            message["tool_calls"] = [
+                {
+                    "id": call.id or f"call_{index}",
+                    "type": "function",
+                    "function": {
+                        "name": call.function.name,
+                        "arguments": call.function.arguments
+                        if isinstance(call.function.arguments, str)
+                        else json.dumps(call.function.arguments),
+                    },
+                }
+                for index, call in enumerate(self.tool_calls)
+            ]
+        return message
+
+    def _text(self) -> str:
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
+        unsupported = sorted({part.type for part in self.content if part.type != "text"})
+        if unsupported:
+            raise ValueError(f"only text content parts are supported, not {unsupported}")
+        return "\n".join(part.text or "" for part in self.content)
+
+
+class FunctionDefinition(_Body):
+    """A function the model may call."""
+
+    name: str = Field(min_length=1)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(_Body):
+    """``{"type": "function", "function": {...}}``."""
+
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class NamedFunction(_Body):
+    """The function a named ``tool_choice`` forces."""
+
+    name: str
+
+
+class NamedToolChoice(_Body):
+    """``{"type": "function", "function": {"name": ...}}``: call this tool."""
+
+    type: Literal["function"] = "function"
+    function: NamedFunction
+
+
+class JsonSchemaFormat(_Body):
+    """``response_format.json_schema``: the schema the reply must follow."""
+
+    name: str = "response"
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Body):
+    """``text``, ``json_object`` (any JSON object, or ``schema``) or ``json_schema``."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("response_format of type json_schema needs a 'json_schema' object")
+        return self
+
+    def json_schema_dict(self) -> dict[str, Any] | None:
+        """The schema the reply must follow, or None for plain text."""
+        if self.type == "text":
+            return None
+        if self.type == "json_schema" and self.json_schema is not None:
+            return self.json_schema.schema_ or {"type": "object"}
+        return self.schema_ or {"type": "object"}
+
+    @property
+    def strict(self) -> bool:
+        """Whether the reply is validated against the schema after generation too."""
+        return self.type == "json_schema" and bool(self.json_schema and self.json_schema.strict)
+
+
+class ChatCompletionRequest(GenerationBody):
+    """``POST /v1/chat/completions``."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=0, description="Preferred to max_tokens.")
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
+    response_format: ResponseFormat | None = None
+
+    def output_schema(self) -> dict[str, Any] | None:
+        """The JSON schema the reply follows (``response_format``), checked to be a valid schema."""
+        schema = self.response_format.json_schema_dict() if self.response_format else None
+        if schema is not None:
+            check_schema(schema)
+        return schema
+
+    def llama_kwargs(self, end_tokens: Sequence[int]) -> dict[str, Any]:
+        """Keyword arguments of ``Llama.acreate_chat_completion``."""
+        schema = self.output_schema()
+        limit = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+        kwargs: dict[str, Any] = {
+            "messages": [message.as_llama() for message in self.messages],
+            "max_tokens": limit,
+            "logprobs": self.logprobs,
+            "top_logprobs": self.top_logprobs if self.logprobs else None,
+            "parallel_tool_calls": self.parallel_tool_calls,
+            **self.common_kwargs(end_tokens),
+        }
+        if self.tools:
+            kwargs["tools"] = [tool.model_dump(exclude_none=True) for tool in self.tools]
+            choice = self.tool_choice
+            kwargs["tool_choice"] = choice.model_dump() if isinstance(choice, NamedToolChoice) else choice
+        if schema is not None:
+            kwargs["response_format"] = {"type": "json_schema", "json_schema": {"schema": schema}}
+        return kwargs
+
+
+class EmbeddingRequest(_Body):
+    """``POST /v1/embeddings``."""
+
+    model: str | None = None
+    input: str | list[str] = Field(description="A text, or a non-empty list of texts.")
+    encoding_format: Literal["float", "base64"] = "float"
+
+    def texts(self) -> list[str]:
+        """The input as a list (``ValueError`` when empty)."""
+        texts = [self.input] if isinstance(self.input, str) else list(self.input)
+        if not texts:
+            raise ValueError("input must hold at least one text")
+        return texts
+
+
+class TokenizeRequest(_Body):
+    """``POST /tokenize`` (llama-server's fields; ``input`` is accepted for ``content``)."""
+
+    model: str | None = None
+    content: str = Field(validation_alias=AliasChoices("content", "input"))
+    add_special: bool = Field(default=True, description="Add the model's BOS token where it wants one.")
+    parse_special: bool = Field(default=True, description="Read special-token text as special tokens.")
+    with_pieces: bool = Field(default=False, description="Return each token's text with its id.")
+
+
+class DetokenizeRequest(_Body):
+    """``POST /detokenize``."""
+
+    model: str | None = None
+    tokens: list[int]

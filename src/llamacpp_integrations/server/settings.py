@@ -1,0 +1,170 @@
+"""Server settings: command-line flags (both spellings), environment variables and a config file.
+
+Precedence, highest first: command line, environment (``LLAMACPP_<NAME>``, e.g.
+``LLAMACPP_API_KEY``), the config file's top-level keys, the defaults.  The
+config file (JSON or YAML) may also list several models under ``models``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "LLAMACPP_"
+
+
+MODEL_HELP = "Path of a local .gguf file (nothing is ever downloaded)."
+
+
+class ModelOptions(BaseModel):
+    """How a model is named and loaded (shared by ``--model`` and the config file's models)."""
+
+    model_alias: str | None = Field(
+        default=None, description="The name clients use in 'model' (default: the path as given)."
+    )
+    n_ctx: int = Field(default=2048, ge=1, description="Context window in tokens, shared by all slots.")
+    n_parallel: int = Field(default=4, ge=1, description="Slots: requests decoded together in one batch.")
+    n_threads: int | None = Field(default=None, ge=1, description="CPU threads (default: all cores).")
+    n_batch: int = Field(default=512, ge=1, description="Prompt tokens decoded per step.")
+    n_gpu_layers: int = Field(default=0, ge=-1, description="Layers offloaded to the GPU (-1 = all).")
+    chat_format: str | None = Field(
+        default=None, description="Chat template to use when the GGUF has none (e.g. chatml, gemma)."
+    )
+    seed: int = Field(default=0xFFFFFFFF, description="Default sampling seed (0xFFFFFFFF = random).")
+
+
+class ModelSettings(ModelOptions):
+    """One servable model: its file, the name clients use, and how it is loaded."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description=MODEL_HELP)
+
+    @property
+    def alias(self) -> str:
+        """The model's public name."""
+        return self.model_alias or self.model
+
+    def names(self) -> set[str]:
+        """Every name a request may use for this model: the alias, the path, the file name."""
+        return {self.alias, self.model, Path(self.model).name}
+
+    def llama_kwargs(self, verbose: bool) -> dict[str, Any]:
+        """Keyword arguments for ``llamacpp_native.Llama``."""
+        options = self.model_dump(exclude={"model", "model_alias"})
+        return {**options, "verbose": verbose}
+
+
+class ServerSettings(BaseSettings, ModelOptions):
+    """Everything the server is started with.  ``--model`` (or ``models``) names what it serves."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
+
+    model: str | None = Field(default=None, description=MODEL_HELP)
+    host: str = Field(default="127.0.0.1", description="Address to bind (loopback by default).")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port to listen on.")
+    api_key: str | None = Field(
+        default=None, description="If set, /v1/*, /tokenize, /detokenize and /metrics need 'Bearer <key>'."
+    )
+    config_file: str | None = Field(
+        default=None, description="JSON or YAML file with server settings and a 'models' list."
+    )
+    models: list[ModelSettings] = Field(
+        default_factory=list, description="Models to serve (from the config file); loaded on first use."
+    )
+    models_max: int = Field(default=1, ge=1, description="Most models kept loaded at once (LRU).")
+    max_queue: int = Field(
+        default=64, ge=0, description="Requests that may wait for a slot per model; more get 503."
+    )
+    max_body_bytes: int = Field(default=10_000_000, ge=1, description="Largest request body; more gets 413.")
+    verbose: bool = Field(default=False, description="Debug logging, llama.cpp's log included.")
+
+    def model_list(self) -> list[ModelSettings]:
+        """The models to serve: ``--model`` first (the default), then the config file's."""
+        listed = list(self.models)
+        if self.model is not None:
+            listed.insert(0, ModelSettings(**self.model_dump(include=set(ModelSettings.model_fields))))
+        return listed
+
+
+_FLAGS = ["model"] + [name for name in ServerSettings.model_fields if name not in ("model", "models")]
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping in a JSON (``.json``) or YAML file; ``ValueError`` if it is not one."""
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise ValueError(f"config file {path} does not parse: {error}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping of settings, not {type(data).__name__}")
+    return data
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Flags for every setting, in llama-cpp-python's spelling and the dashed one."""
+    parser = argparse.ArgumentParser(
+        prog="python -m llamacpp_integrations.server",
+        description="An OpenAI-compatible server for local GGUF models, with continuous batching.",
+        epilog=f"Every flag can also be set as an environment variable {ENV_PREFIX}<NAME>, "
+        f"e.g. {ENV_PREFIX}API_KEY.",
+        argument_default=argparse.SUPPRESS,
+    )
+    for name in _FLAGS:
+        field = ServerSettings.model_fields[name]
+        flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+        kinds = [t for t in get_args(field.annotation) if t is not type(None)] or [field.annotation]
+        kind = kinds[0]
+        help_text = f"{field.description} [env {ENV_PREFIX}{name.upper()}]"
+        if kind is bool:
+            parser.add_argument(*flags, dest=name, nargs="?", const=True, type=_parse_bool, help=help_text)
+        else:
+            parser.add_argument(*flags, dest=name, type=kind, metavar=name.upper(), help=help_text)
+    return parser
+
+
+def parse_settings(argv: Sequence[str] | None = None) -> ServerSettings:
+    """Settings from the command line, the environment and the config file; exits on bad input."""
+    parser = build_parser()
+    given = vars(parser.parse_args(argv))
+    try:
+        settings = _settings_from(given)
+    except (OSError, ValueError) as error:  # pydantic's ValidationError is a ValueError
+        parser.error(_describe(error))
+    if not settings.model_list():
+        parser.error("no model to serve: pass --model PATH, or a --config_file that lists models")
+    return settings
+
+
+def _settings_from(given: dict[str, Any]) -> ServerSettings:
+    """``ServerSettings`` from explicit values, the environment, then the config file they name."""
+    settings = ServerSettings(**given)
+    if settings.config_file is None:
+        return settings
+    explicit = settings.model_dump(include=settings.model_fields_set)
+    return ServerSettings(**{**load_config_file(settings.config_file), **explicit})
+
+
+def _describe(error: Exception) -> str:
+    if isinstance(error, ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in error.errors()
+        )
+    return str(error)
