@@ -31,15 +31,11 @@ table shows the median rate over rounds.  Compare ratios within one run only.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
-import platform
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -49,9 +45,11 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import _serving  # noqa: E402
 import _worker  # noqa: E402
 import bench  # noqa: E402
 import reference  # noqa: E402
+from _serving import LOOPBACK, cpu_model, percentile  # noqa: E402
 
 RESULTS = HERE / "results"
 TARGETS = ("ours", "langchain", "server", "peer")
@@ -60,18 +58,9 @@ WORKER_ENGINES = {"ours": "ours", "langchain": "langchain-ours", "peer": "peer"}
 PROMPT = "Story {number}:"
 WARMUP_PROMPT = "Warm-up {number}:"
 SAMPLING = {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05, "repeat_penalty": 1.0}
-LOOPBACK = "127.0.0.1"
-SERVER_START_TIMEOUT_S = 180.0
-REQUEST_TIMEOUT_S = 900.0
 
 
 # -- llama-server --------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((LOOPBACK, 0))
-        return int(probe.getsockname()[1])
-
-
 def server_command(binary: Path, args: argparse.Namespace, clients: int, port: int) -> list[str]:
     """``llama-server`` with the settings every other target gets."""
     options = {
@@ -87,78 +76,25 @@ def server_command(binary: Path, args: argparse.Namespace, clients: int, port: i
 @contextmanager
 def running_server(binary: Path, args: argparse.Namespace, clients: int) -> Iterator[tuple[int, float]]:
     """Start llama-server on a free loopback port; yield (port, seconds until healthy)."""
-    port = _free_port()
+    port = _serving.free_port()
     command = server_command(binary, args, clients, port)
-    with tempfile.TemporaryFile("w+") as log:
-        started = time.perf_counter()
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        try:
-            _wait_healthy(port, process, log)
-            yield port, time.perf_counter() - started
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def _log_tail(log: Any, lines: int = 15) -> str:
-    log.flush()
-    log.seek(0)
-    return "\n".join(log.read().strip().splitlines()[-lines:])
-
-
-def _wait_healthy(port: int, process: subprocess.Popen[Any], log: Any) -> None:
-    """Poll ``GET /health`` until the model is loaded (200)."""
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"llama-server exited ({process.returncode}):\n{_log_tail(log)}")
-        connection = http.client.HTTPConnection(LOOPBACK, port, timeout=2)
-        try:
-            connection.request("GET", "/health")
-            response = connection.getresponse()
-            response.read()
-            if response.status == 200:
-                return
-        except OSError:
-            pass  # not listening yet
-        finally:
-            connection.close()
-        time.sleep(0.1)
-    raise RuntimeError(f"llama-server not healthy after {SERVER_START_TIMEOUT_S:.0f} s:\n{_log_tail(log)}")
+    with _serving.running_process(command, port, "llama-server") as (_process, load_s):
+        yield port, load_s
 
 
 def server_stream(port: int, prompt: str, seed: int, n_predict: int) -> Iterator[dict[str, Any]]:
     """One streaming ``POST /completion``: yields each token event; checks all were generated."""
     body = dict(SAMPLING, prompt=prompt, seed=seed, n_predict=n_predict, ignore_eos=True, stream=True)
-    connection = http.client.HTTPConnection(LOOPBACK, port, timeout=REQUEST_TIMEOUT_S)
+    final = None
+    events = _serving.sse_events(port, "/completion", body, "llama-server")
     try:
-        connection.request(
-            "POST", "/completion", body=json.dumps(body), headers={"Content-Type": "application/json"}
-        )
-        response = connection.getresponse()
-        if response.status != 200:
-            raise RuntimeError(f"llama-server answered {response.status}: {response.read()[:500]!r}")
-        final = None
-        for raw in response:  # server-sent events: "data: {json}" lines
-            line = raw.strip()
-            if not line.startswith(b"data:"):
-                continue
-            payload = line[len(b"data:") :].strip()
-            if payload == b"[DONE]":
-                break
-            event = json.loads(payload)
-            if "error" in event:
-                raise RuntimeError(f"llama-server error: {event['error']}")
+        for event in events:
             if event.get("stop"):
                 final = event
                 break
             yield event
     finally:
-        connection.close()
+        events.close()
     made = (final or {}).get("tokens_predicted")
     if made != n_predict:
         raise RuntimeError(f"llama-server generated {made} tokens, expected {n_predict}")
@@ -201,15 +137,6 @@ def run_python(
 
 
 # -- figures ------------------------------------------------------------------------------------------------
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0-100), linear between closest ranks (numpy's default)."""
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
 def summarise(samples: dict[str, dict[int, list[dict[str, Any]]]]) -> dict[str, dict[int, dict[str, float]]]:
     """Per target and client count: median t/s over rounds (and spread), TTFT p50/p95 in ms."""
     out: dict[str, dict[int, dict[str, float]]] = {}
@@ -338,27 +265,6 @@ def plot(
 
 
 # -- the run ----------------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo where there is one)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _client_counts(text: str) -> list[int]:
-    try:
-        counts = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not counts or min(counts) < 1:
-        raise argparse.ArgumentTypeError("client counts must be positive integers")
-    return sorted(set(counts))
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     from llamacpp_integrations.models import default_model_path
 
@@ -370,8 +276,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--clients",
-        type=_client_counts,
-        default=_client_counts("1,2,4,8,16"),
+        type=_serving.client_counts,
+        default=_serving.client_counts("1,2,4,8,16"),
         metavar="N,N,...",
         help="concurrent client counts to measure (default: 1,2,4,8,16)",
     )

@@ -9,7 +9,9 @@
   llama.cpp source, installed into its own virtual environment *without* building
   its llama.cpp: at run time it loads our package's ``libllama.so`` through
   ``LLAMA_CPP_LIB_PATH``, so only the binding differs.  ``langchain-community``
-  goes into the same environment for the LangChain comparison.
+  goes into the same environment for the LangChain comparison, and the requirements
+  of llama-cpp-python's ``server`` extra for ``python -m llama_cpp.server``
+  (``server_bench.py``).
 
 Both are built once and reused; ``--rebuild`` starts again.  Run this script on its
 own to prepare them ahead of a benchmark run (it takes a few minutes on two cores).
@@ -18,7 +20,9 @@ own to prepare them ahead of a benchmark run (it takes a few minutes on two core
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -33,6 +37,7 @@ from fetch_llama_cpp import FetchError, cache_root, download_verified_sdist, loa
 PIN = load_pin()
 NATIVE_TOOLS = ("llama-bench", "llama-completion", "llama-batched-bench", "llama-server")
 PEER_EXTRAS = ("langchain-community",)
+PEER_SERVER_EXTRA = "server"  # llama-cpp-python's extra for ``python -m llama_cpp.server``
 
 
 class ReferenceError(RuntimeError):
@@ -214,6 +219,64 @@ def peer_python(install: bool = True, rebuild: bool = False) -> Path:
     return python
 
 
+def peer_server_requirements(python: Path) -> list[str]:
+    """The requirements of llama-cpp-python's ``server`` extra, from its package metadata.
+
+    That metadata is the pinned sdist's own (pip installed the package from it), so
+    this is exactly what ``pip install llama-cpp-python[server]`` would add.
+    """
+    result = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "import importlib.metadata as m, json, sys; "
+            "sys.stdout.write(json.dumps(m.requires('llama_cpp_python') or []))",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise ReferenceError(f"cannot read llama-cpp-python's metadata:\n{result.stderr[-2000:]}")
+    marker = re.compile(r"""extra\s*==\s*["']""" + re.escape(PEER_SERVER_EXTRA) + r"""["']""")
+    requirements = [
+        line.split(";", 1)[0].strip()
+        for line in json.loads(result.stdout)
+        if ";" in line and marker.search(line.split(";", 1)[1])
+    ]
+    if not requirements:
+        raise ReferenceError(f"llama-cpp-python's metadata lists no '{PEER_SERVER_EXTRA}' extra")
+    return requirements
+
+
+def peer_server_python(install: bool = True) -> Path:
+    """The peer's interpreter, able to run ``python -m llama_cpp.server`` on our libraries.
+
+    Installs the ``server`` extra's requirements into the peer venv when its app does
+    not import yet (pip, into that venv only; llama-cpp-python itself is left alone).
+    """
+    python = peer_python(install=install)
+    probe = [str(python), "-c", "import llama_cpp.server.app"]
+    check = subprocess.run(probe, env=peer_env(), capture_output=True, text=True)
+    if check.returncode == 0:
+        return python
+    if not install:
+        raise ReferenceError(
+            "llama-cpp-python's server does not import in the peer venv "
+            f"({(check.stderr.strip().splitlines() or ['?'])[-1]}); "
+            "run `python benchmarks/reference.py peer`"
+        )
+    requirements = peer_server_requirements(python)
+    _say(f"installing llama-cpp-python's [{PEER_SERVER_EXTRA}] extra: {', '.join(requirements)}")
+    pip = [str(python), "-m", "pip", "--disable-pip-version-check", "-q"]
+    _run([*pip, "install", *requirements], f"installing llama-cpp-python's [{PEER_SERVER_EXTRA}] extra")
+    check = subprocess.run(probe, env=peer_env(), capture_output=True, text=True)
+    if check.returncode != 0:
+        raise ReferenceError(
+            f"llama-cpp-python's server does not import on our libraries:\n{check.stderr[-2000:]}"
+        )
+    return python
+
+
 def peer_env() -> dict[str, str]:
     """Environment for the peer: load llama.cpp from our package's directory."""
     return dict(os.environ, LLAMA_CPP_LIB_PATH=str(our_library_dir()))
@@ -243,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stdout.write(f"{name}: {path}\n")
         if args.what in ("peer", "all"):
             sys.stdout.write(f"peer python: {peer_python(rebuild=args.rebuild)}\n")
+            peer_server_python()  # its server extra, for server_bench.py
             sys.stdout.write(f"LLAMA_CPP_LIB_PATH={our_library_dir()}\n")
     except ReferenceError as error:
         sys.stderr.write(f"error: {error}\n")
