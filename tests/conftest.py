@@ -27,6 +27,22 @@ def model_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def lora_paths(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two random rank-4 LoRA adapters for the default model (``alpha.gguf``, ``beta.gguf``).
+
+    Each turns the greedy continuation of "1, 2, 3, 4," into another one of its
+    own, by a margin far above numeric noise (see tests/lora_support.py).
+    """
+    from lora_support import write_lora_adapter
+
+    folder = tmp_path_factory.mktemp("lora")
+    return (
+        write_lora_adapter(folder / "alpha.gguf", model_path, seed=7, strength=0.4),
+        write_lora_adapter(folder / "beta.gguf", model_path, seed=1, strength=0.4),
+    )
+
+
+@pytest.fixture(scope="session")
 def llama(model_path: Path) -> Iterator[Llama]:
     """One shared ``Llama`` on the default model (tests must leave it usable)."""
     with Llama(model_path, n_ctx=2048, n_parallel=4, seed=1234) as instance:

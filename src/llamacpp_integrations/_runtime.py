@@ -36,10 +36,10 @@ def shared_llama(model_path: str | os.PathLike[str], settings: Mapping[str, Any]
 
 
 def _hashable(value: Any) -> Any:
-    if isinstance(value, list):
-        return tuple(value)
+    if isinstance(value, (list, tuple)):
+        return tuple(_hashable(item) for item in value)
     if isinstance(value, dict):
-        return tuple(sorted(value.items()))
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
     return value
 
 

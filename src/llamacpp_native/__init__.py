@@ -28,6 +28,7 @@ from llamacpp_native.errors import (
     GenerationCancelled,
     GrammarError,
     LlamaError,
+    LoraError,
     ModelLoadError,
     ModelNotFoundError,
     OutputTruncatedError,
@@ -35,7 +36,8 @@ from llamacpp_native.errors import (
     TokenizeError,
 )
 from llamacpp_native.grammar import LlamaGrammar, json_schema_to_grammar, read_grammar
-from llamacpp_native.llama import Llama, SamplingOptions
+from llamacpp_native.llama import Llama, LoraSpec, SamplingOptions
+from llamacpp_native.lora import LoraAdapter
 from llamacpp_native.model import Model
 from llamacpp_native.sampling import GrammarSpec, SamplerChain, SamplingParams
 from llamacpp_native.vocab import Vocab
@@ -76,6 +78,9 @@ __all__ = [
     "Llama",
     "LlamaError",
     "LlamaGrammar",
+    "LoraAdapter",
+    "LoraError",
+    "LoraSpec",
     "Model",
     "ModelLoadError",
     "ModelNotFoundError",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from llamacpp_native._library import ffi, lib, recent_errors
@@ -16,6 +16,7 @@ from llamacpp_native.errors import (
     DecodeError,
     GenerationCancelled,
 )
+from llamacpp_native.lora import LoraAdapter, LoraSet, normalise_lora
 from llamacpp_native.model import Model
 
 KV_TYPES = {
@@ -148,6 +149,7 @@ class Context:
         self.embeddings_enabled = embeddings
         self.pooling: int = int(lib.llama_pooling_type(raw))
         self._memory = lib.llama_get_memory(raw)
+        self._lora: LoraSet = ()
         self.before_close: Callable[[], None] | None = None
         """Called once by ``close()`` before anything is freed (an engine stops its decode thread)."""
         model._register_context(self)
@@ -182,6 +184,10 @@ class Context:
         handle, self._handle = self._handle, None
         self._free_batch()
         ffi.release(handle)
+        with self.model._lora_lock:
+            released, self._lora = self._lora, ()
+            for adapter, _scale in released:
+                adapter._release_if_unused()
 
     def __enter__(self) -> Context:
         return self
@@ -202,6 +208,35 @@ class Context:
     def abort_requested(self) -> bool:
         """Whether an abort is pending."""
         return bool(self._abort_flag[0])
+
+    # -- LoRA adapters ------------------------------------------------------------
+    @property
+    def lora(self) -> LoraSet:
+        """The adapters (with scales) every decode applies, as ``normalise_lora`` gives them."""
+        return self._lora
+
+    @property
+    def lora_adapters(self) -> frozenset[LoraAdapter]:
+        """The adapters applied, without their scales."""
+        return frozenset(adapter for adapter, _scale in self._lora)
+
+    def set_lora(self, adapters: Iterable[tuple[LoraAdapter, float]]) -> None:
+        """Apply these adapters with their scales to every later decode (nothing: the base model).
+
+        The KV cache already computed stays as it was: keep sequences decoded under
+        one set apart from those of another.  Not while a decode runs on another thread.
+        """
+        lora = normalise_lora(adapters)
+        for adapter, _scale in lora:
+            if adapter.model is not self.model:
+                raise ValueError(f"LoRA adapter {adapter.path.name} was loaded for another model")
+        with self.model._lora_lock:
+            handles = ffi.new("struct llama_adapter_lora *[]", [a.handle for a, _s in lora])
+            scales = ffi.new("float[]", [s for _a, s in lora])
+            lib.llama_set_adapters_lora(self.handle, handles, len(lora), scales)
+            released, self._lora = self._lora, lora
+            for adapter, _scale in released:
+                adapter._release_if_unused()
 
     # -- decoding -----------------------------------------------------------------
     def check_status(self, status: int, what: str = "decode") -> None:

@@ -15,13 +15,14 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from llamacpp_native._library import ffi, lib, take_message
 from llamacpp_native.context import DECODE_ABORTED, DECODE_NO_KV_SLOT, Context
 from llamacpp_native.errors import ClosedError, ContextOverflowError, GrammarError
+from llamacpp_native.lora import LoraAdapter, LoraSet, normalise_lora
 from llamacpp_native.model import Model
 from llamacpp_native.request_stream import MAX_BACKLOG, RequestStream
 from llamacpp_native.sampling import SamplerChain, SamplingParams
@@ -47,7 +48,9 @@ class GenerationRequest:
     """What to generate: prompt tokens, sampling, limits and stop strings.
 
     ``max_tokens=None`` (or 0) generates until an end-of-generation token or
-    the end of the context.
+    the end of the context.  ``lora`` is the set of LoRA adapters (with scales)
+    this request runs under: None for the engine's default set, ``()`` for the
+    base model.
     """
 
     prompt_tokens: list[int]
@@ -57,6 +60,7 @@ class GenerationRequest:
     logprobs: int | None = None
     grammar_prefill: list[int] = field(default_factory=list)
     """Tokens already in the prompt that the sampler's grammar must accept first."""
+    lora: LoraSet | None = None
 
     def validate(self, n_ctx: int, n_vocab: int) -> None:
         """Raise a clear error for requests that cannot run."""
@@ -144,6 +148,7 @@ class _Slot:
     tokens: list[int] = field(default_factory=list)
     last_used: float = 0.0
     job: _Job | None = None
+    lora: LoraSet = ()  # the adapters its tokens were decoded under
 
 
 @dataclass(eq=False)
@@ -154,6 +159,7 @@ class _Job:
     stream: weakref.ref[RequestStream]
     sampler: SamplerChain
     limit: int
+    lora: LoraSet
     tokens: list[int] = field(default_factory=list)  # the sequence so far: prompt, then decoded output
     slot: _Slot | None = None
     pending: int | None = None  # sampled token to decode next step
@@ -200,6 +206,11 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
+def _reusable(slot: _Slot, job: _Job) -> int:
+    """How much of ``job``'s sequence ``slot`` holds, decoded under the adapters ``job`` runs with."""
+    return _common_prefix(slot.tokens, job.tokens) if slot.lora == job.lora else 0
+
+
 def _decode_loop(engine_ref: weakref.ref[Engine], schedule: _Schedule) -> None:
     """The decode thread: step while there is work, sleep until poked, leave on close."""
     while True:
@@ -236,8 +247,9 @@ class Engine:
     generating sequence with chunks of new prompts (within ``n_batch``), and
     samples every sequence in one native call.
 
-    Each slot remembers the tokens of its part of the KV cache.  A new request
-    continues the slot with the longest common prefix, or copies that prefix
+    Each slot remembers the tokens of its part of the KV cache, and the LoRA
+    adapters they were decoded under.  A new request continues the slot with the
+    longest common prefix decoded under its own adapters, or copies that prefix
     from a busy slot (``llama_memory_seq_cp``), so a shared system prompt is
     decoded once.  Idle slots are evicted least recently used first when space
     is needed.  A request is admitted once its prompt fits; when generation
@@ -245,11 +257,28 @@ class Engine:
     its cache is dropped and it waits at the head of the queue, to be decoded
     again (prompt and output so far) and go on where it stopped.  So every
     admitted request finishes, and one that can never fit is refused at ``submit()``.
+
+    Every sequence in one ``llama_decode`` runs under the context's one set of
+    LoRA adapters.  Requests under the set now applied join the batch as usual; a
+    request under another set waits at the head of the queue until the running
+    requests finish, then its set is applied and it goes on.  Nothing queued
+    behind it overtakes it (the queue stays first come, first served), so
+    alternating sets cost batching, not correctness: no request ever runs under
+    another's adapters.  ``lora`` is the set of requests that name none.
     """
 
-    def __init__(self, model: Model, *, n_slots: int = 4, **context_kwargs: Any) -> None:
+    def __init__(
+        self,
+        model: Model,
+        *,
+        n_slots: int = 4,
+        lora: Iterable[tuple[LoraAdapter, float]] = (),
+        **context_kwargs: Any,
+    ) -> None:
         self.model = model
         self.vocab = model.vocab
+        self.lora: LoraSet = self._checked_lora(normalise_lora(lora))
+        """The adapters of a request whose ``lora`` is None."""
         # Only each sequence's last token needs logits: reserve n_slots outputs, not n_batch
         # (with a 262k vocabulary that is the difference between 2 MiB and 512 MiB).  A full
         # SWA cache keeps every cached prefix valid for reuse and copying.
@@ -275,8 +304,7 @@ class Engine:
     # -- the callers' side ----------------------------------------------------------------
     def submit(self, request: GenerationRequest) -> RequestStream:
         """Queue ``request`` and return its stream; raises at once if it can never run."""
-        request.validate(self.n_ctx, self.vocab.n_tokens)
-        self.vocab.check_tokens(request.prompt_tokens)
+        lora = self._check(request)
         limit = self._limit(request)
         stream = RequestStream(request, limit, self._on_stream_change, Chunk)
         if limit <= 0:  # the prompt fills the context: nothing can be generated
@@ -289,7 +317,7 @@ class Engine:
         except BaseException:
             sampler.close()
             raise
-        job = _Job(request, weakref.ref(stream), sampler, limit, list(request.prompt_tokens))
+        job = _Job(request, weakref.ref(stream), sampler, limit, lora, list(request.prompt_tokens))
         stream._job = job
         with self._schedule.cv:
             if self._closed or self._schedule.closing:
@@ -328,8 +356,7 @@ class Engine:
         other and beside every other caller's requests.
         """
         for request in requests:
-            request.validate(self.n_ctx, self.vocab.n_tokens)
-            self.vocab.check_tokens(request.prompt_tokens)
+            self._check(request)
         started = time.perf_counter()
         wakeup = threading.Event()
         streams: list[RequestStream] = []
@@ -423,6 +450,20 @@ class Engine:
             schedule.poked = True
             schedule.cv.notify()
 
+    def _check(self, request: GenerationRequest) -> LoraSet:
+        """Raise for a request that cannot run; return the adapters it runs under."""
+        request.validate(self.n_ctx, self.vocab.n_tokens)
+        self.vocab.check_tokens(request.prompt_tokens)
+        return self.lora if request.lora is None else self._checked_lora(normalise_lora(request.lora))
+
+    def _checked_lora(self, lora: LoraSet) -> LoraSet:
+        for adapter, _scale in lora:
+            if adapter.model is not self.model:
+                raise ValueError(f"LoRA adapter {adapter.path.name} was loaded for another model")
+            if adapter.closed:
+                raise ClosedError(f"LoRA adapter {adapter.path.name} is closed")
+        return lora
+
     # -- the decode thread's side ----------------------------------------------------------
     def _limit(self, request: GenerationRequest) -> int:
         room = self.n_ctx - len(request.prompt_tokens)
@@ -451,10 +492,27 @@ class Engine:
         return True
 
     def _admit(self) -> None:
-        """Move waiting requests (in order) into free slots while their prompts fit."""
+        """Move waiting requests (in order) into free slots while their prompts fit.
+
+        The head of the queue is admitted only under the adapter set now applied,
+        or when nothing runs (its set is then applied before the next decode); a
+        head that needs another set waits, and holds up everything behind it.
+        """
         schedule = self._schedule
         while schedule.waiting:
             job = schedule.waiting[0]
+            if job.lora != self.context.lora:
+                if schedule.running:
+                    return
+                try:
+                    self.context.set_lora(job.lora)
+                except ClosedError as error:  # an adapter was closed after submit()
+                    schedule.waiting.popleft()
+                    stream = job.stream()
+                    if stream is not None:
+                        stream.finish("error", error)
+                    job.sampler.close()
+                    continue
             placed = self._place(job)
             if placed is None:
                 return
@@ -480,8 +538,8 @@ class Engine:
         if not free:
             return None
         tokens = job.tokens
-        own = max(free, key=lambda s: (_common_prefix(s.tokens, tokens), -s.last_used))
-        shared = _common_prefix(own.tokens, tokens)
+        own = max(free, key=lambda s: (_reusable(s, job), -s.last_used))
+        shared = _reusable(own, job)
         # Continue a slot only when the prompt continues a good part of it, so a short
         # shared start (BOS alone) does not evict another conversation.
         if not (shared >= 2 and 2 * shared >= len(own.tokens)):
@@ -490,8 +548,9 @@ class Engine:
             empty = [s for s in free if not s.tokens]
             own = empty[0] if empty else min(free, key=lambda s: s.last_used)
             self._forget(own)
-            donor = max(self.slots, key=lambda s: _common_prefix(s.tokens, tokens))
-            shared = _common_prefix(donor.tokens, tokens)
+            own.lora = job.lora
+            donor = max(self.slots, key=lambda s: _reusable(s, job))
+            shared = _reusable(donor, job)
             if shared >= MIN_COPIED_PREFIX:
                 self.context.kv_copy(donor.seq_id, own.seq_id, 0, shared)
                 own.tokens = list(tokens[:shared])

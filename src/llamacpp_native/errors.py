@@ -21,6 +21,10 @@ class ModelNotFoundError(ModelLoadError, FileNotFoundError):
     """The model path does not exist or is not a regular file."""
 
 
+class LoraError(ModelLoadError):
+    """A LoRA adapter could not be loaded: missing, not GGUF, not a LoRA adapter, or for another model."""
+
+
 class ContextError(LlamaError):
     """A context could not be created or used with the given parameters."""
 

@@ -6,7 +6,9 @@ import dataclasses
 import math
 import os
 import threading
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeAlias, TypedDict
 
 from typing_extensions import Unpack
@@ -31,14 +33,17 @@ from llamacpp_native.engine import (
     GenerationRequest,
     GenerationResult,
 )
-from llamacpp_native.errors import ChatTemplateError, ContextOverflowError
+from llamacpp_native.errors import ChatTemplateError, ContextOverflowError, LoraError
 from llamacpp_native.grammar import LlamaGrammar, json_schema_to_grammar, tighten_grammar
+from llamacpp_native.lora import LoraAdapter, LoraSet, normalise_lora
 from llamacpp_native.model import Model, ProgressCallback
 from llamacpp_native.openai_requests import check_tools, normalise_tool_choice, schema_from_response_format
 from llamacpp_native.request_stream import RequestStream
 from llamacpp_native.sampling import DEFAULT_SEED, GrammarSpec, SamplingParams
 
 GrammarLike: TypeAlias = LlamaGrammar | str | None
+LoraSpec: TypeAlias = Mapping[str | os.PathLike[str] | LoraAdapter, float]
+"""Per-request LoRA adapters: ``{name, path or LoraAdapter: scale}``; ``{}`` is the base model."""
 
 
 class SamplingOptions(TypedDict, total=False):
@@ -77,6 +82,12 @@ class Llama:
     The model loads in the constructor.  One instance is safe to use from many
     threads (requests are serialised per context); ``create_completions`` runs
     several prompts as parallel sequences.  ``close()`` frees everything.
+
+    LoRA adapters: ``lora_path`` (with ``lora_scale``) or ``lora_adapters=[(path,
+    scale), ...]`` are loaded with the model and apply to every request that does
+    not say otherwise; a request's ``lora={name_or_path: scale}`` replaces them for
+    that request only (see ``Engine`` for how requests under different adapters
+    share the decode loop).
     """
 
     def __init__(
@@ -109,8 +120,21 @@ class Llama:
         last_n_tokens_size: int = 64,
         verbose: bool = False,
         progress: ProgressCallback | None = None,
+        lora_path: str | os.PathLike[str] | None = None,
+        lora_scale: float = 1.0,
+        lora_adapters: Sequence[tuple[str | os.PathLike[str], float]] | None = None,
+        lora_base: str | None = None,
     ) -> None:
         set_verbose(verbose)
+        if lora_base is not None:
+            warnings.warn(
+                "lora_base is deprecated and ignored: a GGUF LoRA adapter applies to model_path itself",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+        adapter_paths = ([(lora_path, lora_scale)] if lora_path else []) + list(lora_adapters or [])
+        if adapter_paths and vocab_only:
+            raise ValueError("LoRA adapters need the model's weights: not with vocab_only=True")
         self.model_path = str(model_path)
         self.model = Model(
             model_path,
@@ -145,8 +169,16 @@ class Llama:
         self._embedder: Context | None = None
         self._embed_lock = threading.Lock()
         self._templates: ChatTemplates | None = None
+        self._lora_lock = threading.Lock()
+        self._loras_by_path: dict[str, LoraAdapter] = {}
+        self._lora_names: dict[str, LoraAdapter] = {}
         if not vocab_only:
-            self._engine = Engine(self.model, n_slots=n_parallel, **self._context_kwargs)
+            try:
+                default_lora = [(self.load_lora(path), scale) for path, scale in adapter_paths]
+            except BaseException:
+                self.model.close()
+                raise
+            self._engine = Engine(self.model, n_slots=n_parallel, lora=default_lora, **self._context_kwargs)
             if embedding:
                 self._embedding_context()
 
@@ -174,6 +206,57 @@ class Llama:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # -- LoRA adapters ----------------------------------------------------------------------
+    def load_lora(self, path: str | os.PathLike[str], *, name: str | None = None) -> LoraAdapter:
+        """Load a LoRA adapter (once per file) and name it for requests' ``lora={name: scale}``.
+
+        ``name`` defaults to the file's stem (``french`` for ``/x/french.gguf``) when
+        no other adapter has it.  Raises ``LoraError`` naming the path for a bad file.
+        """
+        real = os.path.realpath(path)
+        with self._lora_lock:
+            adapter = self._loras_by_path.get(real)
+            if adapter is None or adapter.closed:
+                adapter = self._loras_by_path[real] = self.model.load_lora(path)
+            key = Path(path).stem if name is None else name
+            holder = self._lora_names.get(key)
+            if holder is None or holder.closed:
+                self._lora_names[key] = adapter
+            elif holder is not adapter and name is not None:
+                raise ValueError(f"the LoRA adapter name {name!r} is already taken by {holder.path}")
+            return adapter
+
+    @property
+    def lora_adapters(self) -> dict[str, LoraAdapter]:
+        """The named adapters loaded so far (``load_lora``, the constructor, requests' paths)."""
+        with self._lora_lock:
+            return {name: a for name, a in self._lora_names.items() if not a.closed}
+
+    @property
+    def lora(self) -> LoraSet:
+        """The adapters (with scales) of requests that name none: those the constructor loaded."""
+        return self.engine.lora
+
+    def _lora_set(self, lora: LoraSpec | None) -> LoraSet | None:
+        """A request's ``lora=`` as the engine takes it (None: the instance's adapters)."""
+        if lora is None:
+            return None
+        pairs = []
+        for key, scale in lora.items():
+            if isinstance(key, LoraAdapter):
+                adapter = key
+            elif isinstance(key, str) and key in self._lora_names and not self._lora_names[key].closed:
+                adapter = self._lora_names[key]
+            elif os.path.exists(key):
+                adapter = self.load_lora(key)
+            else:
+                raise LoraError(
+                    f"no LoRA adapter named {os.fspath(key)!r} (loaded: {sorted(self.lora_adapters)}), "
+                    "and no file at that path"
+                )
+            pairs.append((adapter, scale))
+        return normalise_lora(pairs)
 
     def tokenize(self, text: bytes | str, add_bos: bool = True, special: bool = False) -> list[int]:
         """Text (bytes or str) -> token ids."""
@@ -244,11 +327,20 @@ class Llama:
         stop: str | Sequence[str] | None = None,
         grammar: GrammarLike = None,
         logprobs: int | None = None,
+        lora: LoraSpec | None = None,
         **options: Unpack[SamplingOptions],
     ) -> GenerationRequest:
-        """Build the engine request that ``create_completion`` would run (temperature 0.8 by default)."""
+        """Build the engine request that ``create_completion`` would run (temperature 0.8 by default).
+
+        ``lora={name_or_path: scale}`` runs this request under those LoRA adapters
+        instead of the instance's (``{}``: the base model); a path not loaded yet is
+        loaded and kept for later requests.
+        """
         sampling = self._sampling(options, 0.8, self._grammar_spec(grammar))
-        return GenerationRequest(self._prompt_tokens(prompt), sampling, max_tokens, _stops(stop), logprobs)
+        prompt_tokens = self._prompt_tokens(prompt)
+        return GenerationRequest(
+            prompt_tokens, sampling, max_tokens, _stops(stop), logprobs, lora=self._lora_set(lora)
+        )
 
     # -- completions --------------------------------------------------------------------------
     def create_completion(
@@ -374,9 +466,10 @@ class Llama:
         grammar: GrammarLike = None,
         logprobs: bool = False,
         top_logprobs: int | None = None,
+        lora: LoraSpec | None = None,
         **options: Unpack[SamplingOptions],
     ) -> GenerationRequest:
-        """The engine request for a rendered chat."""
+        """The engine request for a rendered chat; ``lora`` as in ``completion_request``."""
         spec = self._grammar_spec(grammar)
         if spec is None and rendered.grammar:
             patterns = [p for p in (_trigger_pattern(t) for t in rendered.grammar_triggers) if p is not None]
@@ -394,7 +487,13 @@ class Llama:
         )
         prefill_tokens = self.tokenize(prefill, add_bos=False, special=True) if prefill else []
         return GenerationRequest(
-            prompt, sampling, max_tokens, _stops(stop) + rendered.additional_stops, n_logprobs, prefill_tokens
+            prompt,
+            sampling,
+            max_tokens,
+            _stops(stop) + rendered.additional_stops,
+            n_logprobs,
+            prefill_tokens,
+            self._lora_set(lora),
         )
 
     def create_chat_completion(

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llamacpp_native._library import ensure_backend, ffi, lib, recent_errors
 from llamacpp_native.errors import ClosedError, ModelLoadError, ModelNotFoundError
+from llamacpp_native.gguf_header import GGUF_MAGIC
 from llamacpp_native.vocab import Vocab
+
+if TYPE_CHECKING:
+    from llamacpp_native.lora import LoraAdapter
 
 ProgressCallback = Callable[[float], object]
 """Called with load progress in [0, 1]; returning ``False`` aborts the load."""
 
-GGUF_MAGIC = b"GGUF"
 SPLIT_MODES = {"none": 0, "layer": 1, "row": 2}
 
 
@@ -48,6 +52,26 @@ def _check_model_file(path: Path) -> None:
         )
 
 
+def read_metadata(
+    handle: Any, count: Callable[..., int], key_at: Callable[..., int], value_at: Callable[..., int]
+) -> dict[str, str]:
+    """GGUF key/value pairs through llama.cpp's ``*_meta_count`` / ``*_key_by_index`` / ``*_by_index``."""
+    result: dict[str, str] = {}
+    buf_size = 1 << 16
+    buf = ffi.new("char[]", buf_size)
+    for i in range(count(handle)):
+        key_at(handle, i, buf, buf_size)
+        key = ffi.string(buf).decode("utf-8", "replace")
+        n = value_at(handle, i, buf, buf_size)
+        if n >= buf_size:
+            big = ffi.new("char[]", n + 1)
+            value_at(handle, i, big, n + 1)
+            result[key] = ffi.string(big).decode("utf-8", "replace")
+        else:
+            result[key] = ffi.string(buf).decode("utf-8", "replace")
+    return result
+
+
 def _load_mode(use_mmap: bool, use_mlock: bool) -> int:
     if use_mmap and use_mlock:
         return int(lib.LLAMA_LOAD_MODE_MMAP_MLOCK)
@@ -62,8 +86,9 @@ class Model:
     """A loaded GGUF model: weights, metadata and vocabulary.
 
     Owns its ``llama_model`` handle and frees it exactly once, on ``close()``,
-    on leaving a ``with`` block, or when garbage-collected.  Contexts created
-    from it keep it alive; closing the model closes them first.
+    on leaving a ``with`` block, or when garbage-collected.  Contexts and LoRA
+    adapters created from it keep it alive; closing the model closes its
+    contexts, then its adapters, then frees the weights.
     """
 
     def __init__(
@@ -121,6 +146,9 @@ class Model:
             raise ModelLoadError(f"failed to load model {self.path}: {reason}")
         self._handle: Any = ffi.gc(raw, lib.llama_model_free, size=int(lib.llama_model_size(raw)))
         self._contexts: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._adapters: weakref.WeakSet[LoraAdapter] = weakref.WeakSet()
+        self._lora_lock = threading.RLock()
+        """Serialises loading, freeing and applying this model's adapters."""
         self._chat_templates: Any = None
         self.vocab = Vocab(self, lib.llama_model_get_vocab(raw))
 
@@ -143,16 +171,37 @@ class Model:
     def _register_context(self, context: Any) -> None:
         self._contexts.add(context)
 
+    def _register_adapter(self, adapter: LoraAdapter) -> None:
+        self._adapters.add(adapter)
+
+    def _lora_in_use(self, adapter: LoraAdapter) -> bool:
+        """Whether an open context applies ``adapter`` (call with ``_lora_lock`` held)."""
+        return any(adapter in context.lora_adapters for context in list(self._contexts))
+
+    def load_lora(self, path: str | os.PathLike[str]) -> LoraAdapter:
+        """Load a LoRA adapter (GGUF) for this model; ``LoraError`` names the path if it is unusable.
+
+        The file is checked before llama.cpp reads it: it must exist, be GGUF, say
+        ``general.type = adapter`` and ``adapter.type = lora`` and name this model's
+        architecture; llama.cpp then checks every tensor against the model's shapes.
+        """
+        from llamacpp_native.lora import LoraAdapter
+
+        return LoraAdapter(self, path)
+
     def close(self) -> None:
-        """Free the model (and any contexts still using it).  Safe to call twice."""
+        """Free the model (and any contexts and adapters still using it).  Safe to call twice."""
         if self._handle is None:
             return
         for context in list(self._contexts):
             context.close()
-        if self._chat_templates is not None:
-            self._chat_templates.close()
-        handle, self._handle = self._handle, None
-        ffi.release(handle)
+        with self._lora_lock:  # no adapter is freed by another thread meanwhile
+            for adapter in list(self._adapters):
+                adapter.close()
+            if self._chat_templates is not None:
+                self._chat_templates.close()
+            handle, self._handle = self._handle, None
+            ffi.release(handle)
 
     def __enter__(self) -> Model:
         return self
@@ -205,21 +254,12 @@ class Model:
     @cached_property
     def metadata(self) -> dict[str, str]:
         """All GGUF key/value pairs, values rendered as strings by llama.cpp."""
-        handle = self.handle
-        result: dict[str, str] = {}
-        buf_size = 1 << 16
-        buf = ffi.new("char[]", buf_size)
-        for i in range(lib.llama_model_meta_count(handle)):
-            lib.llama_model_meta_key_by_index(handle, i, buf, buf_size)
-            key = ffi.string(buf).decode("utf-8", "replace")
-            n = lib.llama_model_meta_val_str_by_index(handle, i, buf, buf_size)
-            if n >= buf_size:
-                big = ffi.new("char[]", n + 1)
-                lib.llama_model_meta_val_str_by_index(handle, i, big, n + 1)
-                result[key] = ffi.string(big).decode("utf-8", "replace")
-            else:
-                result[key] = ffi.string(buf).decode("utf-8", "replace")
-        return result
+        return read_metadata(
+            self.handle,
+            lib.llama_model_meta_count,
+            lib.llama_model_meta_key_by_index,
+            lib.llama_model_meta_val_str_by_index,
+        )
 
     @property
     def architecture(self) -> str:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import warnings
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -150,14 +151,26 @@ def test_load_settings_reach_llama_including_kv_cache_type() -> None:
 
 
 def test_dead_parameters_warn() -> None:
-    for kwargs in ({"n_parts": 2}, {"logits_all": True}, {"lora_base": "/base.gguf"}):
+    for kwargs in ({"n_parts": 2}, {"logits_all": True}):
         with pytest.warns(UserWarning, match="ignored|obsolete"):
             LlamaCpp(model_path="/nowhere/model.gguf", **kwargs)
+    with pytest.warns(DeprecationWarning, match="lora_base"):
+        LlamaCpp(model_path="/nowhere/model.gguf", lora_base="/base.gguf")
 
 
-def test_lora_path_is_not_supported_yet() -> None:
-    with pytest.raises(NotImplementedError, match="LoRA"):
-        LlamaCpp(model_path="/nowhere/model.gguf", lora_path="/adapter.gguf")
+def test_lora_path_loads_lazily_and_selects_its_own_shared_model(
+    lc_params: dict[str, Any], lora_paths: tuple[Path, Path]
+) -> None:
+    params = {**lc_params, "max_tokens": 8}
+    tuned = LlamaCpp(**params, lora_path=str(lora_paths[0]), lora_scale=1.0)
+    assert tuned._llama is None  # nothing is loaded before the first call
+    base, chat = LlamaCpp(**params), ChatLlamaCpp(**params, lora_path=str(lora_paths[0]))
+    assert tuned.llama is chat.llama is not base.llama
+    assert [adapter.path for adapter, _scale in tuned.llama.lora] == [lora_paths[0]]
+    prompt = "1, 2, 3, 4,"
+    assert tuned.invoke(prompt) != base.invoke(prompt)
+    assert tuned.invoke(prompt, lora={}) == base.invoke(prompt)  # a call may drop the adapter
+    assert chat.invoke("Count from 1 to 5.").content
 
 
 def test_grammar_and_grammar_path_are_exclusive() -> None:

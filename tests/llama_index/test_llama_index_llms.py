@@ -77,6 +77,24 @@ def test_accepts_the_parameters_of_llama_index_llms_llama_cpp() -> None:
     assert llm.system_prompt == "Be brief." and llm.pydantic_program_mode == PydanticProgramMode.LLM
 
 
+def test_lora_path_applies_the_adapter_to_every_call_unless_a_call_says_otherwise(
+    model_path: Path, lora_paths: tuple[Path, Path]
+) -> None:
+    settings: dict[str, Any] = {
+        "model_path": model_path,
+        "temperature": 0.0,
+        "max_new_tokens": 8,
+        "model_kwargs": LOAD_SETTINGS,
+    }
+    base, tuned = LlamaCPP(**settings), LlamaCPP(**settings, lora_path=lora_paths[0])
+    assert tuned.load_settings["lora_path"] == str(lora_paths[0])
+    prompt = "1, 2, 3, 4,"
+    assert tuned.complete(prompt, formatted=True).text != base.complete(prompt, formatted=True).text
+    assert tuned.complete(prompt, formatted=True, lora={}).text == base.complete(prompt, formatted=True).text
+    with pytest.warns(DeprecationWarning, match="lora_base"):
+        LlamaCPP(model_path=model_path, lora_base="/base.gguf")
+
+
 def test_missing_model_path_is_a_clear_error_at_first_use() -> None:
     llm = LlamaCPP()
     with pytest.raises(ValueError, match="model_path"):

@@ -158,6 +158,8 @@ def test_eight_threads_with_mixed_requests_are_served_at_once(
 def test_a_cancelled_queued_request_is_never_decoded(small_llama: Llama) -> None:
     engine = small_llama.engine  # one slot: the second request waits
     busy = engine.submit(small_llama.completion_request("Once upon a time", max_tokens=40))
+    busy_chunks = iter(busy)
+    next(busy_chunks)  # it holds the slot now
     marker = small_llama.tokenize(" zebra xylophone quantum", add_bos=False)
     queued = engine.submit(GenerationRequest([small_llama.model.vocab.bos, *marker], max_tokens=4))
     assert engine.stats()["queued"] == 1
@@ -165,7 +167,7 @@ def test_a_cancelled_queued_request_is_never_decoded(small_llama: Llama) -> None
     assert engine.stats()["queued"] == 0
     with pytest.raises(GenerationCancelled):
         next(iter(queued))
-    assert list(busy)[-1].finish_reason is not None
+    assert list(busy_chunks)[-1].finish_reason is not None
     assert engine.wait_idle(timeout=60)
     held = [slot.tokens for slot in engine.slots]
     assert not any(marker[0] in tokens for tokens in held)  # its prompt never reached the KV cache

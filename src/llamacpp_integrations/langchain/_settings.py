@@ -76,9 +76,17 @@ class LlamaCppLoadSettings(BaseModel):
         default="", description="Path of the local .gguf model file (nothing is downloaded)."
     )
     lora_base: str | None = Field(
-        default=None, description="LoRA base model path (LoRA is not supported yet)."
+        default=None, description="Deprecated and ignored: a GGUF LoRA adapter applies to model_path itself."
     )
-    lora_path: str | None = Field(default=None, description="LoRA adapter path (not supported yet: raises).")
+    lora_path: str | None = Field(
+        default=None, description="A LoRA adapter (GGUF) applied to every call, at lora_scale."
+    )
+    lora_scale: float = Field(default=1.0, description="Scale of the lora_path adapter.")
+    lora_adapters: list[tuple[str, float]] | None = Field(
+        default=None,
+        description="Several LoRA adapters as (path, scale) pairs; a call's lora={name_or_path: scale} "
+        "replaces them for that call.",
+    )
     n_ctx: int = Field(default=512, description="Context window in tokens (0: the model's training context).")
     n_parts: int = Field(
         default=-1, description="Obsolete llama.cpp setting, accepted and ignored with a warning."
@@ -146,14 +154,11 @@ class LlamaCppLoadSettings(BaseModel):
 
     @model_validator(mode="after")
     def _check_settings(self) -> Self:
-        if self.lora_path:
-            raise NotImplementedError(
-                f"LoRA adapters are not supported yet (lora_path={self.lora_path!r}); merge the adapter into "
-                "the GGUF (llama.cpp's export-lora) and pass the merged file as model_path"
-            )
         if self.lora_base:
             warnings.warn(
-                "lora_base is ignored: LoRA adapters are not supported yet", UserWarning, stacklevel=2
+                "lora_base is deprecated and ignored: a GGUF LoRA adapter applies to model_path itself",
+                DeprecationWarning,
+                stacklevel=2,
             )
         if self.n_parts != -1:
             warnings.warn("n_parts is obsolete in llama.cpp and is ignored", UserWarning, stacklevel=2)
@@ -197,6 +202,9 @@ class LlamaCppLoadSettings(BaseModel):
             "rope_freq_scale": self.rope_freq_scale,
             "last_n_tokens_size": self.last_n_tokens_size,
             "verbose": self.verbose,
+            "lora_path": self.lora_path,
+            "lora_scale": self.lora_scale if self.lora_path else None,
+            "lora_adapters": self.lora_adapters or None,
         }
         settings.update({k: v for k, v in self.model_kwargs.items() if k in LOAD_SETTINGS})
         return {k: v for k, v in settings.items() if v is not None}
@@ -210,6 +218,16 @@ class LlamaCppLoadSettings(BaseModel):
         if llama is None or llama.model.closed:
             llama = self._llama = shared_llama(self.model_path, self._load_settings())
         return llama
+
+    @property
+    def _model_identity(self) -> dict[str, Any]:
+        """What selects the weights: the model file and its LoRA adapters (part of LangChain's cache key)."""
+        identity: dict[str, Any] = {"model_path": self.model_path}
+        if self.lora_path:
+            identity.update(lora_path=self.lora_path, lora_scale=self.lora_scale)
+        if self.lora_adapters:
+            identity["lora_adapters"] = self.lora_adapters
+        return identity
 
     @property
     def model_name(self) -> str:

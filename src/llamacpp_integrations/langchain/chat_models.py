@@ -337,6 +337,8 @@ def _chunk_from_part(part: Mapping[str, Any], model_name: str) -> ChatGeneration
             input_tokens=usage["prompt_tokens"],
             output_tokens=usage["completion_tokens"],
             total_tokens=usage["total_tokens"],
+            input_token_details={"cache_read": usage["prompt_tokens_details"]["cached_tokens"]},
+            output_token_details={},
         )
         if usage
         else None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -88,6 +89,18 @@ class LlamaCPP(FunctionCallingLLM):
         default=False,
         description="Log llama.cpp's informational lines too (Python logging; process-wide, set at load).",
     )
+    lora_path: str | None = Field(
+        default=None, description="A LoRA adapter (GGUF) applied to every call, at lora_scale."
+    )
+    lora_scale: float = Field(default=1.0, description="Scale of the lora_path adapter.")
+    lora_adapters: list[tuple[str, float]] | None = Field(
+        default=None,
+        description="Several LoRA adapters as (path, scale) pairs; a call's lora={name_or_path: scale} "
+        "replaces them for that call.",
+    )
+    lora_base: str | None = Field(
+        default=None, description="Deprecated and ignored: a GGUF LoRA adapter applies to model_path itself."
+    )
 
     _llama: Llama | None = PrivateAttr(default=None)
 
@@ -103,10 +116,21 @@ class LlamaCPP(FunctionCallingLLM):
                 )
         return data
 
-    @field_validator("model_path", mode="before")
+    @field_validator("model_path", "lora_path", mode="before")
     @classmethod
     def _path_to_str(cls, value: Any) -> Any:
         return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+    @field_validator("lora_base")
+    @classmethod
+    def _lora_base_is_deprecated(cls, value: str | None) -> str | None:
+        if value is not None:
+            warnings.warn(
+                "lora_base is deprecated and ignored: a GGUF LoRA adapter applies to model_path itself",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+        return value
 
     @classmethod
     def class_name(cls) -> str:
@@ -116,7 +140,12 @@ class LlamaCPP(FunctionCallingLLM):
     @property
     def load_settings(self) -> dict[str, Any]:
         """The ``Llama`` constructor arguments this LLM loads its model with."""
-        return {"n_ctx": self.context_window, "verbose": self.verbose, **self.model_kwargs}
+        settings: dict[str, Any] = {"n_ctx": self.context_window, "verbose": self.verbose}
+        if self.lora_path:
+            settings.update(lora_path=self.lora_path, lora_scale=self.lora_scale)
+        if self.lora_adapters:
+            settings["lora_adapters"] = self.lora_adapters
+        return {**settings, **self.model_kwargs}
 
     def _model(self) -> Llama:
         if self._llama is None:
