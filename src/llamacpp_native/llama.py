@@ -7,7 +7,7 @@ import math
 import os
 import threading
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeAlias, TypedDict
 
@@ -361,7 +361,7 @@ class Llama:
         """
         request, shaper = self._completion(prompt, suffix, max_tokens, echo, kwargs)
         chunks = _shaped(self.engine.stream(request, cancellation), shaper)
-        return chunks if stream else _collect_completion(chunks, request.logprobs is not None)
+        return chunks if stream else responses.collect_completion(chunks, request.logprobs is not None)
 
     __call__ = create_completion
 
@@ -383,7 +383,7 @@ class Llama:
         chunks = _ashaped(self.engine.submit(request), shaper)
         if stream:
             return chunks
-        return _collect_completion([c async for c in chunks], request.logprobs is not None)
+        return responses.collect_completion([c async for c in chunks], request.logprobs is not None)
 
     def _completion(
         self, prompt: str | Sequence[int], suffix: str | None, max_tokens: int | None, echo: bool, kwargs: Any
@@ -517,7 +517,7 @@ class Llama:
             messages, tools, tool_choice, response_format, parallel_tool_calls, kwargs
         )
         chunks = _shaped(self.engine.stream(request, cancellation), shaper)
-        return chunks if stream else _collect_chat(chunks)
+        return chunks if stream else responses.collect_chat(chunks)
 
     async def acreate_chat_completion(
         self,
@@ -537,7 +537,7 @@ class Llama:
         chunks = _ashaped(self.engine.submit(request), shaper)
         if stream:
             return chunks
-        return _collect_chat([c async for c in chunks])
+        return responses.collect_chat([c async for c in chunks])
 
     def _chat(
         self,
@@ -673,27 +673,6 @@ async def _ashaped(stream: RequestStream, shaper: Shaper) -> AsyncIterator[dict[
         stream.cancel()
 
 
-def _collect_completion(chunks: Iterable[dict[str, Any]], with_logprobs: bool) -> dict[str, Any]:
-    """One ``text_completion`` dict from its chunks."""
-    response_id, texts, last, logprob_items = "", [], None, []
-    for chunk in chunks:
-        response_id = chunk["id"]
-        choice = chunk["choices"][0]
-        texts.append(choice["text"])
-        if choice["logprobs"]:
-            logprob_items.append(choice["logprobs"])
-        last = chunk
-    assert last is not None
-    return responses.completion(
-        response_id,
-        last["model"],
-        "".join(texts),
-        last["choices"][0]["finish_reason"],
-        _merge_completion_logprobs(logprob_items) if with_logprobs else None,
-        last.get("usage"),
-    )
-
-
 def _stops(stop: str | Sequence[str] | None) -> list[str]:
     return [stop] if isinstance(stop, str) else list(stop or [])
 
@@ -701,34 +680,3 @@ def _stops(stop: str | Sequence[str] | None) -> list[str]:
 def _unit(vector: list[float]) -> list[float]:
     norm = math.sqrt(sum(x * x for x in vector))
     return [x / norm for x in vector] if norm > 0 else vector
-
-
-def _merge_completion_logprobs(blocks: list[dict[str, Any]]) -> dict[str, Any]:
-    merged: dict[str, Any] = {"tokens": [], "text_offset": [], "token_logprobs": [], "top_logprobs": []}
-    for block in blocks:
-        for key in merged:
-            merged[key].extend(block[key])
-    return merged
-
-
-def _collect_chat(chunks: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    response_id, content, finish = "", "", "stop"
-    tool_calls: list[dict[str, Any]] = []
-    token_usage: dict[str, int] = {}
-    logprob_content: list[Any] = []
-    for chunk in chunks:
-        response_id = chunk["id"]
-        choice = chunk["choices"][0]
-        delta = choice["delta"]
-        content += delta.get("content") or ""
-        tool_calls.extend(delta.get("tool_calls") or [])
-        if choice.get("logprobs"):
-            logprob_content.extend(choice["logprobs"]["content"])
-        if choice["finish_reason"]:
-            finish = choice["finish_reason"]
-            token_usage = chunk.get("usage", {})
-    message: dict[str, Any] = {"role": "assistant", "content": content if content or not tool_calls else None}
-    if tool_calls:
-        message["tool_calls"] = [{k: v for k, v in call.items() if k != "index"} for call in tool_calls]
-    logprobs = {"content": logprob_content} if logprob_content else None
-    return responses.chat_completion(response_id, chunk["model"], message, finish, logprobs, token_usage)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 from llamacpp_native.engine import TokenLogprob
@@ -125,3 +126,60 @@ def embedding_response(model: str, vectors: list[list[float]], prompt_tokens: in
         "model": model,
         "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
     }
+
+
+def collect_completion(
+    chunks: Iterable[dict[str, Any]], with_logprobs: bool, usage: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """One ``text_completion`` dict from its chunks (``usage``: the last chunk's unless given)."""
+    response_id, texts, last, logprob_items = "", [], None, []
+    for chunk in chunks:
+        response_id = chunk["id"]
+        choice = chunk["choices"][0]
+        texts.append(choice["text"])
+        if choice["logprobs"]:
+            logprob_items.append(choice["logprobs"])
+        last = chunk
+    assert last is not None
+    return completion(
+        response_id,
+        last["model"],
+        "".join(texts),
+        last["choices"][0]["finish_reason"],
+        _merge_completion_logprobs(logprob_items) if with_logprobs else None,
+        usage if usage is not None else last.get("usage"),
+    )
+
+
+def _merge_completion_logprobs(blocks: list[dict[str, Any]]) -> dict[str, Any]:
+    merged: dict[str, Any] = {"tokens": [], "text_offset": [], "token_logprobs": [], "top_logprobs": []}
+    for block in blocks:
+        for key in merged:
+            merged[key].extend(block[key])
+    return merged
+
+
+def collect_chat(chunks: Iterable[dict[str, Any]], usage: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One ``chat.completion`` dict from its chunks (``usage``: the finishing chunk's unless given)."""
+    response_id, content, finish = "", "", "stop"
+    tool_calls: list[dict[str, Any]] = []
+    token_usage: dict[str, Any] = {}
+    logprob_content: list[Any] = []
+    for chunk in chunks:
+        response_id = chunk["id"]
+        choice = chunk["choices"][0]
+        delta = choice["delta"]
+        content += delta.get("content") or ""
+        tool_calls.extend(delta.get("tool_calls") or [])
+        if choice.get("logprobs"):
+            logprob_content.extend(choice["logprobs"]["content"])
+        if choice["finish_reason"]:
+            finish = choice["finish_reason"]
+            token_usage = chunk.get("usage", {})
+    message: dict[str, Any] = {"role": "assistant", "content": content if content or not tool_calls else None}
+    if tool_calls:
+        message["tool_calls"] = [{k: v for k, v in call.items() if k != "index"} for call in tool_calls]
+    logprobs = {"content": logprob_content} if logprob_content else None
+    return chat_completion(
+        response_id, chunk["model"], message, finish, logprobs, usage if usage is not None else token_usage
+    )

@@ -19,11 +19,11 @@ from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from llamacpp_integrations.schema import parse_and_validate
-from llamacpp_integrations.server import collect
 from llamacpp_integrations.server.errors import CLIENT_CLOSED, APIError, api_error
 from llamacpp_integrations.server.middleware import RequestRecord
 from llamacpp_integrations.server.models import Lease
 from llamacpp_integrations.server.schemas import ChatCompletionRequest, CompletionRequest
+from llamacpp_native import responses
 
 T = TypeVar("T")
 
@@ -96,8 +96,8 @@ class Generation:
         finally:
             await self.close()
         if self.chat:
-            return collect.chat_completion(chunks, self.usage)
-        return collect.completion(chunks, self.usage, self._with_logprobs)
+            return responses.collect_chat(chunks, self.usage)
+        return responses.collect_completion(chunks, self._with_logprobs, self.usage)
 
     async def events(self) -> AsyncIterator[str]:
         """SSE data: each chunk, a usage chunk if asked, then ``[DONE]``; a late error is the last event."""
