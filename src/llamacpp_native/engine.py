@@ -293,6 +293,15 @@ class Engine:
         self._close_lock = threading.Lock()
         self._piece_stride = PIECE_CAPACITY
         self._pieces = ffi.new("char[]", PIECE_CAPACITY * len(self.slots))
+        # Buffers of the one sampling call per step, sized for every slot, allocated once.
+        n_slots = len(self.slots)
+        self._chains = ffi.new("struct llama_sampler *[]", n_slots)
+        self._grammars = ffi.new("struct llama_sampler *[]", n_slots)
+        self._indices = ffi.new("int32_t[]", n_slots)
+        self._tokens = ffi.new("llama_token[]", n_slots)
+        self._eog = ffi.new("bool[]", n_slots)
+        self._lengths = ffi.new("int32_t[]", n_slots)
+        self._error = ffi.new("char **")
         self.context.before_close = self._shut_down
         self._thread = threading.Thread(
             target=_decode_loop, args=(weakref.ref(self), self._schedule), name="llamacpp-decode", daemon=True
@@ -690,21 +699,17 @@ class Engine:
         plain = [j for j in jobs if j.request.logprobs is None]
         results: list[tuple[_Job, int, bool, bytes, TokenLogprob | None]] = []
         if plain:
-            n = len(plain)
-            chains = ffi.new("struct llama_sampler *[]", [j.sampler.handle for j in plain])
-            grammars = ffi.new(
-                "struct llama_sampler *[]", [j.sampler.grammar_handle or ffi.NULL for j in plain]
-            )
-            indices = ffi.new("int32_t[]", [j.output for j in plain])
-            tokens = ffi.new("llama_token[]", n)
-            eog = ffi.new("bool[]", n)
-            lengths = ffi.new("int32_t[]", n)
-            error = ffi.new("char **")
+            chains, grammars, indices = self._chains, self._grammars, self._indices
+            tokens, eog, lengths = self._tokens, self._eog, self._lengths
+            for i, job in enumerate(plain):
+                chains[i] = job.sampler.handle
+                grammars[i] = job.sampler.grammar_handle or ffi.NULL
+                indices[i] = job.output
             lib.lcpp_sample_many(
-                self.context.handle, self.vocab.handle, n, chains, grammars, indices,
-                tokens, eog, self._pieces, self._piece_stride, lengths, error,
+                self.context.handle, self.vocab.handle, len(plain), chains, grammars, indices,
+                tokens, eog, self._pieces, self._piece_stride, lengths, self._error,
             )  # fmt: skip
-            message = take_message(error)
+            message = take_message(self._error)
             for i, job in enumerate(plain):
                 token = int(tokens[i])
                 if token < 0:
