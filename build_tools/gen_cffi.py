@@ -12,7 +12,7 @@ from pathlib import Path
 import cffi
 
 MODULE_NAME = "llamacpp_native._llama_cffi"
-PREAMBLE = '#include "llama.h"\n#include "lcpp_shim.h"\n'
+PREAMBLE = '#include "llama.h"\n#include "mtmd.h"\n#include "mtmd-helper.h"\n#include "ggml-rpc.h"\n#include "lcpp_shim.h"\n'
 
 
 def generate(cdef_file: Path, output_c: Path) -> None:
