@@ -16,6 +16,14 @@ struct llama_sampler;
 struct llama_adapter_lora;
 typedef struct llama_memory_i * llama_memory_t;
 
+/* ggml's backend devices (ggml-backend.h) */
+struct ggml_backend_device;
+struct ggml_backend_reg;
+typedef struct ggml_backend_device * ggml_backend_dev_t;
+typedef struct ggml_backend_reg * ggml_backend_reg_t;
+enum ggml_backend_dev_type { GGML_BACKEND_DEVICE_TYPE_CPU, GGML_BACKEND_DEVICE_TYPE_GPU,
+                             GGML_BACKEND_DEVICE_TYPE_IGPU, GGML_BACKEND_DEVICE_TYPE_ACCEL, ... };
+
 enum ggml_log_level { GGML_LOG_LEVEL_NONE, GGML_LOG_LEVEL_DEBUG, GGML_LOG_LEVEL_INFO,
                       GGML_LOG_LEVEL_WARN, GGML_LOG_LEVEL_ERROR, GGML_LOG_LEVEL_CONT, ... };
 enum ggml_type { GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_Q4_0, GGML_TYPE_Q4_1, GGML_TYPE_Q5_0,
@@ -62,6 +70,8 @@ struct llama_model_params {
     llama_progress_callback progress_callback;
     void * progress_callback_user_data;
     bool vocab_only;
+    bool use_extra_bufts;
+    ggml_backend_dev_t * devices;
     ...;
 };
 
@@ -109,6 +119,25 @@ bool llama_supports_gpu_offload(void);
 bool llama_supports_mmap(void);
 bool llama_supports_mlock(void);
 int64_t llama_time_us(void);
+bool llama_supports_rpc(void);
+
+/* backend devices, and the RPC backend (ggml-rpc.h) */
+size_t ggml_backend_dev_count(void);
+ggml_backend_dev_t ggml_backend_dev_get(size_t index);
+const char * ggml_backend_dev_name(ggml_backend_dev_t device);
+const char * ggml_backend_dev_description(ggml_backend_dev_t device);
+void ggml_backend_dev_memory(ggml_backend_dev_t device, size_t * free, size_t * total);
+enum ggml_backend_dev_type ggml_backend_dev_type(ggml_backend_dev_t device);
+ggml_backend_reg_t ggml_backend_dev_backend_reg(ggml_backend_dev_t device);
+const char * ggml_backend_reg_name(ggml_backend_reg_t reg);
+size_t ggml_backend_reg_dev_count(ggml_backend_reg_t reg);
+ggml_backend_dev_t ggml_backend_reg_dev_get(ggml_backend_reg_t reg, size_t index);
+#define RPC_PROTO_MAJOR_VERSION ...
+#define RPC_PROTO_MINOR_VERSION ...
+#define GGML_RPC_MAX_SERVERS ...
+ggml_backend_reg_t ggml_backend_rpc_add_server(const char * endpoint);
+void ggml_backend_rpc_start_server(const char * endpoint, const char * cache_dir, size_t n_threads, size_t n_devices,
+                                   ggml_backend_dev_t * devices);
 
 /* model */
 struct llama_model_params llama_model_default_params(void);

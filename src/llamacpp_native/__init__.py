@@ -32,6 +32,7 @@ from llamacpp_native.errors import (
     ModelLoadError,
     ModelNotFoundError,
     OutputTruncatedError,
+    RpcServerError,
     SchemaValidationError,
     TokenizeError,
 )
@@ -39,6 +40,7 @@ from llamacpp_native.grammar import LlamaGrammar, json_schema_to_grammar, read_g
 from llamacpp_native.llama import Llama, LoraSpec, SamplingOptions
 from llamacpp_native.lora import LoraAdapter
 from llamacpp_native.model import Model
+from llamacpp_native.offload import BufferInfo, DeviceInfo, OffloadReport
 from llamacpp_native.sampling import GrammarSpec, SamplerChain, SamplingParams
 from llamacpp_native.vocab import Vocab
 
@@ -82,6 +84,9 @@ __all__ = [
     "LoraError",
     "LoraSpec",
     "Model",
+    "OffloadReport",
+    "DeviceInfo",
+    "BufferInfo",
     "ModelLoadError",
     "ModelNotFoundError",
     "RenderedChat",
@@ -89,6 +94,7 @@ __all__ = [
     "SamplingOptions",
     "SamplingParams",
     "OutputTruncatedError",
+    "RpcServerError",
     "SchemaValidationError",
     "TokenLogprob",
     "TokenizeError",

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import logging
 import threading
+from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,7 @@ _check_extension_version()
 __all__ = [
     "ffi",
     "lib",
+    "capture_log",
     "ensure_backend",
     "logger",
     "recent_errors",
@@ -72,6 +75,8 @@ _initialised = False
 _last_level = logging.DEBUG
 _line_buffer: list[str] = []
 _recent_errors: collections.deque[str] = collections.deque(maxlen=8)
+_captures: dict[int, list[str]] = {}
+"""Per thread: llama.cpp's log text (every level) while ``capture_log`` is active there."""
 
 
 @ffi.def_extern()  # type: ignore[untyped-decorator]
@@ -82,6 +87,9 @@ def lcpp_on_log(level: int, text: Any, _user_data: Any) -> None:
         _last_level = _LEVELS.get(level, logging.DEBUG)
     if _last_level >= logging.ERROR:
         _recent_errors.append(ffi.string(text).decode("utf-8", "replace").strip())
+    sink = _captures.get(threading.get_ident())
+    if sink is not None:
+        sink.append(ffi.string(text).decode("utf-8", "replace"))
     if not logger.isEnabledFor(_last_level):
         return
     _line_buffer.append(ffi.string(text).decode("utf-8", "replace"))
@@ -119,6 +127,23 @@ def set_verbose(verbose: bool) -> None:
     logger.setLevel(logging.INFO if verbose else logging.WARNING)
     if verbose and not logging.getLogger().handlers:
         logging.basicConfig(format="%(name)s: %(message)s")
+
+
+@contextlib.contextmanager
+def capture_log() -> Iterator[list[str]]:
+    """Collect llama.cpp's log lines (every level) emitted by this thread inside the block.
+
+    Used to read what llama.cpp reports only in its log: where layers and buffers went.
+    """
+    fragments: list[str] = []
+    lines: list[str] = []
+    thread = threading.get_ident()
+    _captures[thread] = fragments
+    try:
+        yield lines
+    finally:
+        del _captures[thread]
+        lines.extend("".join(fragments).splitlines())
 
 
 def recent_errors(clear: bool = True) -> str:

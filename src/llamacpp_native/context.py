@@ -85,6 +85,7 @@ class Context:
         type_k: str | None = None,
         type_v: str | None = None,
         flash_attn: bool | None = None,
+        offload_kqv: bool = True,
         embeddings: bool = False,
         pooling: str = "unspecified",
         rope_freq_base: float = 0.0,
@@ -117,6 +118,7 @@ class Context:
         params.type_k = _kv_type(type_k or default_kv)
         params.type_v = _kv_type(type_v or default_kv)
         params.flash_attn_type = FLASH_ATTN[flash_attn]
+        params.offload_kqv = offload_kqv
         params.embeddings = embeddings
         params.pooling_type = POOLING[pooling]
         params.rope_freq_base = rope_freq_base

@@ -21,6 +21,10 @@ class ModelNotFoundError(ModelLoadError, FileNotFoundError):
     """The model path does not exist or is not a regular file."""
 
 
+class RpcServerError(ModelLoadError, ConnectionError):
+    """An RPC worker (``rpc_servers=``) is unreachable, not an RPC worker, or of another protocol version."""
+
+
 class LoraError(ModelLoadError):
     """A LoRA adapter could not be loaded: missing, not GGUF, not a LoRA adapter, or for another model."""
 

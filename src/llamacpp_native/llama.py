@@ -14,7 +14,7 @@ from typing import Any, TypeAlias, TypedDict
 from typing_extensions import Unpack
 
 from llamacpp_native import responses
-from llamacpp_native._library import set_verbose
+from llamacpp_native._library import capture_log, set_verbose
 from llamacpp_native.chat_formats import template_for
 from llamacpp_native.chat_template import (
     TRIGGER_PATTERN,
@@ -37,6 +37,7 @@ from llamacpp_native.errors import ChatTemplateError, ContextOverflowError, Lora
 from llamacpp_native.grammar import LlamaGrammar, json_schema_to_grammar, tighten_grammar
 from llamacpp_native.lora import LoraAdapter, LoraSet, normalise_lora
 from llamacpp_native.model import Model, ProgressCallback
+from llamacpp_native.offload import OffloadReport
 from llamacpp_native.openai_requests import check_tools, normalise_tool_choice, schema_from_response_format
 from llamacpp_native.request_stream import RequestStream
 from llamacpp_native.sampling import DEFAULT_SEED, GrammarSpec, SamplingParams
@@ -110,6 +111,9 @@ class Llama:
         type_k: str | None = None,
         type_v: str | None = None,
         flash_attn: bool | None = None,
+        offload_kqv: bool = True,
+        rpc_servers: Sequence[str] | None = None,
+        use_extra_bufts: bool = True,
         rope_freq_base: float = 0.0,
         rope_freq_scale: float = 0.0,
         seed: int = DEFAULT_SEED,
@@ -146,6 +150,8 @@ class Llama:
             use_mlock=use_mlock,
             vocab_only=vocab_only,
             progress=progress,
+            rpc_servers=rpc_servers,
+            use_extra_bufts=use_extra_bufts,
         )
         self.seed = seed
         self.last_n_tokens_size = last_n_tokens_size
@@ -160,9 +166,12 @@ class Llama:
             type_k=type_k,
             type_v=type_v,
             flash_attn=flash_attn,
+            offload_kqv=offload_kqv,
             rope_freq_base=rope_freq_base,
             rope_freq_scale=rope_freq_scale,
         )
+        self._context_logs: list[list[str]] = []
+        """llama.cpp's log of creating each context: where its KV cache and compute buffers went."""
         self._pooling = pooling
         self._n_parallel = n_parallel
         self._engine: Engine | None = None
@@ -178,22 +187,36 @@ class Llama:
             except BaseException:
                 self.model.close()
                 raise
-            self._engine = Engine(self.model, n_slots=n_parallel, lora=default_lora, **self._context_kwargs)
+            with capture_log() as context_log:
+                self._engine = Engine(
+                    self.model, n_slots=n_parallel, lora=default_lora, **self._context_kwargs
+                )
+            self._context_logs.append(context_log)
             if embedding:
                 self._embedding_context()
 
     # -- lifetime & basics ----------------------------------------------------------
     @property
     def engine(self) -> Engine:
-        """The generation engine (raises for a vocab-only model)."""
+        """The generation engine (raises for a vocab-only model; ``RpcServerError`` if a worker stopped)."""
         if self._engine is None:
             raise ValueError("this Llama was loaded with vocab_only=True; it can only tokenize")
+        if self.model.rpc_servers:  # ggml would abort the process on the next decode
+            self.model.check_rpc_servers()
         return self._engine
 
     @property
     def n_ctx(self) -> int:
         """The context window in tokens."""
         return self.engine.n_ctx
+
+    def offload_report(self) -> OffloadReport:
+        """Where llama.cpp put the layers, weights, KV cache and compute buffers, per device.
+
+        ``print(llama.offload_report())`` shows it; ``.layers`` counts layers per
+        device (e.g. ``{"CUDA0": 19}`` with ``n_gpu_layers=-1`` on one GPU).
+        """
+        return self.model.offload_report(self._context_logs)
 
     def close(self) -> None:
         """Free contexts and the model.  Safe to call twice."""
@@ -584,9 +607,11 @@ class Llama:
             pooling = self._pooling or ("unspecified" if self._model_pooling() else "mean")
             kwargs = dict(self._context_kwargs)
             kwargs["n_ubatch"] = kwargs["n_batch"]
-            self._embedder = Context(
-                self.model, embeddings=True, pooling=pooling, n_seq_max=self._n_parallel, **kwargs
-            )
+            with capture_log() as context_log:
+                self._embedder = Context(
+                    self.model, embeddings=True, pooling=pooling, n_seq_max=self._n_parallel, **kwargs
+                )
+            self._context_logs.append(context_log)
         return self._embedder
 
     def _model_pooling(self) -> bool:

@@ -11,8 +11,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llamacpp_native._library import ensure_backend, ffi, lib, recent_errors
-from llamacpp_native.errors import ClosedError, ModelLoadError, ModelNotFoundError
+from llamacpp_native import offload, rpc
+from llamacpp_native._library import capture_log, ensure_backend, ffi, lib, recent_errors
+from llamacpp_native.errors import ClosedError, ModelLoadError, ModelNotFoundError, RpcServerError
 from llamacpp_native.gguf_header import GGUF_MAGIC
 from llamacpp_native.vocab import Vocab
 
@@ -89,6 +90,16 @@ class Model:
     on leaving a ``with`` block, or when garbage-collected.  Contexts and LoRA
     adapters created from it keep it alive; closing the model closes its
     contexts, then its adapters, then frees the weights.
+
+    Offloading: ``n_gpu_layers`` layers (-1: all) go to the offload devices, split
+    between them as ``tensor_split`` says (default: by free memory), or all to
+    device ``main_gpu`` with ``split_mode="none"``.  The offload devices are the
+    devices of the ``rpc_servers`` workers, in the order given, then the local
+    GPUs.  Each worker is checked from Python first (``RpcServerError`` names a bad
+    address).  ``offload_report()`` says where the layers and buffers went.
+    ``use_extra_bufts=False`` turns off the CPU's repacked weight layouts (an RPC
+    worker's CPU device never uses them, so only then does a split computation
+    match a local one bit for bit).
     """
 
     def __init__(
@@ -103,16 +114,28 @@ class Model:
         use_mlock: bool = False,
         vocab_only: bool = False,
         progress: ProgressCallback | None = None,
+        rpc_servers: Sequence[str] | None = None,
+        use_extra_bufts: bool = True,
     ) -> None:
         self.path = Path(path)
         _check_model_file(self.path)
         ensure_backend()
         if split_mode not in SPLIT_MODES:
             raise ValueError(f"split_mode must be one of {sorted(SPLIT_MODES)}, not {split_mode!r}")
-        if n_gpu_layers != 0 and not lib.llama_supports_gpu_offload():
+        local_devices = offload.local_offload_devices()
+        # llama_supports_gpu_offload() is true in every build with the RPC backend, so ask for devices
+        if n_gpu_layers != 0 and not local_devices and not rpc_servers:
             warnings.warn(
                 f"n_gpu_layers={n_gpu_layers} ignored: this build has no GPU backend; running on CPU. "
-                'Rebuild with CMAKE_ARGS="-DGGML_CUDA=on" (or Metal/Vulkan) to offload.',
+                'Rebuild with CMAKE_ARGS="-DGGML_CUDA=on" (or Metal/Vulkan) to offload, '
+                "or give rpc_servers.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        if rpc_servers and n_gpu_layers == 0:
+            warnings.warn(
+                "rpc_servers given with n_gpu_layers=0: every layer stays on this machine's CPU; "
+                "set n_gpu_layers (-1: all layers) to put layers on the workers",
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -122,7 +145,20 @@ class Model:
         params.split_mode = SPLIT_MODES[split_mode]
         params.load_mode = _load_mode(use_mmap, use_mlock)
         params.vocab_only = vocab_only
+        params.use_extra_bufts = use_extra_bufts
         keep_alive: list[Any] = []
+        self._rpc_servers: list[str] = []
+        rpc_devices: list[Any] = []
+        if rpc_servers:
+            self._rpc_servers, rpc_devices = rpc.acquire(rpc_servers)
+            devices = ffi.new("ggml_backend_dev_t[]", [*rpc_devices, *local_devices, ffi.NULL])
+            params.devices = devices
+            keep_alive.append(devices)
+        self._release_rpc = weakref.finalize(self, rpc.release, list(self._rpc_servers))
+        offload_devices = [*rpc_devices, *local_devices]
+        if split_mode == "none":
+            offload_devices = offload_devices[main_gpu : main_gpu + 1] if main_gpu >= 0 else []
+        self._offload_devices = offload_devices
         if tensor_split is not None:
             max_devices = int(lib.llama_max_devices())
             if len(tensor_split) > max_devices:
@@ -140,8 +176,10 @@ class Model:
             params.progress_callback_user_data = handle
             keep_alive.append(handle)
         recent_errors()
-        raw = lib.llama_model_load_from_file(os.fsencode(self.path), params)
+        with capture_log() as self._load_log:
+            raw = lib.llama_model_load_from_file(os.fsencode(self.path), params)
         if raw == ffi.NULL:
+            self._release_rpc()
             reason = recent_errors() or "llama.cpp gave no reason"
             raise ModelLoadError(f"failed to load model {self.path}: {reason}")
         self._handle: Any = ffi.gc(raw, lib.llama_model_free, size=int(lib.llama_model_size(raw)))
@@ -190,9 +228,16 @@ class Model:
         return LoraAdapter(self, path)
 
     def close(self) -> None:
-        """Free the model (and any contexts and adapters still using it).  Safe to call twice."""
+        """Free the model (and any contexts and adapters still using it).  Safe to call twice.
+
+        If one of the model's RPC workers has gone away, its native memory is left
+        allocated instead (with a warning): freeing it would need the worker, and
+        ggml aborts the process when a worker does not answer.
+        """
         if self._handle is None:
             return
+        if self._rpc_servers:
+            self._abandon_if_a_worker_died()
         for context in list(self._contexts):
             context.close()
         with self._lora_lock:  # no adapter is freed by another thread meanwhile
@@ -202,6 +247,24 @@ class Model:
                 self._chat_templates.close()
             handle, self._handle = self._handle, None
             ffi.release(handle)
+        self._release_rpc()
+
+    def _abandon_if_a_worker_died(self) -> None:
+        """Detach the native destructors of the model, its contexts and adapters if a worker is gone."""
+        try:
+            self.check_rpc_servers()
+        except RpcServerError as error:
+            warnings.warn(
+                f"{error}; not freeing model {self.path.name}'s memory (freeing it needs that worker)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            for context in list(self._contexts):
+                if context._handle is not None:
+                    ffi.gc(context._handle, None)
+            for adapter in list(self._adapters):
+                adapter._free.detach()
+            ffi.gc(self._handle, None)
 
     def __enter__(self) -> Model:
         return self
@@ -212,6 +275,30 @@ class Model:
     def __repr__(self) -> str:
         state = "closed" if self.closed else self.description
         return f"<Model {self.path.name}: {state}>"
+
+    # -- devices ------------------------------------------------------------------
+    @property
+    def rpc_servers(self) -> list[str]:
+        """The RPC workers this model was loaded with (``host:port``)."""
+        return list(self._rpc_servers)
+
+    def devices(self) -> list[offload.DeviceInfo]:
+        """The devices layers may go to (workers' devices first, then local GPUs), then the CPU."""
+        return offload.build_report(self._offload_devices, []).devices
+
+    def offload_report(self, context_logs: Sequence[Sequence[str]] = ()) -> offload.OffloadReport:
+        """Where llama.cpp put this model's layers and weights (and the buffers in ``context_logs``)."""
+        self._check_open()
+        return offload.build_report(self._offload_devices, self._load_log, context_logs)
+
+    def check_rpc_servers(self) -> None:
+        """Raise ``RpcServerError`` if one of this model's workers no longer listens.
+
+        ggml aborts the process when it talks to a dead worker, so call this before
+        work that would (a request, ``close()``) to get an exception instead.
+        """
+        for server in self._rpc_servers:
+            rpc.check_alive(server)
 
     # -- metadata -----------------------------------------------------------------
     @property
