@@ -125,6 +125,19 @@ class LlamaCppLoadSettings(BaseModel):
     type_v: str | None = Field(
         default=None, description="KV cache type of V (f32, f16, q8_0, ...); overrides f16_kv."
     )
+    rpc_servers: list[str] | None = Field(
+        default=None,
+        description="llamacpp-rpc-server workers ('host:port') that take layers as n_gpu_layers and "
+        "tensor_split say. No authentication: trusted networks only.",
+    )
+    tensor_split: list[float] | None = Field(
+        default=None, description="Share of the offloaded layers per device (workers first, then GPUs)."
+    )
+    main_gpu: int | None = Field(default=None, description="The device used with split_mode='none'.")
+    split_mode: str | None = Field(default=None, description="'layer' (default), 'row' or 'none'.")
+    offload_kqv: bool | None = Field(
+        default=None, description="Keep the KV cache with the offloaded layers (None: yes)."
+    )
     model_kwargs: dict[str, Any] = Field(
         default_factory=dict,
         description="More llamacpp_native.Llama load settings, or per-call sampling settings (typical_p...).",
@@ -198,6 +211,11 @@ class LlamaCppLoadSettings(BaseModel):
             "type_k": self.type_k,
             "type_v": self.type_v,
             "flash_attn": self.flash_attn,
+            "rpc_servers": self.rpc_servers,
+            "tensor_split": self.tensor_split,
+            "main_gpu": self.main_gpu,
+            "split_mode": self.split_mode,
+            "offload_kqv": self.offload_kqv,
             "rope_freq_base": self.rope_freq_base,
             "rope_freq_scale": self.rope_freq_scale,
             "last_n_tokens_size": self.last_n_tokens_size,

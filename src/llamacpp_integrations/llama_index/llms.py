@@ -101,6 +101,11 @@ class LlamaCPP(FunctionCallingLLM):
     lora_base: str | None = Field(
         default=None, description="Deprecated and ignored: a GGUF LoRA adapter applies to model_path itself."
     )
+    rpc_servers: list[str] | None = Field(
+        default=None,
+        description="llamacpp-rpc-server workers ('host:port') that take layers as model_kwargs' "
+        "n_gpu_layers and tensor_split say. No authentication: trusted networks only.",
+    )
 
     _llama: Llama | None = PrivateAttr(default=None)
 
@@ -145,6 +150,8 @@ class LlamaCPP(FunctionCallingLLM):
             settings.update(lora_path=self.lora_path, lora_scale=self.lora_scale)
         if self.lora_adapters:
             settings["lora_adapters"] = self.lora_adapters
+        if self.rpc_servers:
+            settings["rpc_servers"] = self.rpc_servers
         return {**settings, **self.model_kwargs}
 
     def _model(self) -> Llama:

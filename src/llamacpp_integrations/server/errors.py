@@ -23,6 +23,7 @@ from llamacpp_native.errors import (
     GenerationCancelled,
     LlamaError,
     ModelLoadError,
+    RpcServerError,
 )
 
 CLIENT_CLOSED = 499
@@ -121,6 +122,8 @@ def api_error(error: BaseException) -> APIError:
         return shutting_down()
     if isinstance(error, GenerationCancelled):
         return APIError(CLIENT_CLOSED, "The request was cancelled", code="request_cancelled")
+    if isinstance(error, RpcServerError):  # a worker of --rpc is down or unreachable
+        return APIError(503, f"An RPC worker is unavailable: {error}", "server_error", code="rpc_unavailable")
     if isinstance(error, ModelLoadError):
         return APIError(
             500, f"The model could not be loaded: {error}", "server_error", code="model_load_failed"

@@ -14,8 +14,11 @@ from pathlib import Path
 from typing import Any, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from llamacpp_native.errors import RpcServerError
+from llamacpp_native.rpc import parse_endpoint
 
 ENV_PREFIX = "LLAMACPP_"
 
@@ -33,11 +36,55 @@ class ModelOptions(BaseModel):
     n_parallel: int = Field(default=4, ge=1, description="Slots: requests decoded together in one batch.")
     n_threads: int | None = Field(default=None, ge=1, description="CPU threads (default: all cores).")
     n_batch: int = Field(default=512, ge=1, description="Prompt tokens decoded per step.")
-    n_gpu_layers: int = Field(default=0, ge=-1, description="Layers offloaded to the GPU (-1 = all).")
+    n_gpu_layers: int = Field(
+        default=0, ge=-1, description="Layers offloaded to the GPUs or RPC workers (-1 = all)."
+    )
+    rpc: str | None = Field(
+        default=None,
+        description="Comma-separated llamacpp-rpc-server workers (host:port,...) that take layers as "
+        "n_gpu_layers and tensor_split say. No authentication: trusted networks only.",
+    )
+    tensor_split: str | None = Field(
+        default=None, description="Comma-separated share of the offloaded layers per device, e.g. 3,1."
+    )
+    split_mode: str = Field(
+        default="layer",
+        pattern="^(layer|row|none)$",
+        description="Split layers ('layer') or rows ('row') across devices, or not ('none').",
+    )
+    main_gpu: int = Field(default=0, ge=0, description="The device used with --split_mode none.")
+    flash_attn: bool | None = Field(default=None, description="Flash attention (default: llama.cpp decides).")
+    offload_kqv: bool = Field(default=True, description="Keep the KV cache with the offloaded layers.")
+    type_k: str | None = Field(default=None, description="KV cache type of K (f16, q8_0, ...; default f16).")
+    type_v: str | None = Field(
+        default=None, description="KV cache type of V (f16, q8_0, ...; quantized needs flash attention)."
+    )
     chat_format: str | None = Field(
         default=None, description="Chat template to use when the GGUF has none (e.g. chatml, gemma)."
     )
     seed: int = Field(default=0xFFFFFFFF, description="Default sampling seed (0xFFFFFFFF = random).")
+
+    @field_validator("rpc")
+    @classmethod
+    def _check_rpc(cls, value: str | None) -> str | None:
+        for address in (value or "").split(","):
+            if address.strip():
+                try:
+                    parse_endpoint(address)
+                except RpcServerError as error:
+                    raise ValueError(str(error)) from None
+        return value
+
+    @field_validator("tensor_split")
+    @classmethod
+    def _check_tensor_split(cls, value: str | None) -> str | None:
+        try:
+            [float(s) for s in (value or "").split(",") if s.strip()]
+        except ValueError:
+            raise ValueError(
+                f"tensor_split must be comma-separated numbers, e.g. 3,1, not {value!r}"
+            ) from None
+        return value
 
 
 class ModelSettings(ModelOptions):
@@ -58,7 +105,11 @@ class ModelSettings(ModelOptions):
 
     def llama_kwargs(self, verbose: bool) -> dict[str, Any]:
         """Keyword arguments for ``llamacpp_native.Llama``."""
-        options = self.model_dump(exclude={"model", "model_alias"})
+        options = self.model_dump(exclude={"model", "model_alias", "rpc", "tensor_split"})
+        if self.rpc:
+            options["rpc_servers"] = [s.strip() for s in self.rpc.split(",") if s.strip()]
+        if self.tensor_split:
+            options["tensor_split"] = [float(s) for s in self.tensor_split.split(",") if s.strip()]
         return {**options, "verbose": verbose}
 
 
