@@ -250,15 +250,25 @@ class Model:
         self._release_rpc()
 
     def _abandon_if_a_worker_died(self) -> None:
-        """Detach the native destructors of the model, its contexts and adapters if a worker is gone."""
-        try:
-            self.check_rpc_servers()
-        except RpcServerError as error:
+        """Detach the native destructors of the model, its contexts and adapters if a worker is gone.
+
+        The leaked buffers keep ggml's connections to all of the model's workers,
+        so they stay counted as in use, and the dead ones are marked lost.
+        """
+        errors = []
+        for server in self._rpc_servers:
+            try:
+                rpc.check_alive(server)
+            except RpcServerError as error:
+                errors.append((server, error))
+        if errors:
             warnings.warn(
-                f"{error}; not freeing model {self.path.name}'s memory (freeing it needs that worker)",
+                f"{errors[0][1]}; not freeing model {self.path.name}'s memory (freeing it needs that worker)",
                 RuntimeWarning,
                 stacklevel=3,
             )
+            rpc.mark_lost([server for server, _ in errors])
+            self._release_rpc.detach()
             for context in list(self._contexts):
                 if context._handle is not None:
                     ffi.gc(context._handle, None)

@@ -246,6 +246,19 @@ _devices: dict[str, tuple[Any, ...]] = {}
 """Per address: its ggml devices.  ggml keeps them for the life of the process, one set per address."""
 _users: collections.Counter[str] = collections.Counter()
 """Per address: models of this process that hold it (and so may hold ggml's connection to it)."""
+_lost: set[str] = set()
+"""Addresses whose dead connection an abandoned model keeps (``mark_lost``)."""
+
+
+def mark_lost(names: Sequence[str]) -> None:
+    """Remember workers whose connection this process lost while a model kept it.
+
+    ggml keeps one connection per address for as long as any buffer on it lives;
+    a model abandoned after its worker died keeps the dead one for good, and ggml
+    would reuse it (and abort) for any new model naming that address.
+    """
+    with _lock:
+        _lost.update(names)
 
 
 def acquire(servers: Sequence[str], timeout: float = HANDSHAKE_TIMEOUT) -> tuple[list[str], list[Any]]:
@@ -270,6 +283,11 @@ def acquire(servers: Sequence[str], timeout: float = HANDSHAKE_TIMEOUT) -> tuple
     devices: list[Any] = []
     with _lock:
         for endpoint, name in zip(endpoints, names, strict=True):
+            if name in _lost:
+                raise RpcServerError(
+                    f"RPC server {name}: this process lost its connection to it while a model used it, and "
+                    "ggml cannot open another to the same address in this process; restart the process"
+                )
             if _users[name] > 0:
                 check_alive(endpoint, timeout)
             else:

@@ -193,7 +193,7 @@ CHILD_SETUP = """
 """
 
 
-def test_a_worker_that_stopped_between_requests_is_a_typed_error_and_close_survives(
+def test_a_worker_that_stopped_between_requests_is_a_typed_error_and_the_process_survives(
     model_path: Path,
 ) -> None:
     setup = CHILD_SETUP.format(tests=str(Path(__file__).parents[1]), model=str(model_path))
@@ -208,11 +208,18 @@ def test_a_worker_that_stopped_between_requests_is_a_typed_error_and_close_survi
         print("typed error:", error)
     llama.close()
     print("closed")
+    worker = start_worker(port)  # back on the same address: ggml still holds the dead connection
+    try:
+        Llama(llama.model_path, n_gpu_layers=-1, rpc_servers=[f"127.0.0.1:{port}"])
+    except RpcServerError as error:
+        print("reload:", error)
+    worker.terminate(); worker.wait()
     """
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "typed error: RPC server 127.0.0.1:" in result.stdout
     assert "closed" in result.stdout
+    assert "restart the process" in result.stdout.split("reload:")[1]
 
 
 def test_a_worker_dying_mid_generation_aborts_the_client_process_as_documented(model_path: Path) -> None:
