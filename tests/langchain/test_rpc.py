@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from llamacpp_integrations._runtime import release_shared_models
 from llamacpp_integrations.langchain import ChatLlamaCpp, LlamaCpp
 from llamacpp_native import RpcServerError
 from rpc_support import free_port, workers
@@ -23,17 +22,19 @@ SETTINGS = {
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    """One loopback worker for the module; the models using it are closed before it stops."""
+    """One loopback worker for the module (each test closes its model before it stops)."""
     with workers(1) as addresses:
         yield addresses[0]
-        release_shared_models()
 
 
 def test_llamacpp_puts_its_layers_on_the_workers(model_path: Path, server: str) -> None:
     llm = LlamaCpp(model_path=str(model_path), n_gpu_layers=-1, rpc_servers=[server], **SETTINGS)
-    assert llm.invoke("1, 2, 3,")
-    assert llm.llama.model.rpc_servers == [server]
-    assert "CPU" not in llm.llama.offload_report().layers
+    try:
+        assert llm.invoke("1, 2, 3,")
+        assert llm.llama.model.rpc_servers == [server]
+        assert "CPU" not in llm.llama.offload_report().layers
+    finally:
+        llm.llama.close()
 
 
 def test_chat_model_with_an_unreachable_worker_raises_the_typed_error(model_path: Path) -> None:

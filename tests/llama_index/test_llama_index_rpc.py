@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from llama_index_support import LOAD_SETTINGS
 
-from llamacpp_integrations._runtime import release_shared_models
 from llamacpp_integrations.llama_index import LlamaCPP
 from rpc_support import workers
 
@@ -23,10 +22,9 @@ def loopback_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def server(loopback_allowed: None) -> Iterator[str]:
-    """One loopback worker; the models using it are closed before it stops."""
+    """One loopback worker (the test closes its model before it stops)."""
     with workers(1) as addresses:
         yield addresses[0]
-        release_shared_models()
 
 
 def test_llamacpp_puts_its_layers_on_the_workers(model_path: Path, server: str) -> None:
@@ -37,5 +35,8 @@ def test_llamacpp_puts_its_layers_on_the_workers(model_path: Path, server: str) 
         model_kwargs={**LOAD_SETTINGS, "n_gpu_layers": -1},
     )
     assert llm.load_settings["rpc_servers"] == [server]
-    assert llm.complete("1, 2, 3,").text is not None
-    assert llm._model().model.rpc_servers == [server]
+    try:
+        assert llm.complete("1, 2, 3,").text is not None
+        assert llm._model().model.rpc_servers == [server]
+    finally:
+        llm._model().close()
