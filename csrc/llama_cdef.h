@@ -257,6 +257,80 @@ struct llama_sampler * llama_sampler_init_grammar_lazy_patterns(const struct lla
                                                                 const llama_token * trigger_tokens,
                                                                 size_t num_trigger_tokens);
 
+/* libmtmd: images and audio through a projector (mtmd.h, mtmd-helper.h) */
+typedef struct mtmd_context mtmd_context;
+typedef struct mtmd_bitmap mtmd_bitmap;
+typedef struct mtmd_input_chunk mtmd_input_chunk;
+typedef struct mtmd_input_chunks mtmd_input_chunks;
+typedef struct mtmd_helper_video mtmd_helper_video;
+struct mtmd_helper_embd_batch;
+enum mtmd_input_chunk_type { MTMD_INPUT_CHUNK_TYPE_TEXT, MTMD_INPUT_CHUNK_TYPE_IMAGE, MTMD_INPUT_CHUNK_TYPE_AUDIO,
+                             ... };
+struct mtmd_context_params {
+    bool use_gpu;
+    bool print_timings;
+    int n_threads;
+    const char * media_marker;
+    bool warmup;
+    ...;
+};
+typedef struct mtmd_input_text {
+    const char * text;
+    size_t text_len;
+    bool add_special;
+    bool parse_special;
+} mtmd_input_text;
+typedef struct mtmd_helper_init_opt { ...; } mtmd_helper_init_opt;
+struct mtmd_helper_bitmap_wrapper {
+    mtmd_bitmap * bitmap;
+    mtmd_helper_video * video_ctx;
+};
+typedef int32_t (*mtmd_helper_post_decode_callback)(const struct mtmd_helper_embd_batch * batch, void * user_data);
+int32_t llama_model_n_embd_inp(const struct llama_model * model);
+struct mtmd_context_params mtmd_context_params_default(void);
+mtmd_context * mtmd_init_from_file(const char * mmproj_fname, const struct llama_model * text_model,
+                                   const struct mtmd_context_params ctx_params);
+void mtmd_free(mtmd_context * ctx);
+bool mtmd_decode_use_non_causal(const mtmd_context * ctx, const mtmd_input_chunk * chunk);
+bool mtmd_decode_use_mrope(const mtmd_context * ctx);
+bool mtmd_support_vision(const mtmd_context * ctx);
+bool mtmd_support_audio(const mtmd_context * ctx);
+int mtmd_get_audio_sample_rate(const mtmd_context * ctx);
+mtmd_bitmap * mtmd_bitmap_init(uint32_t nx, uint32_t ny, const unsigned char * data);
+mtmd_bitmap * mtmd_bitmap_init_from_audio(size_t n_samples, const float * data);
+uint32_t mtmd_bitmap_get_nx(const mtmd_bitmap * bitmap);
+uint32_t mtmd_bitmap_get_ny(const mtmd_bitmap * bitmap);
+size_t mtmd_bitmap_get_n_bytes(const mtmd_bitmap * bitmap);
+bool mtmd_bitmap_is_audio(const mtmd_bitmap * bitmap);
+void mtmd_bitmap_free(mtmd_bitmap * bitmap);
+const char * mtmd_bitmap_get_id(const mtmd_bitmap * bitmap);
+void mtmd_bitmap_set_id(mtmd_bitmap * bitmap, const char * id);
+mtmd_input_chunks * mtmd_input_chunks_init(void);
+size_t mtmd_input_chunks_size(const mtmd_input_chunks * chunks);
+const mtmd_input_chunk * mtmd_input_chunks_get(const mtmd_input_chunks * chunks, size_t idx);
+void mtmd_input_chunks_free(mtmd_input_chunks * chunks);
+enum mtmd_input_chunk_type mtmd_input_chunk_get_type(const mtmd_input_chunk * chunk);
+const llama_token * mtmd_input_chunk_get_tokens_text(const mtmd_input_chunk * chunk, size_t * n_tokens_output);
+size_t mtmd_input_chunk_get_n_tokens(const mtmd_input_chunk * chunk);
+const char * mtmd_input_chunk_get_id(const mtmd_input_chunk * chunk);
+llama_pos mtmd_input_chunk_get_n_pos(const mtmd_input_chunk * chunk);
+mtmd_input_chunk * mtmd_input_chunk_copy(const mtmd_input_chunk * chunk);
+void mtmd_input_chunk_free(mtmd_input_chunk * chunk);
+int32_t mtmd_tokenize(const mtmd_context * ctx, mtmd_input_chunks * output, const mtmd_input_text * text,
+                      const mtmd_bitmap * const * bitmaps, size_t n_bitmaps);
+int32_t mtmd_encode_chunk(mtmd_context * ctx, const mtmd_input_chunk * chunk);
+float * mtmd_get_output_embd(mtmd_context * ctx);
+void mtmd_helper_log_set(ggml_log_callback log_callback, void * user_data);
+struct mtmd_helper_init_opt mtmd_helper_init_opt_default(void);
+struct mtmd_helper_bitmap_wrapper mtmd_helper_bitmap_init_from_buf(const mtmd_context * ctx, const unsigned char * buf,
+                                                                   size_t len, bool placeholder,
+                                                                   struct mtmd_helper_init_opt opt);
+void mtmd_helper_video_free(mtmd_helper_video * ctx);
+int32_t mtmd_helper_decode_image_chunk(mtmd_context * ctx, struct llama_context * lctx, const mtmd_input_chunk * chunk,
+                                       float * encoded_embd, llama_pos n_past, llama_seq_id seq_id, int32_t n_batch,
+                                       llama_pos * new_n_past, mtmd_helper_post_decode_callback callback,
+                                       void * user_data);
+
 /* our shim */
 typedef struct lcpp_chat_templates lcpp_chat_templates;
 const char * lcpp_package_version(void);

@@ -43,6 +43,14 @@ def lora_paths(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> tu
 
 
 @pytest.fixture(scope="session")
+def projector_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight ``gemma3`` projector (mmproj) for the default model (tests/mtmd_support.py)."""
+    from mtmd_support import write_test_projector
+
+    return write_test_projector(tmp_path_factory.mktemp("mmproj") / "mmproj-tiny.gguf")
+
+
+@pytest.fixture(scope="session")
 def llama(model_path: Path) -> Iterator[Llama]:
     """One shared ``Llama`` on the default model (tests must leave it usable)."""
     with Llama(model_path, n_ctx=2048, n_parallel=4, seed=1234) as instance:

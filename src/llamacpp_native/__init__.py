@@ -9,6 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from llamacpp_native._library import NATIVE_DIR, ffi, lib
+from llamacpp_native.chat_handlers import Llava15ChatHandler, MultimodalChatHandler
 from llamacpp_native.chat_template import ChatTemplates, RenderedChat, parse_chat_output
 from llamacpp_native.context import Context
 from llamacpp_native.engine import (
@@ -29,9 +30,15 @@ from llamacpp_native.errors import (
     GrammarError,
     LlamaError,
     LoraError,
+    MediaDecodeError,
+    MediaMarkerError,
+    MediaSourceError,
+    MediaTooLargeError,
     ModelLoadError,
     ModelNotFoundError,
+    MultimodalError,
     OutputTruncatedError,
+    ProjectorLoadError,
     RpcServerError,
     SchemaValidationError,
     TokenizeError,
@@ -39,7 +46,9 @@ from llamacpp_native.errors import (
 from llamacpp_native.grammar import LlamaGrammar, json_schema_to_grammar, read_grammar
 from llamacpp_native.llama import Llama, LoraSpec, SamplingOptions
 from llamacpp_native.lora import LoraAdapter
+from llamacpp_native.media import MediaPolicy
 from llamacpp_native.model import Model
+from llamacpp_native.multimodal import Bitmap, MediaChunk, Multimodal, MultimodalPrompt
 from llamacpp_native.offload import BufferInfo, DeviceInfo, OffloadReport
 from llamacpp_native.sampling import GrammarSpec, SamplerChain, SamplingParams
 from llamacpp_native.vocab import Vocab
@@ -104,4 +113,18 @@ __all__ = [
     "parse_chat_output",
     "read_grammar",
     "system_info",
+    # images and audio in
+    "Bitmap",
+    "Llava15ChatHandler",
+    "MediaChunk",
+    "MediaDecodeError",
+    "MediaMarkerError",
+    "MediaPolicy",
+    "MediaSourceError",
+    "MediaTooLargeError",
+    "Multimodal",
+    "MultimodalChatHandler",
+    "MultimodalError",
+    "MultimodalPrompt",
+    "ProjectorLoadError",
 ]

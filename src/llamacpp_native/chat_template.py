@@ -8,6 +8,7 @@ from typing import Any
 
 from llamacpp_native._library import ffi, lib, take_string
 from llamacpp_native.errors import ChatTemplateError, ClosedError
+from llamacpp_native.media import MediaSource
 from llamacpp_native.model import Model
 
 # common_grammar_trigger_type in llama.cpp's common/common.h
@@ -26,6 +27,8 @@ class RenderedChat:
     additional_stops: list[str]
     format_name: str
     parser_params: dict[str, Any]
+    media: tuple[MediaSource, ...] = ()
+    """The images and audio of the messages, in the order of the media markers in ``prompt``."""
 
 
 class ChatTemplates:

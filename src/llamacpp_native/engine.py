@@ -21,9 +21,16 @@ from typing import Any
 
 from llamacpp_native._library import ffi, lib, take_message
 from llamacpp_native.context import DECODE_ABORTED, DECODE_NO_KV_SLOT, Context
-from llamacpp_native.errors import ClosedError, ContextOverflowError, GrammarError
+from llamacpp_native.errors import (
+    ClosedError,
+    ContextOverflowError,
+    GrammarError,
+    MediaTooLargeError,
+    MultimodalError,
+)
 from llamacpp_native.lora import LoraAdapter, LoraSet, normalise_lora
 from llamacpp_native.model import Model
+from llamacpp_native.multimodal import MediaChunk, PromptMedia
 from llamacpp_native.request_stream import MAX_BACKLOG, RequestStream
 from llamacpp_native.sampling import SamplerChain, SamplingParams
 
@@ -51,6 +58,11 @@ class GenerationRequest:
     the end of the context.  ``lora`` is the set of LoRA adapters (with scales)
     this request runs under: None for the engine's default set, ``()`` for the
     base model.
+
+    ``media`` are the images (or audio clips) of a multimodal prompt, each with
+    the index of its first placeholder in ``prompt_tokens`` (as
+    ``MultimodalPrompt.media`` gives them); the engine encodes and decodes each
+    as part of the prompt's prefill.
     """
 
     prompt_tokens: list[int]
@@ -61,6 +73,7 @@ class GenerationRequest:
     grammar_prefill: list[int] = field(default_factory=list)
     """Tokens already in the prompt that the sampler's grammar must accept first."""
     lora: LoraSet | None = None
+    media: PromptMedia = ()
 
     def validate(self, n_ctx: int, n_vocab: int) -> None:
         """Raise a clear error for requests that cannot run."""
@@ -168,6 +181,8 @@ class _Job:
     decodes_pending: bool = False  # whether in_batch is the pending token
     generated: int = 0
     admitted: bool = False
+    media: dict[int, MediaChunk] = field(default_factory=dict)  # by the index of its first placeholder
+    shift: int = 0  # tokens minus positions of its media: nonzero only under M-RoPE
 
     @property
     def prefilling(self) -> bool:
@@ -207,8 +222,29 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 def _reusable(slot: _Slot, job: _Job) -> int:
-    """How much of ``job``'s sequence ``slot`` holds, decoded under the adapters ``job`` runs with."""
-    return _common_prefix(slot.tokens, job.tokens) if slot.lora == job.lora else 0
+    """How much of ``job``'s sequence ``slot`` holds, decoded under the adapters ``job`` runs with.
+
+    A media chunk is reused whole or not at all.
+    """
+    if slot.lora != job.lora:
+        return 0
+    shared = _common_prefix(slot.tokens, job.tokens)
+    for start, chunk in job.media.items():
+        if start < shared < start + chunk.n_tokens:
+            return start
+    return shared
+
+
+def _position(job: _Job, index: int) -> int:
+    """The KV position of token ``index`` of ``job``'s sequence (M-RoPE media have fewer than tokens)."""
+    if not job.shift:
+        return index
+    return index - sum(c.n_tokens - c.n_pos for start, c in job.media.items() if start + c.n_tokens <= index)
+
+
+def _next_media(job: _Job, start: int) -> int:
+    """Where the first media chunk at or after ``start`` begins (the end of the sequence if none)."""
+    return min((s for s in job.media if s >= start), default=len(job.tokens))
 
 
 def _decode_loop(engine_ref: weakref.ref[Engine], schedule: _Schedule) -> None:
@@ -286,7 +322,9 @@ class Engine:
             model, n_seq_max=n_slots, n_outputs_max=n_slots, swa_full=True, **context_kwargs
         )
         self.n_ctx = self.context.n_ctx
+        self.n_ubatch = int(lib.llama_n_ubatch(self.context.handle))
         self.slots = [_Slot(i) for i in range(self.context.n_seq_max)]
+        self._media_decoded = 0
         self._schedule = _Schedule()
         self._decoding: list[_Job] = []
         self._closed = False
@@ -327,6 +365,9 @@ class Engine:
             sampler.close()
             raise
         job = _Job(request, weakref.ref(stream), sampler, limit, lora, list(request.prompt_tokens))
+        if request.media:
+            job.media = dict(request.media)
+            job.shift = sum(chunk.n_tokens - chunk.n_pos for _start, chunk in request.media)
         stream._job = job
         with self._schedule.cv:
             if self._closed or self._schedule.closing:
@@ -403,6 +444,7 @@ class Engine:
                 "busy_slots": sum(1 for s in self.slots if s.job is not None),
                 "queued": len(self._schedule.waiting),
                 "cached_tokens": sum(len(s.tokens) for s in self.slots),
+                "media_decoded": self._media_decoded,
             }
 
     @property
@@ -461,9 +503,40 @@ class Engine:
 
     def _check(self, request: GenerationRequest) -> LoraSet:
         """Raise for a request that cannot run; return the adapters it runs under."""
-        request.validate(self.n_ctx, self.vocab.n_tokens)
-        self.vocab.check_tokens(request.prompt_tokens)
+        if request.media:
+            self._check_media(request)
+        else:
+            request.validate(self.n_ctx, self.vocab.n_tokens)
+            self.vocab.check_tokens(request.prompt_tokens)
         return self.lora if request.lora is None else self._checked_lora(normalise_lora(request.lora))
+
+    def _check_media(self, request: GenerationRequest) -> None:
+        """``_check`` for a prompt with images or audio: placeholders in place, each medium fits."""
+        tokens = request.prompt_tokens
+        text = list(tokens)
+        for start, chunk in sorted(request.media, key=lambda item: item[0], reverse=True):
+            if chunk.multimodal.model is not self.model:
+                raise ValueError(f"{chunk!r} was tokenized by a projector of another model")
+            chunk.multimodal.handle  # noqa: B018 - raises ClosedError if the projector is closed
+            if tokens[start : start + chunk.n_tokens] != list(chunk.placeholders):
+                raise ValueError(f"{chunk!r} does not stand at index {start} of the prompt tokens")
+            if chunk.non_causal and chunk.n_tokens > self.n_ubatch:
+                raise MediaTooLargeError(
+                    f"an {chunk.kind} takes {chunk.n_tokens} tokens, decoded in one micro-batch, but "
+                    f"n_ubatch is {self.n_ubatch}: load the model with n_ubatch >= {chunk.n_tokens}"
+                )
+            del text[start : start + chunk.n_tokens]
+        if len(tokens) > self.n_ctx:
+            n_media = len(tokens) - len(text)
+            raise MediaTooLargeError(
+                f"the prompt takes {len(tokens)} tokens ({n_media} of them for images or audio) but the "
+                f"context window is {self.n_ctx} tokens; send fewer or smaller media, or load the model "
+                "with a larger n_ctx"
+            )
+        if not text or text[-1] != tokens[-1]:
+            raise MultimodalError("a prompt must end with text after its last image or audio clip")
+        request.validate(self.n_ctx, self.vocab.n_tokens)
+        self.vocab.check_tokens(text)
 
     def _checked_lora(self, lora: LoraSet) -> LoraSet:
         for adapter, _scale in lora:
@@ -490,9 +563,12 @@ class Engine:
             jobs = list(schedule.running)
         if not jobs:
             return False
+        media = self._decode_media(jobs)
+        if media:
+            jobs = [job for job in jobs if job.slot is not None]
         batch = self._fill_batch(jobs)
         if not batch:
-            return False
+            return media
         try:
             self._decode(batch)
             self._sample([job for job in batch if job.output >= 0])
@@ -534,7 +610,7 @@ class Engine:
             # A fresh job re-decodes at least its last prompt token, for fresh logits; a
             # preempted one already holds its next token.
             keep = len(job.tokens) if job.pending is not None else len(job.tokens) - 1
-            self._truncate(slot, min(shared, keep))
+            self._truncate(slot, min(shared, keep), job)
             if not job.admitted:
                 job.admitted = True
                 stream = job.stream()
@@ -561,7 +637,7 @@ class Engine:
             donor = max(self.slots, key=lambda s: _reusable(s, job))
             shared = _reusable(donor, job)
             if shared >= MIN_COPIED_PREFIX:
-                self.context.kv_copy(donor.seq_id, own.seq_id, 0, shared)
+                self.context.kv_copy(donor.seq_id, own.seq_id, 0, _position(job, shared))
                 own.tokens = list(tokens[:shared])
             else:
                 shared = 0
@@ -602,9 +678,9 @@ class Engine:
         self.context.kv_remove(slot.seq_id, -1, -1)
         slot.tokens = []
 
-    def _truncate(self, slot: _Slot, keep: int) -> None:
+    def _truncate(self, slot: _Slot, keep: int, job: _Job) -> None:
         if keep < len(slot.tokens):
-            if not self.context.kv_remove(slot.seq_id, keep, -1):
+            if not self.context.kv_remove(slot.seq_id, _position(job, keep), -1):
                 self._forget(slot)
                 return
             del slot.tokens[keep:]
@@ -629,7 +705,7 @@ class Engine:
             assert job.slot is not None and job.pending is not None
             job.output = batch.n_tokens
             job.in_batch, job.decodes_pending = (job.pending,), True
-            lib.lcpp_batch_add(batch, job.pending, len(job.slot.tokens), job.slot.seq_id, True)
+            lib.lcpp_batch_add(batch, job.pending, len(job.slot.tokens) - job.shift, job.slot.seq_id, True)
             chosen.append(job)
         budget -= len(chosen)
         for job in jobs:
@@ -637,15 +713,73 @@ class Engine:
                 continue
             assert job.slot is not None
             start = len(job.slot.tokens)
-            part = job.tokens[start : start + budget]
+            end = start + budget
+            if job.media:  # text runs only: a media chunk is decoded on its own (_decode_media)
+                end = min(end, _next_media(job, start))
+                if end == start:
+                    continue
+            part = job.tokens[start:end]
             wants_logits = start + len(part) == len(job.tokens) and job.pending is None
             tokens = ffi.new("llama_token[]", part)
-            lib.lcpp_batch_add_run(batch, tokens, len(part), start, job.slot.seq_id, wants_logits)
+            lib.lcpp_batch_add_run(
+                batch, tokens, len(part), _position(job, start), job.slot.seq_id, wants_logits
+            )
             job.output = batch.n_tokens - 1 if wants_logits else -1
             job.in_batch = part
             budget -= len(part)
             chosen.append(job)
         return chosen
+
+    def _decode_media(self, jobs: list[_Job]) -> bool:
+        """Decode the next media chunk of one job whose prefill has reached it; False if none could be.
+
+        A chunk is encoded, then its embeddings decoded into the job's sequence in
+        a ``llama_decode`` of their own (non-causal where the model wants it), one
+        chunk per step so that generating sequences keep going in between.
+        """
+        for job in jobs:
+            if not job.media or not job.prefilling:
+                continue
+            assert job.slot is not None
+            chunk = job.media.get(len(job.slot.tokens))
+            if chunk is None:
+                continue
+            while not self._free_cells(chunk.n_tokens):
+                if not self._preempt_youngest():
+                    return False  # wait for room
+                if job.slot is None:
+                    return True  # it was the youngest: it waits at the head of the queue
+            try:
+                self._decode_chunk(job, chunk)
+            except BaseException as error:  # never leave the loop: fail this request instead
+                self._fail([job], error)
+            return True
+        return False
+
+    def _decode_chunk(self, job: _Job, chunk: MediaChunk) -> None:
+        slot, context = job.slot, self.context
+        assert slot is not None
+        pos = _position(job, len(slot.tokens))
+        with self._schedule.cv:
+            self._decoding = [job]  # a cancel from now on aborts the decode
+        try:
+            embeddings = chunk.multimodal.encode(chunk)
+            status = chunk.multimodal.decode(chunk, embeddings, context, pos, slot.seq_id)
+            while status == DECODE_NO_KV_SLOT and self._evict_idle():
+                context.kv_remove(slot.seq_id, pos, -1)
+                status = chunk.multimodal.decode(chunk, embeddings, context, pos, slot.seq_id)
+        finally:
+            with self._schedule.cv:
+                self._decoding = []
+        if status != 0:
+            context.kv_remove(slot.seq_id, pos, -1)  # drop the micro-batches that went in
+            if status == DECODE_ABORTED:
+                if not self._schedule.closing:
+                    context.clear_abort()
+                return
+            context.check_status(status, f"decoding the {chunk.kind}")
+        slot.tokens.extend(chunk.placeholders)
+        self._media_decoded += 1
 
     def _ready_to_generate(self, job: _Job) -> bool:
         """Holds its whole sequence and a sampled token, and its reader keeps up."""
@@ -674,7 +808,7 @@ class Engine:
             # Processed ubatches stay in the cache: drop them, so each slot is what it says.
             for job in batch:
                 assert job.slot is not None
-                self.context.kv_remove(job.slot.seq_id, len(job.slot.tokens), -1)
+                self.context.kv_remove(job.slot.seq_id, _position(job, len(job.slot.tokens)), -1)
                 job.output = -1
             if not self._schedule.closing:
                 context.clear_abort()

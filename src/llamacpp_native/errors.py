@@ -67,3 +67,27 @@ class ChatTemplateError(LlamaError, ValueError):
 
 class ClosedError(LlamaError, RuntimeError):
     """The object was used after close()."""
+
+
+class ProjectorLoadError(ModelLoadError):
+    """A projector (mmproj GGUF) could not be loaded: missing, not GGUF, malformed, or for another model."""
+
+
+class MultimodalError(LlamaError, ValueError):
+    """An image or audio input could not be used (no projector loaded, unsupported kind, bad source)."""
+
+
+class MediaDecodeError(MultimodalError):
+    """Image or audio bytes could not be decoded: corrupt, truncated, empty, or an unsupported format."""
+
+
+class MediaSourceError(MultimodalError):
+    """A medium's URL or path was refused (remote fetching off, a file outside the media folder) or failed."""
+
+
+class MediaMarkerError(MultimodalError):
+    """A prompt's media markers and its images (or audio clips) differ in number."""
+
+
+class MediaTooLargeError(MultimodalError, ContextOverflowError):
+    """An image (or audio clip) needs more tokens than the context window, or than one micro-batch."""

@@ -33,10 +33,18 @@ from llamacpp_native.engine import (
     GenerationRequest,
     GenerationResult,
 )
-from llamacpp_native.errors import ChatTemplateError, ContextOverflowError, LoraError
+from llamacpp_native.errors import (
+    ChatTemplateError,
+    ContextOverflowError,
+    LoraError,
+    MediaDecodeError,
+    MultimodalError,
+)
 from llamacpp_native.grammar import LlamaGrammar, json_schema_to_grammar, tighten_grammar
 from llamacpp_native.lora import LoraAdapter, LoraSet, normalise_lora
+from llamacpp_native.media import LOCAL, MediaPolicy, MediaSource, has_media, split_media
 from llamacpp_native.model import Model, ProgressCallback
+from llamacpp_native.multimodal import Bitmap, Multimodal, PromptMedia
 from llamacpp_native.offload import OffloadReport
 from llamacpp_native.openai_requests import check_tools, normalise_tool_choice, schema_from_response_format
 from llamacpp_native.request_stream import RequestStream
@@ -89,6 +97,13 @@ class Llama:
     not say otherwise; a request's ``lora={name_or_path: scale}`` replaces them for
     that request only (see ``Engine`` for how requests under different adapters
     share the decode loop).
+
+    Images and audio: ``mmproj_path`` (or llama-cpp-python's ``chat_handler=
+    Llava15ChatHandler(clip_model_path=...)``) loads the model's projector, and
+    chat messages may then carry OpenAI ``image_url`` parts (``data:`` URLs, local
+    paths or ``file://``) and, where the projector has an audio encoder,
+    ``input_audio`` parts.  ``media_policy`` says where their bytes may come from;
+    remote ``http(s)`` URLs are refused unless it allows them.
     """
 
     def __init__(
@@ -128,6 +143,9 @@ class Llama:
         lora_scale: float = 1.0,
         lora_adapters: Sequence[tuple[str | os.PathLike[str], float]] | None = None,
         lora_base: str | None = None,
+        mmproj_path: str | os.PathLike[str] | None = None,
+        chat_handler: Any = None,
+        media_policy: MediaPolicy = LOCAL,
     ) -> None:
         set_verbose(verbose)
         if lora_base is not None:
@@ -139,6 +157,9 @@ class Llama:
         adapter_paths = ([(lora_path, lora_scale)] if lora_path else []) + list(lora_adapters or [])
         if adapter_paths and vocab_only:
             raise ValueError("LoRA adapters need the model's weights: not with vocab_only=True")
+        projector = mmproj_path or getattr(chat_handler, "clip_model_path", None)
+        if projector and vocab_only:
+            raise ValueError("a projector (mmproj_path) needs the model's weights: not with vocab_only=True")
         self.model_path = str(model_path)
         self.model = Model(
             model_path,
@@ -181,9 +202,15 @@ class Llama:
         self._lora_lock = threading.Lock()
         self._loras_by_path: dict[str, LoraAdapter] = {}
         self._lora_names: dict[str, LoraAdapter] = {}
+        self.media_policy = media_policy
+        """Where images and audio in messages may come from (local files yes, the network no)."""
+        self.multimodal: Multimodal | None = None
+        """The projector (``mmproj_path``) that lets messages carry images, or audio; None without one."""
         if not vocab_only:
             try:
                 default_lora = [(self.load_lora(path), scale) for path, scale in adapter_paths]
+                if projector:
+                    self.multimodal = Multimodal(self.model, projector, n_threads=n_threads)
             except BaseException:
                 self.model.close()
                 raise
@@ -223,6 +250,8 @@ class Llama:
         if self._templates is not None:
             self._templates.close()
         self.model.close()
+        if self.multimodal is not None:
+            self.multimodal.close()
 
     def __enter__(self) -> Llama:
         return self
@@ -454,17 +483,20 @@ class Llama:
     ) -> RenderedChat:
         """Render messages (and tools, response format) to a prompt, grammar and parser settings."""
         check_tools(tools)
+        messages, media = self._split_media(messages)
         offered, choice = normalise_tool_choice(tools, tool_choice)
         schema = schema_from_response_format(response_format)
         if schema is not None:
             json_schema_to_grammar(schema)  # a clear GrammarError before rendering
         rendered = self.chat_templates.render(
-            [dict(m) for m in messages],
+            messages,
             tools=offered if choice != "none" else None,
             tool_choice=choice,
             parallel_tool_calls=parallel_tool_calls,
             json_schema=schema,
         )
+        if media:
+            rendered = dataclasses.replace(rendered, media=tuple(media))
         if not rendered.grammar:
             return rendered
         grammar = tighten_grammar(
@@ -473,12 +505,58 @@ class Llama:
         return dataclasses.replace(rendered, grammar=grammar)
 
     def chat_prompt_tokens(self, rendered: RenderedChat) -> list[int]:
-        """The tokens a rendered chat is decoded as (with BOS where the model wants one)."""
-        prompt = self.tokenize(rendered.prompt, add_bos=False, special=True)
+        """The tokens a rendered chat is decoded as (with BOS where the model wants one).
+
+        An image or audio clip counts its embeddings, each as a placeholder id.
+        """
+        return self._chat_prompt(rendered)[0]
+
+    def _chat_prompt(self, rendered: RenderedChat) -> tuple[list[int], PromptMedia]:
         vocab = self.model.vocab
-        if vocab.add_bos and (not prompt or prompt[0] != vocab.bos):
-            prompt.insert(0, vocab.bos)  # llama.cpp strips the template's BOS when rendering
-        return prompt
+        bos = [vocab.bos] if vocab.add_bos else []  # llama.cpp strips the template's BOS when rendering
+        if not rendered.media:
+            prompt = self.tokenize(rendered.prompt, add_bos=False, special=True)
+            return (bos + prompt if bos and prompt[:1] != bos else prompt), ()
+        multimodal = self._projector()
+        bitmaps = []
+        try:
+            for source in rendered.media:
+                bitmaps.append(self._bitmap(multimodal, source))
+            tokenized = multimodal.tokenize(rendered.prompt, bitmaps)
+        finally:
+            for bitmap in bitmaps:
+                bitmap.close()
+        if bos and tokenized.tokens[:1] != bos:
+            tokenized = tokenized.with_prefix(bos)
+        return tokenized.tokens, tokenized.media
+
+    def _projector(self) -> Multimodal:
+        if self.multimodal is None:
+            raise MultimodalError(
+                f"model {self.model.path.name} has no projector, so it cannot take images or audio: load "
+                "one with Llama(..., mmproj_path='mmproj.gguf') (the mmproj file published with the model)"
+            )
+        return self.multimodal
+
+    def _split_media(
+        self, messages: Sequence[Mapping[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[MediaSource]]:
+        """Messages with images/audio as media markers, and the media's bytes (read per ``media_policy``)."""
+        if not has_media(messages):
+            return [dict(m) for m in messages], []
+        return split_media(messages, self._projector().marker, self.media_policy)
+
+    @staticmethod
+    def _bitmap(multimodal: Multimodal, source: MediaSource) -> Bitmap:
+        """Decode one medium and check it is the kind its content part said."""
+        if source.kind == "audio" and not multimodal.supports_audio:
+            raise multimodal._lacks("audio")
+        bitmap = multimodal.media(source.data)
+        if bitmap.is_audio != (source.kind == "audio"):
+            bitmap.close()
+            found = "audio" if source.kind == "image" else "an image"
+            raise MediaDecodeError(f"an {source.kind} part holds {found}")
+        return bitmap
 
     def chat_request(
         self,
@@ -501,7 +579,7 @@ class Llama:
                 rendered.grammar, "root", rendered.grammar_lazy, tuple(patterns), tuple(tokens)
             )
         sampling = self._sampling(options, 0.2, spec)
-        prompt = self.chat_prompt_tokens(rendered)
+        prompt, media = self._chat_prompt(rendered)
         n_logprobs = (top_logprobs or 0) if logprobs else None
         # A template-made grammar starts with the generation prompt, which is already in
         # the prompt: the grammar must step past it before sampling (as llama.cpp does).
@@ -517,6 +595,7 @@ class Llama:
             n_logprobs,
             prefill_tokens,
             self._lora_set(lora),
+            media,
         )
 
     def create_chat_completion(
