@@ -157,12 +157,19 @@ def _connections_to(address: tuple[str, int]) -> list[socket.socket] | None:
         names = os.listdir("/proc/self/fd")
     except OSError:
         return None
+    import fcntl  # POSIX only, like /proc
+
     found = []
     for name in names:
+        fd = int(name)
         try:
-            if not stat.S_ISSOCK(os.fstat(int(name)).st_mode):
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
                 continue
-            sock = socket.socket(fileno=os.dup(int(name)))
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+            sock = socket.socket(fileno=os.dup(fd))
+            # a duplicate shares the blocking flag: Python's default timeout must not change ggml's
+            sock.settimeout(None)
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags)
         except OSError:
             continue
         try:
@@ -231,7 +238,7 @@ def check_alive(endpoint: Endpoint | str, timeout: float = HANDSHAKE_TIMEOUT) ->
         with sock:
             try:
                 closed = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-            except BlockingIOError:
+            except (BlockingIOError, TimeoutError):
                 continue  # open, and nothing to read: alive
             except OSError as error:
                 raise RpcServerError(
