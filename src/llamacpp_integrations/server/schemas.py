@@ -130,11 +130,40 @@ class CompletionRequest(GenerationBody):
         }
 
 
-class ContentPart(_Body):
-    """One part of a message's content; only text parts are supported."""
+class ImageURL(_Body):
+    """``image_url``: a ``data:`` URL (``file://`` with --media-path, http(s) with --allow-remote-media)."""
 
-    type: str
+    url: str
+    detail: str | None = None
+
+
+class InputAudio(_Body):
+    """``input_audio``: base64 audio (wav, mp3, flac)."""
+
+    data: str
+    format: str | None = None
+
+
+class ContentPart(_Body):
+    """One part of a message's content: text, an image, or audio (the model needs --mmproj for those)."""
+
+    type: Literal["text", "image_url", "input_audio"]
     text: str | None = None
+    image_url: ImageURL | str | None = None
+    input_audio: InputAudio | None = None
+
+    def as_llama(self) -> dict[str, Any]:
+        """The part as ``Llama.create_chat_completion`` takes it."""
+        if self.type == "text":
+            return {"type": "text", "text": self.text or ""}
+        if self.type == "image_url":
+            url = self.image_url.url if isinstance(self.image_url, ImageURL) else self.image_url
+            if not url:
+                raise ValueError("an image_url part needs image_url.url")
+            return {"type": "image_url", "image_url": {"url": url}}
+        if self.input_audio is None:
+            raise ValueError("an input_audio part needs input_audio.data")
+        return {"type": "input_audio", "input_audio": self.input_audio.model_dump(exclude_none=True)}
 
 
 class FunctionCall(_Body):
@@ -187,12 +216,11 @@ class ChatMessage(_Body):
             ]
         return message
 
-    def _text(self) -> str:
+    def _text(self) -> str | list[dict[str, Any]]:
         if self.content is None or isinstance(self.content, str):
             return self.content or ""
-        unsupported = sorted({part.type for part in self.content if part.type != "text"})
-        if unsupported:
-            raise ValueError(f"only text content parts are supported, not {unsupported}")
+        if any(part.type != "text" for part in self.content):
+            return [part.as_llama() for part in self.content]  # images: markers go where they are
         return "\n".join(part.text or "" for part in self.content)
 
 

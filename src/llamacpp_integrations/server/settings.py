@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from llamacpp_native.errors import RpcServerError
+from llamacpp_native.media import MediaPolicy
 from llamacpp_native.rpc import parse_endpoint
 
 ENV_PREFIX = "LLAMACPP_"
@@ -63,6 +64,22 @@ class ModelOptions(BaseModel):
         default=None, description="Chat template to use when the GGUF has none (e.g. chatml, gemma)."
     )
     seed: int = Field(default=0xFFFFFFFF, description="Default sampling seed (0xFFFFFFFF = random).")
+    mmproj: str | None = Field(
+        default=None,
+        description="The model's multimodal projector (mmproj .gguf): chat messages may then carry "
+        "image_url parts (and input_audio where it has an audio encoder).",
+    )
+    media_path: str | None = Field(
+        default=None,
+        description="Folder from which file:// image URLs are read (default: none, only data: URLs).",
+    )
+    allow_remote_media: bool = Field(
+        default=False,
+        description="Fetch http(s) image URLs (default: refused). The server then opens connections "
+        "its clients choose (SSRF): only where that is acceptable.",
+    )
+    media_max_bytes: int = Field(default=10_000_000, ge=1, description="Largest image or audio file.")
+    media_timeout: float = Field(default=10.0, gt=0, description="Seconds an http(s) image fetch may take.")
 
     @field_validator("rpc")
     @classmethod
@@ -105,11 +122,21 @@ class ModelSettings(ModelOptions):
 
     def llama_kwargs(self, verbose: bool) -> dict[str, Any]:
         """Keyword arguments for ``llamacpp_native.Llama``."""
-        options = self.model_dump(exclude={"model", "model_alias", "rpc", "tensor_split"})
+        media = {"mmproj", "media_path", "allow_remote_media", "media_max_bytes", "media_timeout"}
+        options = self.model_dump(exclude={"model", "model_alias", "rpc", "tensor_split"} | media)
         if self.rpc:
             options["rpc_servers"] = [s.strip() for s in self.rpc.split(",") if s.strip()]
         if self.tensor_split:
             options["tensor_split"] = [float(s) for s in self.tensor_split.split(",") if s.strip()]
+        if self.mmproj:
+            options["mmproj_path"] = self.mmproj
+            options["media_policy"] = MediaPolicy(
+                allow_files=self.media_path is not None,
+                file_root=Path(self.media_path) if self.media_path is not None else None,
+                allow_remote=self.allow_remote_media,
+                max_bytes=self.media_max_bytes,
+                timeout=self.media_timeout,
+            )
         return {**options, "verbose": verbose}
 
 
