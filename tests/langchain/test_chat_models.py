@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 import pytest
@@ -25,6 +27,7 @@ from typing_extensions import TypedDict
 from llamacpp_integrations.langchain import ChatLlamaCpp
 from llamacpp_integrations.langchain.chat_models import _to_openai_messages, _tool_choice
 from llamacpp_native import OutputTruncatedError
+from mtmd_support import noise_png
 
 
 @tool
@@ -107,10 +110,45 @@ def test_logprobs_when_asked(lc_params: dict[str, Any]) -> None:
     assert content and all(len(item["top_logprobs"]) == 2 for item in content)
 
 
-def test_text_only(chat: ChatLlamaCpp) -> None:
-    image = HumanMessage([{"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}])
-    with pytest.raises(ValueError, match="text messages only"):
+# -- images ----------------------------------------------------------------------------------
+def _png_base64(seed: int) -> str:
+    return base64.b64encode(noise_png(seed)).decode()
+
+
+def test_an_image_without_a_projector_says_to_load_one(chat: ChatLlamaCpp) -> None:
+    image = HumanMessage([{"type": "image", "base64": _png_base64(1), "mime_type": "image/png"}])
+    with pytest.raises(ValueError, match="mmproj_path"):
         chat.invoke([image])
+
+
+def test_unsupported_content_blocks_are_named(chat: ChatLlamaCpp) -> None:
+    document = HumanMessage(
+        [{"type": "file", "base64": "AAAA", "mime_type": "application/pdf", "filename": "a.pdf"}]
+    )
+    with pytest.raises(ValueError, match="file"):
+        chat.invoke([document])
+
+
+def test_image_blocks_in_langchain_and_openai_form_reach_the_model_alike(
+    lc_params: dict[str, Any], projector_path: Path
+) -> None:
+    chat = ChatLlamaCpp(**{**lc_params, "max_tokens": 3}, mmproj_path=str(projector_path))
+    text = {"type": "text", "text": "What is in this picture?"}
+    data = _png_base64(31)
+    standard = HumanMessage([text, {"type": "image", "base64": data, "mime_type": "image/png"}])
+    openai_form = HumanMessage(
+        [text, {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{data}"}}]
+    )
+    first = chat.invoke([standard])
+    second = chat.invoke([openai_form])
+    assert first.usage_metadata is not None and second.usage_metadata is not None
+    assert first.usage_metadata["input_tokens"] == second.usage_metadata["input_tokens"]
+    # the same image, so the second prompt is served from the prefix cache
+    assert (
+        second.usage_metadata["input_token_details"]["cache_read"]
+        == second.usage_metadata["input_tokens"] - 1
+    )
+    assert chat.get_num_tokens_from_messages([standard]) == first.usage_metadata["input_tokens"]
 
 
 # -- tools -----------------------------------------------------------------------------------

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
@@ -11,6 +13,7 @@ from langchain_tests.integration_tests import ChatModelIntegrationTests, Embeddi
 from langchain_tests.unit_tests import ChatModelUnitTests, EmbeddingsUnitTests
 
 from llamacpp_integrations.langchain import ChatLlamaCpp, LlamaCppEmbeddings
+from mtmd_support import noise_png
 
 NO_MODEL_FILE = "/nonexistent/model.gguf"  # unit suites construct objects; nothing may be loaded
 
@@ -65,6 +68,10 @@ BEYOND_A_270M_BASE_MODEL = {
 """Standard tests that need judgement this model lacks, and why (they still run: an XPASS is reported)."""
 
 
+def _serve_a_local_png(url: str, **_kwargs: Any) -> httpx.Response:
+    return httpx.Response(200, content=noise_png(7), request=httpx.Request("GET", url))
+
+
 @pytest.fixture(scope="session")
 def end_of_turn_bias(lc_params: dict[str, Any]) -> dict[int, float]:
     """A logit bias against ending the turn (Gemma's <end_of_turn> and <eos>)."""
@@ -84,9 +91,22 @@ class TestChatLlamaCppIntegration(ChatModelIntegrationTests):
 
     @pytest.fixture(autouse=True)
     def _real_model(
-        self, request: pytest.FixtureRequest, lc_params: dict[str, Any], end_of_turn_bias: dict[int, float]
+        self,
+        request: pytest.FixtureRequest,
+        lc_params: dict[str, Any],
+        end_of_turn_bias: dict[int, float],
+        projector_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
     ) -> None:
-        self._params = {**lc_params, "max_tokens": 32, "model_kwargs": {"logit_bias": end_of_turn_bias}}
+        self._params = {
+            **lc_params,
+            "max_tokens": 32,
+            "model_kwargs": {"logit_bias": end_of_turn_bias},
+            "mmproj_path": str(projector_path),
+        }
+        # The image tests download a PNG from GitHub; tests never touch the network, so they
+        # get a PNG of their own from the same call.
+        monkeypatch.setattr(httpx, "get", _serve_a_local_png)
         reason = BEYOND_A_270M_BASE_MODEL.get(request.node.originalname)
         if reason:
             request.applymarker(pytest.mark.xfail(reason=reason, strict=False))
@@ -107,6 +127,20 @@ class TestChatLlamaCppIntegration(ChatModelIntegrationTests):
     @property
     def supports_json_mode(self) -> bool:
         return True
+
+    @property
+    def supports_image_inputs(self) -> bool:
+        return True  # through the tiny test projector (mmproj_path)
+
+    @property
+    def supports_image_tool_message(self) -> bool:
+        return True
+
+    @property
+    def supports_image_urls(self) -> bool:
+        # Remote image URLs are refused by default (no fetching a URL a prompt names: SSRF);
+        # the suite's URL is a GitHub one, and tests never touch the network anyway.
+        return False
 
 
 class TestLlamaCppEmbeddingsIntegration(EmbeddingsIntegrationTests):

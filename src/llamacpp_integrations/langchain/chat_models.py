@@ -45,7 +45,10 @@ class ChatLlamaCpp(LlamaCppGenerationSettings, BaseChatModel):
     are constrained by a grammar, so they are valid by construction.
 
     The model loads on first use.  The chat template is the model's own, or
-    ``chat_format`` ("gemma", "chatml") for models without one.
+    ``chat_format`` ("gemma", "chatml") for models without one.  With
+    ``mmproj_path`` (the model's projector) messages may carry images, as
+    LangChain's standard ``{"type": "image", "base64": ..., "mime_type": ...}``
+    blocks or OpenAI ``image_url`` blocks (data URLs or local paths).
 
     Example:
         .. code-block:: python
@@ -59,6 +62,11 @@ class ChatLlamaCpp(LlamaCppGenerationSettings, BaseChatModel):
     chat_format: str | None = Field(
         default=None,
         description="Chat template for models without one: 'gemma' or 'chatml' (None: automatic).",
+    )
+    mmproj_path: str | None = Field(
+        default=None,
+        description="The model's multimodal projector (mmproj .gguf): messages may then carry images "
+        "(LangChain image blocks or OpenAI image_url blocks), and audio where it has an audio encoder.",
     )
     logprobs: bool | int | None = Field(  # type: ignore[assignment]
         default=None, description="Return token log-probabilities (True, or how many top alternatives)."
@@ -106,7 +114,16 @@ class ChatLlamaCpp(LlamaCppGenerationSettings, BaseChatModel):
         settings = super()._load_settings()
         if self.chat_format is not None:
             settings["chat_format"] = self.chat_format
+        if self.mmproj_path is not None:
+            settings["mmproj_path"] = self.mmproj_path
         return settings
+
+    @property
+    def _model_identity(self) -> dict[str, Any]:
+        identity = super()._model_identity
+        if self.mmproj_path:
+            identity["mmproj_path"] = self.mmproj_path
+        return identity
 
     def _instance_settings(self) -> dict[str, Any]:
         return {"logprobs": self.logprobs, "top_logprobs": self.top_logprobs}
@@ -305,14 +322,24 @@ class ChatLlamaCpp(LlamaCppGenerationSettings, BaseChatModel):
 
 
 # -- helpers -------------------------------------------------------------------------------------
+_CONTENT_BLOCKS = {"text", "image_url", "input_audio"}
+
+
 def _to_openai_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
-    """OpenAI-style message dicts (assistant tool_calls, role "tool" with tool_call_id); text only."""
+    """OpenAI-style message dicts (assistant tool_calls, role "tool" with tool_call_id).
+
+    LangChain's standard image and audio blocks become OpenAI ``image_url`` /
+    ``input_audio`` parts (a ``mmproj_path`` model reads them).
+    """
     converted = convert_to_openai_messages(list(messages), text_format="string")
     for message in converted:
         content = message.get("content")
         if not isinstance(content, str | None):
-            kinds = sorted({str(block.get("type")) for block in content if isinstance(block, Mapping)})
-            raise ValueError(f"ChatLlamaCpp takes text messages only; got content blocks of type {kinds}")
+            kinds = {str(block.get("type")) if isinstance(block, Mapping) else "?" for block in content}
+            if kinds - _CONTENT_BLOCKS:
+                raise ValueError(
+                    f"ChatLlamaCpp takes text, image and audio blocks; got {sorted(kinds - _CONTENT_BLOCKS)}"
+                )
     return converted
 
 
