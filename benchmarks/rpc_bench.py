@@ -11,11 +11,14 @@ prompt tokens/s of a --prompt-tokens prompt, for:
 * every layer on 1 worker, then on 2 workers (split evenly);
 * half the layers on 2 workers, the rest on this machine's CPU.
 
-All of it runs on one machine, so the workers compete with the client for the
-same cores and every token crosses the network stack twice per worker: loopback
-shows the overhead of RPC, never a speed-up.  RPC pays off when the workers are
-other machines (or GPUs) that add memory or compute.  Each row prints the median
-of --repeats runs and its ratio to local only; compare ratios, and repeat.
+Besides tokens/s it reports the CPU time a generated token costs, client and
+workers added up (Linux: /proc): the figure that shows RPC's overhead even on a
+busy shared machine, where a worker process can draw CPU time the client would
+have had to share, and so make wall-clock rows look faster.  All of it runs on
+one machine: loopback shows the overhead of RPC, never a speed-up.  RPC pays off
+when the workers are other machines (or GPUs) that add memory or compute.  Each
+row prints the median of --repeats runs and its ratio to local only; compare
+ratios, and repeat.
 
     python benchmarks/rpc_bench.py --max-tokens 64 --repeats 3 --plot rpc.png
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import socket
 import statistics
 import subprocess
@@ -44,8 +48,8 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def workers(count: int, threads: int) -> Iterator[list[str]]:
-    """``count`` loopback workers, as ``host:port``; stopped on exit."""
+def workers(count: int, threads: int) -> Iterator[tuple[list[str], list[int]]]:
+    """``count`` loopback workers, as (``host:port`` addresses, process ids); stopped on exit."""
     from llamacpp_native import RpcServerError, rpc
 
     processes: list[subprocess.Popen[bytes]] = []
@@ -68,16 +72,27 @@ def workers(count: int, threads: int) -> Iterator[list[str]]:
                         raise
                     time.sleep(0.1)
             addresses.append(address)
-        yield addresses
+        yield addresses, [process.pid for process in processes]
     finally:
         for process in processes:
             process.terminate()
             process.wait()
 
 
-def generation_tokens_per_s(llama: Any, max_tokens: int) -> float:
-    """Decode tokens/s of one greedy stream, first to last token."""
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of this process and of ``pids`` so far."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = time.process_time()
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
+
+
+def generation_run(llama: Any, max_tokens: int, pids: list[int]) -> tuple[float, float]:
+    """(decode tokens/s, CPU ms per token) of one greedy stream, first to last token."""
     stamps: list[float] = []
+    cpu: list[float] = []
     stream = llama.create_completion(
         PROMPT,
         max_tokens=max_tokens,
@@ -88,7 +103,11 @@ def generation_tokens_per_s(llama: Any, max_tokens: int) -> float:
     for chunk in stream:
         if chunk["choices"][0]["text"]:
             stamps.append(time.perf_counter())
-    return (len(stamps) - 1) / (stamps[-1] - stamps[0])
+            if len(stamps) == 1:
+                cpu.append(cpu_seconds(pids))
+    cpu.append(cpu_seconds(pids))
+    tokens = len(stamps) - 1
+    return tokens / (stamps[-1] - stamps[0]), 1000 * (cpu[1] - cpu[0]) / tokens
 
 
 def prompt_tokens_per_s(llama: Any, n_tokens: int, offset: int) -> float:
@@ -104,6 +123,11 @@ def prompt_tokens_per_s(llama: Any, n_tokens: int, offset: int) -> float:
 
 def median_of(repeats: int, run: Callable[[int], float]) -> float:
     return statistics.median(run(i) for i in range(repeats))
+
+
+def medians_of(repeats: int, run: Callable[[], tuple[float, float]]) -> tuple[float, float]:
+    results = [run() for _ in range(repeats)]
+    return statistics.median(r[0] for r in results), statistics.median(r[1] for r in results)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -129,8 +153,8 @@ def main(argv: list[str] | None = None) -> None:
 
         args.model = default_model_path()
     common = {"n_ctx": 1024, "n_parallel": 1, "n_threads": args.threads, "seed": 1234}
-    rows: list[tuple[str, float, float, str]] = []
-    with workers(2, args.threads) as servers:
+    rows: list[tuple[str, float, float, float, str]] = []
+    with workers(2, args.threads) as (servers, pids):
         configurations: list[tuple[str, dict[str, Any]]] = [
             ("local only", {}),
             ("local, no repacked weights", {"use_extra_bufts": False}),
@@ -145,26 +169,30 @@ def main(argv: list[str] | None = None) -> None:
                     settings = {**settings, "n_gpu_layers": (probe.n_layer + 1) // 2}
             with Llama(args.model, **common, **settings) as llama:
                 llama.create_completion(PROMPT, max_tokens=4)  # warm up: weights paged in, prompt cached
-                generation = median_of(
-                    args.repeats, lambda _: generation_tokens_per_s(llama, args.max_tokens)
+                generation, cpu_ms = medians_of(
+                    args.repeats, lambda: generation_run(llama, args.max_tokens, pids)
                 )
                 prompt = median_of(args.repeats, lambda i: prompt_tokens_per_s(llama, args.prompt_tokens, i))
                 layers = ", ".join(
                     f"{device} {count}" for device, count in llama.offload_report().layers.items()
                 )
-            rows.append((name, generation, prompt, layers))
+            rows.append((name, generation, cpu_ms, prompt, layers))
 
     print(
         f"model: {args.model.name}  threads: {args.threads} (client and each worker)  "
         f"repeats: {args.repeats}  generation: {args.max_tokens} tokens  "
         f"prompt: {args.prompt_tokens} tokens  (loopback: overhead only)"
     )
-    print(f"{'configuration':<31} {'gen tok/s':>9} {'ratio':>6} {'prompt tok/s':>12} {'ratio':>6}  layers")
+    print(
+        f"{'configuration':<31} {'gen tok/s':>9} {'ratio':>6} {'CPU ms/tok':>10} {'ratio':>6} "
+        f"{'prompt tok/s':>12} {'ratio':>6}  layers"
+    )
     reference = rows[0]
-    for name, generation, prompt, layers in rows:
+    for name, generation, cpu_ms, prompt, layers in rows:
         print(
             f"{name:<31} {generation:>9.1f} {generation / reference[1]:>6.2f} "
-            f"{prompt:>12.1f} {prompt / reference[2]:>6.2f}  {layers}"
+            f"{cpu_ms:>10.1f} {cpu_ms / reference[2]:>6.2f} "
+            f"{prompt:>12.1f} {prompt / reference[3]:>6.2f}  {layers}"
         )
     if args.plot is not None:
         import matplotlib
@@ -172,12 +200,18 @@ def main(argv: list[str] | None = None) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(7, 3))
+        fig, ax = plt.subplots(figsize=(7, 3.5))
         names = [row[0] for row in rows]
-        ax.barh(names, [row[1] / reference[1] for row in rows], label="generation")
+        positions = list(range(len(rows)))
+        ax.barh([y - 0.2 for y in positions], [row[1] / reference[1] for row in rows], 0.4, label="gen tok/s")
+        ax.barh(
+            [y + 0.2 for y in positions], [row[2] / reference[2] for row in rows], 0.4, label="CPU ms/token"
+        )
+        ax.set_yticks(positions, names)
         ax.axvline(1.0, color="grey", linewidth=0.8)
         ax.invert_yaxis()
-        ax.set_xlabel("generation tok/s, ratio to local only")
+        ax.legend()
+        ax.set_xlabel("ratio to local only")
         ax.set_title(f"RPC on loopback ({args.model.name}): overhead, not speed-up")
         fig.tight_layout()
         fig.savefig(args.plot)
