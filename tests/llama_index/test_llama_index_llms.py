@@ -13,7 +13,14 @@ from typing import Any
 
 import pytest
 from llama_index.core.agent.workflow import FunctionAgent
-from llama_index.core.base.llms.types import ChatMessage, ChatResponse, MessageRole, ToolCallBlock
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    ImageBlock,
+    MessageRole,
+    TextBlock,
+    ToolCallBlock,
+)
 from llama_index.core.callbacks import CallbackManager
 from llama_index.core.llms.llm import ToolSelection
 from llama_index.core.prompts import PromptTemplate
@@ -24,6 +31,7 @@ from pydantic import BaseModel, Field
 from llamacpp_integrations._runtime import shared_llama
 from llamacpp_integrations.llama_index import LlamaCPP
 from llamacpp_native import OutputTruncatedError, RenderedChat
+from mtmd_support import TOKENS_PER_IMAGE, noise_png
 
 QUESTION = "What is 6 times 7?"
 TOOL_TOKENS = {"max_tokens": 64}  # room for a whole tool-call JSON object
@@ -371,3 +379,37 @@ def test_stream_structured_predict_ends_with_the_whole_object(llm: LlamaCPP) -> 
     )
     assert len(partials) > 1
     Person.model_validate(partials[-1].model_dump())
+
+
+# -- images ----------------------------------------------------------------------------------
+def test_image_blocks_reach_the_model_through_its_projector(
+    model_path: Path, projector_path: Path, tmp_path: Path
+) -> None:
+    llm = LlamaCPP(
+        model_path=model_path, mmproj_path=projector_path, max_new_tokens=3, model_kwargs=LOAD_SETTINGS
+    )
+    assert llm.metadata.is_multi_modal  # type: ignore[attr-defined]
+    image = noise_png(41)
+    path = tmp_path / "picture.png"
+    path.write_bytes(image)
+
+    def ask(block: ImageBlock) -> ChatResponse:
+        message = ChatMessage(role=MessageRole.USER, blocks=[TextBlock(text=QUESTION), block])
+        return llm.chat([message], temperature=0.0)
+
+    first = ask(ImageBlock(image=image))
+    second = ask(ImageBlock(path=path))
+    assert first.raw is not None and second.raw is not None
+    usage = second.raw["usage"]
+    assert first.raw["usage"]["prompt_tokens"] == usage["prompt_tokens"] > TOKENS_PER_IMAGE
+    # the same picture, given as bytes and then as a path: one prefix cache entry
+    assert usage["prompt_tokens_details"]["cached_tokens"] == usage["prompt_tokens"] - 1
+
+
+def test_an_image_block_without_a_projector_says_to_load_one(llm: LlamaCPP) -> None:
+    assert not llm.metadata.is_multi_modal  # type: ignore[attr-defined]
+    message = ChatMessage(
+        role=MessageRole.USER, blocks=[TextBlock(text=QUESTION), ImageBlock(image=noise_png(1))]
+    )
+    with pytest.raises(ValueError, match="mmproj_path"):
+        llm.chat([message])

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import llama_index.core.instrumentation as instrument
 from llama_index.core.base.llms.generic_utils import messages_to_prompt as generic_messages_to_prompt
 from llama_index.core.base.llms.types import (
+    AudioBlock,
     ChatMessage,
     ChatResponse,
     ChatResponseAsyncGen,
@@ -24,6 +25,7 @@ from llama_index.core.base.llms.types import (
     CompletionResponse,
     CompletionResponseAsyncGen,
     CompletionResponseGen,
+    ImageBlock,
     LLMMetadata,
     MessageRole,
     TextBlock,
@@ -54,6 +56,14 @@ R = TypeVar("R", ChatResponse, CompletionResponse)
 _ROLES = {"developer": "system", "chatbot": "assistant", "model": "assistant", "function": "tool"}
 
 
+class LlamaCPPMetadata(LLMMetadata):
+    """``LLMMetadata`` plus whether the model reads images (a projector is loaded)."""
+
+    is_multi_modal: bool = Field(
+        default=False, description="Whether chat messages may carry ImageBlocks (an mmproj is loaded)."
+    )
+
+
 class LlamaCPP(FunctionCallingLLM):
     """A local GGUF model through llama.cpp, with tool calling and grammar-constrained output.
 
@@ -64,7 +74,9 @@ class LlamaCPP(FunctionCallingLLM):
 
     Chat renders the messages with the model's own chat template, unless
     ``messages_to_prompt`` is given: then chat formats a prompt string with it
-    and completes that.
+    and completes that.  With ``mmproj_path`` (the model's projector) chat
+    messages may carry ``ImageBlock``s (bytes, a local path, a data: URL), and
+    ``AudioBlock``s where the projector has an audio encoder.
     """
 
     model_path: str | None = Field(
@@ -107,6 +119,11 @@ class LlamaCPP(FunctionCallingLLM):
         "n_gpu_layers and tensor_split say. No authentication: trusted networks only.",
     )
 
+    mmproj_path: str | None = Field(
+        default=None,
+        description="The model's multimodal projector (mmproj .gguf): chat messages may then carry images.",
+    )
+
     _llama: Llama | None = PrivateAttr(default=None)
 
     @model_validator(mode="before")
@@ -121,7 +138,7 @@ class LlamaCPP(FunctionCallingLLM):
                 )
         return data
 
-    @field_validator("model_path", "lora_path", mode="before")
+    @field_validator("model_path", "lora_path", "mmproj_path", mode="before")
     @classmethod
     def _path_to_str(cls, value: Any) -> Any:
         return os.fspath(value) if isinstance(value, os.PathLike) else value
@@ -152,6 +169,8 @@ class LlamaCPP(FunctionCallingLLM):
             settings["lora_adapters"] = self.lora_adapters
         if self.rpc_servers:
             settings["rpc_servers"] = self.rpc_servers
+        if self.mmproj_path:
+            settings["mmproj_path"] = self.mmproj_path
         return {**settings, **self.model_kwargs}
 
     def _model(self) -> Llama:
@@ -166,12 +185,13 @@ class LlamaCPP(FunctionCallingLLM):
             context_window = self._llama.n_ctx
         else:
             context_window = self.load_settings["n_ctx"] or self.context_window
-        return LLMMetadata(
+        return LlamaCPPMetadata(
             context_window=context_window,
             num_output=self.max_new_tokens,
             is_chat_model=True,
             is_function_calling_model=True,
             model_name=self.model_path or "unknown",
+            is_multi_modal=bool(self.load_settings.get("mmproj_path")),
         )
 
     # -- the two cores: everything else aggregates or wraps them ----------------------------
@@ -574,7 +594,9 @@ def _assistant_message(content: str, tool_calls: list[dict[str, Any]]) -> ChatMe
 def _to_openai_message(message: ChatMessage) -> dict[str, Any]:
     """A LlamaIndex message as the OpenAI-style dict the chat template renders."""
     role = message.role.value
-    out: dict[str, Any] = {"role": _ROLES.get(role, role), "content": message.content or ""}
+    media = any(isinstance(block, ImageBlock | AudioBlock) for block in message.blocks)
+    content = [p for p in map(_content_part, message.blocks) if p] if media else message.content or ""
+    out: dict[str, Any] = {"role": _ROLES.get(role, role), "content": content}
     calls = [
         {
             "id": block.tool_call_id or block.tool_name,
@@ -597,8 +619,28 @@ def _to_openai_message(message: ChatMessage) -> dict[str, Any]:
     return out
 
 
+def _content_part(block: Any) -> dict[str, Any] | None:
+    """A text, image or audio block as an OpenAI content part (other blocks: None)."""
+    if isinstance(block, TextBlock):
+        return {"type": "text", "text": block.text}
+    if isinstance(block, ImageBlock):
+        if isinstance(block.image, bytes):  # base64 text, as ImageBlock keeps it
+            url = f"data:{block.image_mimetype or 'image/*'};base64,{block.image.decode()}"
+        elif block.path is not None:
+            url = os.fspath(block.path)
+        elif block.url is not None:
+            url = str(block.url)
+        else:
+            raise ValueError("an ImageBlock needs image bytes, a path or a url")
+        return {"type": "image_url", "image_url": {"url": url}}
+    if isinstance(block, AudioBlock):
+        data = block.resolve_audio(as_base64=True).read().decode()
+        return {"type": "input_audio", "input_audio": {"data": data, "format": block.format or "wav"}}
+    return None
+
+
 def _json_text(arguments: Any) -> str:
     return arguments if isinstance(arguments, str) else json.dumps(arguments)
 
 
-__all__ = ["LlamaCPP"]
+__all__ = ["LlamaCPP", "LlamaCPPMetadata"]
