@@ -149,3 +149,88 @@ def solid_png(color: tuple[int, int, int], size: int = IMAGE_SIZE) -> bytes:
 def noise_png(seed: int, size: int = IMAGE_SIZE) -> bytes:
     """A square PNG of seeded noise."""
     return png_bytes(size, size, noise_rgb(size, size, seed))
+
+
+AUDIO_MEL_BINS = 16
+AUDIO_STACK = 4
+
+
+def write_test_audio_projector(path: Path, *, n_embd_out: int = 640, seed: int = 0) -> Path:
+    """A tiny random-weight ``ultravox`` audio projector (a one-block Whisper encoder, width 32).
+
+    llama.cpp turns the clip into a 16-bin log-mel spectrogram at 16 kHz, in
+    30-second chunks; the encoder and the Ultravox projector (frames stacked by 4,
+    SwiGLU) map each chunk to 375 embeddings of width ``n_embd_out``.
+    """
+    rng = np.random.default_rng(seed)
+    w, n_ff, hidden = WIDTH, 2 * WIDTH, 2 * WIDTH
+    stacked = w * AUDIO_STACK
+    n_positions = 1500  # a 3000-frame chunk after the stride-2 convolution
+    T = gguf.GGUFValueType
+    writer = gguf.GGUFWriter(path, "clip")
+    writer.add_name("tiny random ultravox projector (tests)")
+    writer.add_key_value("clip.has_audio_encoder", True, T.BOOL)
+    writer.add_string("clip.projector_type", "ultravox")
+    for key, value in {
+        "embedding_length": w,
+        "feed_forward_length": n_ff,
+        "block_count": 1,
+        "attention.head_count": 2,
+        "projection_dim": n_embd_out,
+        "num_mel_bins": AUDIO_MEL_BINS,
+        "projector.stack_factor": AUDIO_STACK,
+    }.items():
+        writer.add_key_value(f"clip.audio.{key}", value, T.UINT32)
+    writer.add_key_value("clip.audio.attention.layer_norm_epsilon", 1e-5, T.FLOAT32)
+
+    def normal(*shape: int, scale: float) -> np.ndarray:
+        return rng.normal(0.0, scale, shape).astype(np.float32)
+
+    tensors = {
+        # ggml conv1d kernels [K, C_in, C_out]; biases [1, C_out]
+        "a.conv1d.1.weight": normal(w, AUDIO_MEL_BINS, 3, scale=0.3).astype(np.float16),
+        "a.conv1d.1.bias": normal(w, 1, scale=0.1),
+        "a.conv1d.2.weight": normal(w, w, 3, scale=0.2).astype(np.float16),
+        "a.conv1d.2.bias": normal(w, 1, scale=0.1),
+        "a.position_embd.weight": normal(n_positions, w, scale=0.1),
+        "a.blk.0.ln1.weight": np.ones(w, np.float32),
+        "a.blk.0.ln1.bias": np.zeros(w, np.float32),
+        "a.blk.0.attn_q.weight": normal(w, w, scale=w**-0.5),
+        "a.blk.0.attn_q.bias": np.zeros(w, np.float32),
+        "a.blk.0.attn_k.weight": normal(w, w, scale=w**-0.5),
+        "a.blk.0.attn_v.weight": normal(w, w, scale=w**-0.5),
+        "a.blk.0.attn_v.bias": np.zeros(w, np.float32),
+        "a.blk.0.attn_out.weight": normal(w, w, scale=w**-0.5),
+        "a.blk.0.attn_out.bias": np.zeros(w, np.float32),
+        "a.blk.0.ln2.weight": np.ones(w, np.float32),
+        "a.blk.0.ln2.bias": np.zeros(w, np.float32),
+        "a.blk.0.ffn_up.weight": normal(n_ff, w, scale=w**-0.5),
+        "a.blk.0.ffn_up.bias": np.zeros(n_ff, np.float32),
+        "a.blk.0.ffn_down.weight": normal(w, n_ff, scale=n_ff**-0.5),
+        "a.blk.0.ffn_down.bias": np.zeros(w, np.float32),
+        "mm.a.norm_pre.weight": np.ones(stacked, np.float32),
+        "mm.a.mlp.1.weight": normal(2 * hidden, stacked, scale=stacked**-0.5),
+        "mm.a.norm_mid.weight": np.ones(hidden, np.float32),
+        "mm.a.mlp.2.weight": normal(n_embd_out, hidden, scale=hidden**-0.5),
+    }
+    for name, data in tensors.items():
+        writer.add_tensor(name, data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def wav_bytes(samples: np.ndarray, rate: int = 16000) -> bytes:
+    """A mono 16-bit PCM WAV file of ``samples`` (floats in [-1, 1])."""
+    pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+    header = struct.pack("<4sI4s", b"RIFF", 36 + len(pcm), b"WAVE")
+    fmt = struct.pack("<4sIHHIIHH", b"fmt ", 16, 1, 1, rate, rate * 2, 2, 16)
+    return header + fmt + struct.pack("<4sI", b"data", len(pcm)) + pcm
+
+
+def tone(frequency: float, seconds: float = 1.0, rate: int = 16000) -> np.ndarray:
+    """A sine tone as float samples."""
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.5 * np.sin(2 * np.pi * frequency * t)).astype(np.float32)

@@ -20,6 +20,7 @@ import atexit
 import hashlib
 import os
 import secrets
+import struct
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -119,6 +120,41 @@ OUTPUT_WIDTH = {
     "mlp": ("mm.2.weight", 1),
 }
 """Where some projector types keep their output width (the tensor and its dimension), as clip.cpp reads it."""
+
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024
+"""Largest image decoded by default: 64 megapixels (192 MiB of RGB)."""
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height from a PNG, GIF, BMP or JPEG header without decoding it; None for other data."""
+    try:
+        if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+            width, height = struct.unpack(">II", data[16:24])
+            return int(width), int(height)
+        if data[:6] in (b"GIF87a", b"GIF89a"):
+            width, height = struct.unpack("<HH", data[6:10])
+            return int(width), int(height)
+        if data[:2] == b"BM":
+            width, height = struct.unpack("<ii", data[18:26])
+            return abs(int(width)), abs(int(height))
+        if data[:2] == b"\xff\xd8":
+            i = 2
+            while i + 9 <= len(data):
+                if data[i] != 0xFF:
+                    i += 1
+                    continue
+                marker = data[i + 1]
+                if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # start of frame
+                    height, width = struct.unpack(">HH", data[i + 5 : i + 9])
+                    return int(width), int(height)
+                if marker in (0xD8, 0x01, 0xFF) or 0xD0 <= marker <= 0xD7:
+                    i += 2 if marker != 0xFF else 1
+                    continue
+                i += 2 + struct.unpack(">H", data[i + 2 : i + 4])[0]
+    except struct.error:
+        return None  # a truncated header: the decoder reports it
+    return None
+
 
 _MEDIA_KIND = {lib.MTMD_INPUT_CHUNK_TYPE_IMAGE: "image", lib.MTMD_INPUT_CHUNK_TYPE_AUDIO: "audio"}
 _PLACEHOLDER_BASE = 1 << 40  # far outside int32: a placeholder that reached llama_batch would raise
@@ -360,6 +396,7 @@ class Multimodal:
         use_gpu: bool | None = None,
         warmup: bool = False,
         marker: str | None = None,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
     ) -> None:
         self.model = model
         self.path = Path(path)
@@ -391,6 +428,8 @@ class Multimodal:
         )
         """Sample rate (Hz) of the PCM that ``audio()`` takes, or None without an audio encoder."""
         self.uses_mrope: bool = bool(lib.mtmd_decode_use_mrope(raw))
+        self.max_image_pixels = max_image_pixels
+        """More pixels are refused before decoding (a small file may hold a huge image)."""
 
     # -- lifetime -------------------------------------------------------------------------
     @property
@@ -442,6 +481,12 @@ class Multimodal:
             raise TypeError(f"expected the bytes of an image or audio file, got {type(data).__name__}")
         if not data:
             raise MediaDecodeError("the image is empty (0 bytes)")
+        size = image_size(bytes(data[:65536]))
+        if size is not None and size[0] * size[1] > self.max_image_pixels:
+            raise MediaDecodeError(
+                f"the image has {size[0]}x{size[1]} pixels, more than max_image_pixels "
+                f"({self.max_image_pixels}); scale it down first"
+            )
         buf = ffi.from_buffer("unsigned char[]", data)
         recent_errors()
         result = lib.mtmd_helper_bitmap_init_from_buf(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import gc
 import shutil
+import struct
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,6 +45,9 @@ from mtmd_support import (
     noise_rgb,
     png_bytes,
     solid_png,
+    tone,
+    wav_bytes,
+    write_test_audio_projector,
     write_test_projector,
 )
 
@@ -268,6 +272,68 @@ def test_a_cancelled_image_request_frees_its_slot(vision: Llama) -> None:
     assert_still_works(vision)
 
 
+# -- audio: the same path, through a tiny Ultravox (Whisper encoder) projector ----------------------
+@pytest.fixture(scope="module")
+def listening(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Llama]:
+    """The default model with a tiny random audio projector."""
+    projector = write_test_audio_projector(tmp_path_factory.mktemp("audio") / "mmproj-audio.gguf")
+    with Llama(model_path, mmproj_path=projector, n_ctx=2048, n_parallel=1, n_threads=1) as instance:
+        yield instance
+
+
+def audio_message(wav: bytes, text: str = "What do you hear?") -> list[dict[str, Any]]:
+    audio = {"data": base64.b64encode(wav).decode(), "format": "wav"}
+    return [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": text}, {"type": "input_audio", "input_audio": audio}],
+        }
+    ]
+
+
+def test_input_audio_parts_are_heard_and_counted(listening: Llama) -> None:
+    projector = listening.multimodal
+    assert projector is not None
+    assert (projector.supports_audio, projector.supports_vision, projector.audio_sample_rate) == (
+        True,
+        False,
+        16000,
+    )
+    text_only = chat(
+        listening, [{"role": "user", "content": [{"type": "text", "text": "What do you hear?"}]}]
+    )
+    heard = chat(listening, audio_message(wav_bytes(tone(440.0))))
+    # one 30-second chunk (the clip is padded to it): 375 embeddings
+    assert heard["usage"]["prompt_tokens"] - text_only["usage"]["prompt_tokens"] >= 375
+
+
+def test_different_sounds_give_different_logits_and_the_same_sound_is_cached(listening: Llama) -> None:
+    low = first_logprobs(listening, audio_message(wav_bytes(tone(220.0))))
+    high = first_logprobs(listening, audio_message(wav_bytes(tone(3000.0))))
+    assert low.keys() != high.keys() or any(abs(low[t] - high[t]) > 0.05 for t in low)
+    again = chat(listening, audio_message(wav_bytes(tone(3000.0))))
+    usage = again["usage"]
+    assert usage["prompt_tokens_details"]["cached_tokens"] == usage["prompt_tokens"] - 1
+
+
+def test_raw_pcm_samples_make_an_audio_clip(listening: Llama) -> None:
+    projector = listening.multimodal
+    assert projector is not None
+    with projector.audio(tone(880.0)) as clip:
+        assert (clip.is_audio, clip.width) == (True, 16000)
+        prompt = projector.tokenize(f"Listen: {projector.marker} Now answer.", [clip])
+    ((_start, chunk),) = prompt.media
+    assert (chunk.kind, chunk.n_tokens) == ("audio", 375)
+    with pytest.raises(MediaDecodeError):
+        projector.audio([])
+
+
+def test_an_image_to_an_audio_only_projector_is_refused(listening: Llama) -> None:
+    with pytest.raises(MultimodalError, match="no vision encoder"):
+        chat(listening, image_message(data_url(noise_png(1))))
+    assert chat(listening, audio_message(wav_bytes(tone(440.0))))["usage"]["completion_tokens"] >= 1
+
+
 # -- bad input: a typed error, and the model still works ----------------------------------------------
 def _half_png() -> bytes:
     image = noise_png(1)
@@ -276,6 +342,12 @@ def _half_png() -> bytes:
 
 def _zero_size_png() -> bytes:
     return png_bytes(0, 0, b"")
+
+
+def _huge_png() -> bytes:
+    """A PNG header announcing 100k x 100k pixels (30 GB of RGB): refused before decoding."""
+    header = png_bytes(1, 1, b"\x00\x00\x00")
+    return header[:16] + struct.pack(">II", 100_000, 100_000) + header[24:]
 
 
 @pytest.mark.parametrize(
@@ -291,6 +363,12 @@ def _zero_size_png() -> bytes:
 def test_undecodable_image_bytes_are_a_media_decode_error(vision: Llama, payload: bytes) -> None:
     with pytest.raises(MediaDecodeError):
         chat(vision, image_message(data_url(payload)))
+    assert_still_works(vision)
+
+
+def test_an_image_of_too_many_pixels_is_refused_before_it_is_decoded(vision: Llama) -> None:
+    with pytest.raises(MediaDecodeError, match="max_image_pixels"):
+        chat(vision, image_message(data_url(_huge_png())))
     assert_still_works(vision)
 
 
