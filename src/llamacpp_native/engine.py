@@ -513,6 +513,8 @@ class Engine:
     def _check_media(self, request: GenerationRequest) -> None:
         """``_check`` for a prompt with images or audio: placeholders in place, each medium fits."""
         tokens = request.prompt_tokens
+        if max(start + chunk.n_tokens for start, chunk in request.media) >= len(tokens):
+            raise MultimodalError("a prompt must end with text after its last image or audio clip")
         text = list(tokens)
         for start, chunk in sorted(request.media, key=lambda item: item[0], reverse=True):
             if chunk.multimodal.model is not self.model:
@@ -533,8 +535,6 @@ class Engine:
                 f"context window is {self.n_ctx} tokens; send fewer or smaller media, or load the model "
                 "with a larger n_ctx"
             )
-        if not text or text[-1] != tokens[-1]:
-            raise MultimodalError("a prompt must end with text after its last image or audio clip")
         request.validate(self.n_ctx, self.vocab.n_tokens)
         self.vocab.check_tokens(text)
 

@@ -312,7 +312,8 @@ class MediaChunk:
         """Positions it advances the sequence by (fewer than ``n_tokens`` under M-RoPE)."""
         raw_id = lib.mtmd_input_chunk_get_id(copy)
         self.id: str = "" if raw_id == ffi.NULL else ffi.string(raw_id).decode()
-        identity = f"{multimodal.key}\0{self.id}\0{occurrence}\0{self.n_tokens}"
+        content = self.id or secrets.token_hex(16)  # no id: never the same as anything else
+        identity = f"{multimodal.key}\0{content}\0{occurrence}\0{self.n_tokens}"
         base = int.from_bytes(hashlib.sha256(identity.encode()).digest()[:8], "little")
         self.placeholders: tuple[int, ...] = tuple(
             -(_PLACEHOLDER_BASE + (base + k) % _PLACEHOLDER_BASE) for k in range(self.n_tokens)
