@@ -46,9 +46,6 @@ class MediaPolicy:
 LOCAL = MediaPolicy()
 """The policy of a library in the user's own process: local files yes, the network no."""
 
-SERVED = MediaPolicy(allow_files=False)
-"""The policy of a server: only what the request itself carries."""
-
 
 @dataclass(frozen=True)
 class MediaSource:
@@ -126,6 +123,8 @@ def load_url(url: str, policy: MediaPolicy) -> bytes:
         return _read_file(urllib.parse.unquote(url[7:]) if scheme == "file" else url, policy)
     if scheme:
         raise MediaSourceError(f"unsupported media URL scheme {scheme!r}: use data:, file:// or a path")
+    if policy.allow_files and len(url) < 4096 and os.path.isfile(url):
+        return _read_file(url, policy)  # a relative path
     return _base64(url, policy)  # OpenAI's input_audio.data, and llama-server's bare base64
 
 
@@ -135,7 +134,9 @@ def _base64(payload: str, policy: MediaPolicy) -> bytes:
     try:
         data = base64.b64decode(payload.strip(), validate=True)
     except (binascii.Error, ValueError):
-        raise MediaDecodeError("the medium is not valid base64") from None
+        raise MediaDecodeError(
+            "the image or audio is neither a data: URL, a path, nor valid base64"
+        ) from None
     if not data:
         raise MediaDecodeError("the medium is empty (0 bytes)")
     return data

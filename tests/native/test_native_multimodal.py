@@ -178,14 +178,15 @@ def test_a_different_image_with_the_same_text_is_a_cache_miss_from_the_image_on(
 
 
 def test_the_same_file_as_a_path_a_file_url_and_a_data_url_is_one_cache_entry(
-    vision: Llama, tmp_path: Path
+    vision: Llama, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     image = noise_png(4)
     path = tmp_path / "picture.png"
     path.write_bytes(image)
     first = chat(vision, image_message(str(path)))
     decoded = vision.engine.stats()["media_decoded"]
-    for url in (path.as_uri(), data_url(image)):
+    monkeypatch.chdir(tmp_path)
+    for url in (path.as_uri(), data_url(image), "picture.png"):
         again = chat(vision, image_message(url))
         assert again["usage"]["prompt_tokens_details"]["cached_tokens"] == first["usage"]["prompt_tokens"] - 1
     assert vision.engine.stats()["media_decoded"] == decoded
