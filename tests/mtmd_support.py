@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,44 +76,64 @@ def write_test_projector(
         else:
             writer.add_string(key, value)
 
-    def normal(*shape: int, scale: float) -> np.ndarray:
-        return rng.normal(0.0, scale, shape).astype(np.float32)
-
+    normal = _normal(rng)
     w = WIDTH
-    # numpy shapes are ggml's reversed: a weight of ggml shape [n_in, n_out] is (n_out, n_in) here
     tensors = {
         "v.patch_embd.weight": normal(w, 3, PATCH_SIZE, PATCH_SIZE, scale=0.5).astype(np.float16),
         "v.patch_embd.bias": normal(w, scale=0.1),
         "v.position_embd.weight": normal(n_patches, w, scale=0.1),
-        "v.blk.0.ln1.weight": np.ones(w, np.float32),
-        "v.blk.0.ln1.bias": np.zeros(w, np.float32),
-        "v.blk.0.attn_q.weight": normal(w, w, scale=w**-0.5),
-        "v.blk.0.attn_q.bias": np.zeros(w, np.float32),
-        "v.blk.0.attn_k.weight": normal(w, w, scale=w**-0.5),
-        "v.blk.0.attn_k.bias": np.zeros(w, np.float32),
-        "v.blk.0.attn_v.weight": normal(w, w, scale=w**-0.5),
-        "v.blk.0.attn_v.bias": np.zeros(w, np.float32),
-        "v.blk.0.attn_out.weight": normal(w, w, scale=w**-0.5),
-        "v.blk.0.attn_out.bias": np.zeros(w, np.float32),
-        "v.blk.0.ln2.weight": np.ones(w, np.float32),
-        "v.blk.0.ln2.bias": np.zeros(w, np.float32),
-        "v.blk.0.ffn_up.weight": normal(n_ff, w, scale=w**-0.5),
-        "v.blk.0.ffn_up.bias": np.zeros(n_ff, np.float32),
-        "v.blk.0.ffn_down.weight": normal(w, n_ff, scale=n_ff**-0.5),
-        "v.blk.0.ffn_down.bias": np.zeros(w, np.float32),
+        **_block("v.blk.0", normal, key_bias=True),
         "v.post_ln.weight": np.ones(w, np.float32),
         "v.post_ln.bias": np.zeros(w, np.float32),
         "mm.soft_emb_norm.weight": np.ones(w, np.float32),
         "mm.input_projection.weight": normal(w, n_embd_out, scale=w**-0.5),
     }
+    _finish(writer, tensors, drop_tensors)
+    return path
+
+
+Normal = Callable[..., np.ndarray]
+"""``normal(*shape, scale=...)``: float32 Gaussian noise of a numpy shape (ggml's reversed)."""
+
+
+def _normal(rng: np.random.Generator) -> Normal:
+    def normal(*shape: int, scale: float) -> np.ndarray:
+        return rng.normal(0.0, scale, shape).astype(np.float32)
+
+    return normal
+
+
+def _block(prefix: str, normal: Normal, *, key_bias: bool) -> dict[str, np.ndarray]:
+    """One pre-norm transformer block of width ``WIDTH``, as clip.cpp names its tensors.
+
+    numpy shapes are ggml's reversed: a weight of ggml shape [n_in, n_out] is (n_out, n_in).
+    """
+    w, n_ff = WIDTH, 2 * WIDTH
+    tensors = {f"{prefix}.ln1.weight": np.ones(w, np.float32), f"{prefix}.ln1.bias": np.zeros(w, np.float32)}
+    for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
+        tensors[f"{prefix}.{name}.weight"] = normal(w, w, scale=w**-0.5)
+        if name != "attn_k" or key_bias:  # Whisper's key projection has no bias
+            tensors[f"{prefix}.{name}.bias"] = np.zeros(w, np.float32)
+    return {
+        **tensors,
+        f"{prefix}.ln2.weight": np.ones(w, np.float32),
+        f"{prefix}.ln2.bias": np.zeros(w, np.float32),
+        f"{prefix}.ffn_up.weight": normal(n_ff, w, scale=w**-0.5),
+        f"{prefix}.ffn_up.bias": np.zeros(n_ff, np.float32),
+        f"{prefix}.ffn_down.weight": normal(w, n_ff, scale=n_ff**-0.5),
+        f"{prefix}.ffn_down.bias": np.zeros(w, np.float32),
+    }
+
+
+def _finish(writer: gguf.GGUFWriter, tensors: Mapping[str, np.ndarray], drop: Sequence[str] = ()) -> None:
+    """Add ``tensors`` (but ``drop``), write the file and close it."""
     for name, data in tensors.items():
-        if name not in drop_tensors:
+        if name not in drop:
             writer.add_tensor(name, data)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return path
 
 
 def png_bytes(width: int, height: int, rgb: bytes) -> bytes:
@@ -183,9 +203,7 @@ def write_test_audio_projector(path: Path, *, n_embd_out: int = 640, seed: int =
         writer.add_key_value(f"clip.audio.{key}", value, T.UINT32)
     writer.add_key_value("clip.audio.attention.layer_norm_epsilon", 1e-5, T.FLOAT32)
 
-    def normal(*shape: int, scale: float) -> np.ndarray:
-        return rng.normal(0.0, scale, shape).astype(np.float32)
-
+    normal = _normal(rng)
     tensors = {
         # ggml conv1d kernels [K, C_in, C_out]; biases [1, C_out]
         "a.conv1d.1.weight": normal(w, AUDIO_MEL_BINS, 3, scale=0.3).astype(np.float16),
@@ -193,32 +211,13 @@ def write_test_audio_projector(path: Path, *, n_embd_out: int = 640, seed: int =
         "a.conv1d.2.weight": normal(w, w, 3, scale=0.2).astype(np.float16),
         "a.conv1d.2.bias": normal(w, 1, scale=0.1),
         "a.position_embd.weight": normal(n_positions, w, scale=0.1),
-        "a.blk.0.ln1.weight": np.ones(w, np.float32),
-        "a.blk.0.ln1.bias": np.zeros(w, np.float32),
-        "a.blk.0.attn_q.weight": normal(w, w, scale=w**-0.5),
-        "a.blk.0.attn_q.bias": np.zeros(w, np.float32),
-        "a.blk.0.attn_k.weight": normal(w, w, scale=w**-0.5),
-        "a.blk.0.attn_v.weight": normal(w, w, scale=w**-0.5),
-        "a.blk.0.attn_v.bias": np.zeros(w, np.float32),
-        "a.blk.0.attn_out.weight": normal(w, w, scale=w**-0.5),
-        "a.blk.0.attn_out.bias": np.zeros(w, np.float32),
-        "a.blk.0.ln2.weight": np.ones(w, np.float32),
-        "a.blk.0.ln2.bias": np.zeros(w, np.float32),
-        "a.blk.0.ffn_up.weight": normal(n_ff, w, scale=w**-0.5),
-        "a.blk.0.ffn_up.bias": np.zeros(n_ff, np.float32),
-        "a.blk.0.ffn_down.weight": normal(w, n_ff, scale=n_ff**-0.5),
-        "a.blk.0.ffn_down.bias": np.zeros(w, np.float32),
+        **_block("a.blk.0", normal, key_bias=False),
         "mm.a.norm_pre.weight": np.ones(stacked, np.float32),
         "mm.a.mlp.1.weight": normal(2 * hidden, stacked, scale=stacked**-0.5),
         "mm.a.norm_mid.weight": np.ones(hidden, np.float32),
         "mm.a.mlp.2.weight": normal(n_embd_out, hidden, scale=hidden**-0.5),
     }
-    for name, data in tensors.items():
-        writer.add_tensor(name, data)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    _finish(writer, tensors)
     return path
 
 
