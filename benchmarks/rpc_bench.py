@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
         ax.invert_yaxis()
         ax.legend()
         ax.set_xlabel("ratio to local only")
-        ax.set_title(f"RPC on loopback ({args.model.name}): overhead, not speed-up")
+        ax.set_title(f"RPC on loopback, {args.model.name}: overhead only", fontsize=10)
         fig.tight_layout()
         fig.savefig(args.plot)
         print(f"plot written to {args.plot}")
