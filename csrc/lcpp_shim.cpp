@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "chat.h"
+#include "lcpp_grammar.h"
 #include "json-schema-to-grammar.h"
 #include "json.h"
 
@@ -297,6 +298,9 @@ llama_token lcpp_sample(struct llama_sampler * chain, struct llama_sampler * gra
     try {
         if (grammar == nullptr) {
             return llama_sampler_sample(chain, ctx, idx);
+        }
+        if (lcpp_is_grammar_sampler(grammar)) {
+            return lcpp_grammar_sample(chain, grammar, ctx, idx);
         }
         const float * logits = llama_get_logits_ith(ctx, idx);
         if (logits == nullptr) {

@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "llama.h"
+#include "lcpp_grammar.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -370,3 +370,17 @@ float lcpp_logprobs(struct llama_context * ctx, int32_t idx, int32_t n_vocab, ll
 /* callbacks into Python */
 extern "Python" void lcpp_on_log(enum ggml_log_level level, const char * text, void * user_data);
 extern "Python" bool lcpp_on_progress(float progress, void * user_data);
+
+/* fast grammars (lcpp_grammar.h) */
+typedef struct lcpp_vocab_index lcpp_vocab_index;
+lcpp_vocab_index * lcpp_vocab_index_new(const struct llama_vocab * vocab);
+void lcpp_vocab_index_free(lcpp_vocab_index * index);
+int32_t lcpp_vocab_index_nodes(const lcpp_vocab_index * index);
+struct llama_sampler * lcpp_grammar_init(const struct llama_vocab * vocab, lcpp_vocab_index * index,
+                                         const char * grammar, const char * root, bool lazy,
+                                         const char ** trigger_patterns, size_t n_trigger_patterns,
+                                         const llama_token * trigger_tokens, size_t n_trigger_tokens, int32_t need,
+                                         char ** error);
+int lcpp_json_schema_to_grammar_ex(const char * schema_json, char ** out, char ** warnings);
+int lcpp_grammar_check(const struct llama_vocab * vocab, const char * grammar, const char * root, char ** error);
+int32_t lcpp_grammar_admitted(struct llama_sampler * smpl, bool reference, llama_token * out, int32_t cap);

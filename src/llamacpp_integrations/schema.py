@@ -1,11 +1,15 @@
 """Structured output: anything schema-like -> JSON schema -> GBNF, and validation.
 
-The grammar comes from llama.cpp's own JSON-schema converter, so output is valid
-by construction for everything it expresses ($ref/$defs, anyOf/oneOf/allOf,
-enum, const, required/optional, additionalProperties, prefixItems, item counts,
-string lengths/patterns/formats, integer bounds).  What it cannot express
-(number bounds, uniqueItems, not, ...) is checked after generation with
-``jsonschema``; a failure raises ``SchemaValidationError`` naming the rule.
+The grammar comes from llama.cpp's own JSON-schema converter plus this package's
+additions (``llamacpp_native.json_schema``), so output is valid by construction
+for everything they express ($ref/$defs, anyOf, allOf of objects, enum, const,
+required/optional, additionalProperties, prefixItems and closed tuples, item
+counts, string lengths, patterns and the date/time/uuid formats, integer and
+number bounds, property counts of closed objects, a recursion depth bound).
+What no grammar here expresses (``not``, ``uniqueItems``, ``multipleOf``,
+lookaround patterns, ...: ``unenforced(schema)`` lists them) is checked after
+generation with ``jsonschema``; a failure raises ``SchemaValidationError``
+naming the rule, and ``strict=True`` refuses such a schema before generating.
 """
 
 from __future__ import annotations
@@ -19,6 +23,17 @@ import jsonschema
 import pydantic
 
 from llamacpp_native import GrammarError, OutputTruncatedError, SchemaValidationError, json_schema_to_grammar
+from llamacpp_native.json_schema import unenforced
+
+__all__ = [
+    "check_schema",
+    "check_strict",
+    "parse_and_validate",
+    "schema_to_grammar",
+    "to_json_schema",
+    "truncation_error",
+    "unenforced",
+]
 
 
 def to_json_schema(schema: Any) -> dict[str, Any]:
@@ -58,28 +73,31 @@ def check_schema(schema: Mapping[str, Any]) -> None:
         raise GrammarError(f"invalid JSON schema: {error.message} (at {list(error.absolute_path)})") from None
 
 
-def schema_to_grammar(schema: Any) -> str:
-    """GBNF that only admits JSON valid for ``schema`` (checked before any decoding)."""
+def schema_to_grammar(schema: Any, *, strict: bool = False, max_depth: int | None = None) -> str:
+    """GBNF that only admits JSON valid for ``schema`` (checked before any decoding).
+
+    ``strict=True`` refuses (``GrammarError``) a schema with rules the grammar
+    cannot enforce (see ``unenforced``) instead of leaving them to validation
+    after generation.  ``max_depth`` bounds how deep recursive definitions nest
+    (``"x-max-depth"`` in the schema's root does the same).
+    """
     json_schema = to_json_schema(schema)
     check_schema(json_schema)
-    return json_schema_to_grammar(_for_converter(json_schema))
+    if strict:
+        check_strict(json_schema)
+    return json_schema_to_grammar(json_schema, max_depth=max_depth)
 
 
-def _for_converter(schema: Any) -> Any:
-    """The schema as llama.cpp's converter reads it best.
-
-    The converter rejects ``items: false`` next to ``prefixItems`` (a closed tuple)
-    and lets an ``items`` schema there replace the tuple; without ``items`` it
-    produces exactly the tuple, which satisfies both forms.
-    """
-    if isinstance(schema, list):
-        return [_for_converter(item) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    converted = {key: _for_converter(value) for key, value in schema.items()}
-    if "prefixItems" in converted:
-        converted.pop("items", None)
-    return converted
+def check_strict(schema: Any, what: str = "the schema") -> None:
+    """Raise ``GrammarError`` naming every rule of ``schema`` that only validation after generation checks."""
+    rules = unenforced(to_json_schema(schema))
+    if rules:
+        raise GrammarError(
+            f"strict=True, but {what} has rules that a grammar cannot enforce during generation: "
+            + "; ".join(rules)
+            + ". Remove them, or pass strict=False to have them checked after generation "
+            "(a violation then raises SchemaValidationError)."
+        )
 
 
 def truncation_error(finish_reason: str | None, output_tokens: int | None = None) -> OutputTruncatedError:

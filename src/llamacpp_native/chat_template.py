@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from llamacpp_native._library import ffi, lib, take_string
 from llamacpp_native.errors import ChatTemplateError, ClosedError
+from llamacpp_native.json_schema import SchemaPreparer, for_prompt
 from llamacpp_native.media import MediaSource
 from llamacpp_native.model import Model
 
@@ -53,7 +55,65 @@ class ChatTemplates:
         json_schema: dict[str, Any] | None = None,
         grammar: str | None = None,
     ) -> RenderedChat:
-        """Render OpenAI-style ``messages`` (and ``tools``) to a prompt and grammar."""
+        """Render OpenAI-style ``messages`` (and ``tools``) to a prompt and grammar.
+
+        The grammar of ``json_schema`` and of the tools' parameters gets this
+        package's additions to llama.cpp's converter (number bounds, property
+        counts, recursion depth: see :mod:`llamacpp_native.json_schema`): the
+        template renders the prompt and parser from the schemas as given, and the
+        grammar from the schemas as prepared for the converter.
+        """
+        shown_schema = for_prompt(json_schema) if json_schema is not None else None
+        shown_tools = [_tool_with(tool, for_prompt) for tool in tools or []] or None
+        result = self._apply(
+            messages,
+            shown_tools,
+            tool_choice,
+            parallel_tool_calls,
+            add_generation_prompt,
+            shown_schema,
+            grammar,
+        )
+        if not grammar and (tools or json_schema is not None):
+            preparer = SchemaPreparer()
+            prepared_schema = preparer.prepare(json_schema) if json_schema is not None else None
+            prepared_tools = [_tool_with(tool, preparer.prepare) for tool in tools or []] or None
+            if preparer.changed:
+                constrained = self._apply(
+                    messages,
+                    prepared_tools,
+                    tool_choice,
+                    parallel_tool_calls,
+                    add_generation_prompt,
+                    prepared_schema,
+                    grammar,
+                )
+                result["grammar"] = preparer.splice(constrained["grammar"]) if constrained["grammar"] else ""
+        return RenderedChat(
+            prompt=result["prompt"],
+            grammar=result["grammar"],
+            grammar_lazy=bool(result["grammar_lazy"]),
+            grammar_triggers=result["grammar_triggers"],
+            preserved_tokens=result["preserved_tokens"],
+            additional_stops=result["additional_stops"],
+            format_name=result["format_name"],
+            parser_params={
+                "format": result["format"],
+                "generation_prompt": result["generation_prompt"],
+                "parser": result["parser"],
+            },
+        )
+
+    def _apply(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        tool_choice: str,
+        parallel_tool_calls: bool,
+        add_generation_prompt: bool,
+        json_schema: dict[str, Any] | None,
+        grammar: str | None,
+    ) -> dict[str, Any]:
         if self._handle is None:
             raise ClosedError("chat templates are closed")
         request: dict[str, Any] = {
@@ -70,27 +130,22 @@ class ChatTemplates:
             request["grammar"] = grammar
         out = ffi.new("char **")
         status = lib.lcpp_chat_apply(self._handle, json.dumps(request).encode("utf-8"), out)
-        result = json.loads(take_string(status, out, ChatTemplateError))
-        return RenderedChat(
-            prompt=result["prompt"],
-            grammar=result["grammar"],
-            grammar_lazy=bool(result["grammar_lazy"]),
-            grammar_triggers=result["grammar_triggers"],
-            preserved_tokens=result["preserved_tokens"],
-            additional_stops=result["additional_stops"],
-            format_name=result["format_name"],
-            parser_params={
-                "format": result["format"],
-                "generation_prompt": result["generation_prompt"],
-                "parser": result["parser"],
-            },
-        )
+        result: dict[str, Any] = json.loads(take_string(status, out, ChatTemplateError))
+        return result
 
     def close(self) -> None:
         """Free the templates.  Safe to call twice."""
         if self._handle is not None:
             handle, self._handle = self._handle, None
             ffi.release(handle)
+
+
+def _tool_with(tool: dict[str, Any], change: Callable[[Any], Any]) -> dict[str, Any]:
+    """An OpenAI tool spec with ``change`` applied to its parameters' schema."""
+    function = tool.get("function")
+    if not isinstance(function, dict) or not isinstance(function.get("parameters"), dict):
+        return tool
+    return {**tool, "function": {**function, "parameters": change(function["parameters"])}}
 
 
 def parse_chat_output(

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from llamacpp_native._library import ensure_backend, ffi, lib, take_string
+from llamacpp_native._library import logger
 from llamacpp_native.errors import GrammarError
+from llamacpp_native.json_schema import Conversion, schema_to_gbnf
 
-_LOOSE_SPACE = re.compile(r"^space ::= .*$", re.MULTILINE)
+_LOOSE_SPACE = re.compile(r"^((?:lcpp-f\d+-)?space) ::= .*$", re.MULTILINE)
 _FREE_TEXT_PREFIX = re.compile(r"\s*\buntil-\d+\??")
 _REPEATED_CALLS = re.compile(r"^(tool-calls ::= )\((\S+) space\)\+$", re.MULTILINE)
 
@@ -27,7 +27,7 @@ def tighten_grammar(grammar: str, *, forbid_free_text: bool = False, single_call
     (``parallel_tool_calls=False``) a reply holds one tool-call block, where some
     templates' grammars repeat it.
     """
-    grammar = _LOOSE_SPACE.sub('space ::= " "?', grammar)
+    grammar = _LOOSE_SPACE.sub(r'\1 ::= " "?', grammar)
     if single_call:
         grammar = _REPEATED_CALLS.sub(r"\1\2 space", grammar)
     if forbid_free_text:
@@ -37,26 +37,32 @@ def tighten_grammar(grammar: str, *, forbid_free_text: bool = False, single_call
     return grammar
 
 
-def json_schema_to_grammar(schema: Mapping[str, Any] | str) -> str:
+def json_schema_conversion(schema: Mapping[str, Any] | str, max_depth: int | None = None) -> Conversion:
+    """Convert a JSON schema to GBNF, with the converter's warnings (what the grammar leaves out).
+
+    See :func:`json_schema_to_grammar`; ``warnings`` lists what only validation
+    after generation can check (an unsupported ``pattern``, for one).
+    """
+    conversion = schema_to_gbnf(schema, max_depth=max_depth)
+    return Conversion(tighten_grammar(conversion.grammar), conversion.warnings)
+
+
+def json_schema_to_grammar(schema: Mapping[str, Any] | str, max_depth: int | None = None) -> str:
     """Convert a JSON schema (dict or JSON text) to a GBNF grammar.
 
-    Raises ``GrammarError`` with llama.cpp's reason when the schema is invalid
-    or uses something the converter cannot express.
+    llama.cpp's converter does the work; number bounds, ``minProperties`` /
+    ``maxProperties`` on closed objects, closed tuples and ``\\d``/``\\w``/``\\s`` in
+    patterns are added on top (:mod:`llamacpp_native.json_schema`).  ``max_depth``
+    (or ``"x-max-depth"`` in the schema's root) bounds how deep recursive
+    definitions nest.  Raises ``GrammarError`` with the reason when the schema is
+    invalid or uses something that cannot be converted; what the grammar leaves
+    out (an unsupported pattern) is logged as a warning on the ``llamacpp_native``
+    logger (see :func:`json_schema_conversion`).
     """
-    ensure_backend()
-    if isinstance(schema, str):
-        text = schema
-    else:
-        try:
-            text = json.dumps(schema)
-        except (TypeError, ValueError) as error:
-            raise GrammarError(f"schema is not JSON-serialisable: {error}") from error
-    out = ffi.new("char **")
-    status = lib.lcpp_json_schema_to_grammar(text.encode("utf-8"), out)
-    try:
-        return tighten_grammar(take_string(status, out, GrammarError))
-    except GrammarError as error:
-        raise GrammarError(f"cannot convert JSON schema to a grammar: {error}") from None
+    conversion = json_schema_conversion(schema, max_depth=max_depth)
+    for warning in conversion.warnings:
+        logger.warning("JSON schema conversion was incomplete: %s", warning)
+    return conversion.grammar
 
 
 class LlamaGrammar:
@@ -83,9 +89,11 @@ class LlamaGrammar:
         return cls(read_grammar(path))
 
     @classmethod
-    def from_json_schema(cls, schema: Mapping[str, Any] | str, verbose: bool = False) -> LlamaGrammar:
-        """A grammar that only admits JSON valid for ``schema``."""
-        return cls(json_schema_to_grammar(schema))
+    def from_json_schema(
+        cls, schema: Mapping[str, Any] | str, verbose: bool = False, max_depth: int | None = None
+    ) -> LlamaGrammar:
+        """A grammar that only admits JSON valid for ``schema`` (see ``json_schema_to_grammar``)."""
+        return cls(json_schema_to_grammar(schema, max_depth=max_depth))
 
     def __repr__(self) -> str:
         return f"LlamaGrammar({len(self.text)} chars, root={self.root!r})"

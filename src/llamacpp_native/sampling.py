@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import random
+import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -67,16 +69,43 @@ class SamplingParams:
             raise ValueError(f"logit_bias names token ids outside the vocabulary: {bad[:5]}")
 
 
-def _grammar_sampler(vocab: Vocab, grammar: GrammarSpec) -> Any:
-    keep: list[Any] = []
+_vocab_indexes: weakref.WeakKeyDictionary[Vocab, Any] = weakref.WeakKeyDictionary()
+_vocab_indexes_lock = threading.Lock()
+
+
+def vocab_index(vocab: Vocab) -> Any:
+    """The prefix tree of ``vocab``'s token texts that grammar samplers search (built once per vocabulary)."""
+    with _vocab_indexes_lock:
+        index = _vocab_indexes.get(vocab)
+        if index is None:
+            raw = lib.lcpp_vocab_index_new(vocab.handle)
+            index = ffi.gc(raw, lib.lcpp_vocab_index_free) if raw != ffi.NULL else ffi.NULL
+            _vocab_indexes[vocab] = index
+        return index
+
+
+def _grammar_need(params: SamplingParams) -> int:
+    """How many admitted tokens, best first, the chain needs to choose: 1 greedy, top_k, or 0 (all)."""
+    if params.temperature <= 0:
+        return 1
+    return max(params.top_k, 0)
+
+
+GRAMMAR_SEARCH = "indexed"
+"""How grammar samplers find admitted tokens: ``"indexed"`` (the vocabulary index and
+per-state caches of ``lcpp_grammar_init``), or ``"llama.cpp"`` (llama.cpp's own grammar
+sampler, which checks every candidate; kept for benchmarks and comparisons).  Both
+admit exactly the same tokens."""
+
+
+def _llama_grammar_sampler(vocab: Vocab, grammar: GrammarSpec) -> Any:
+    """llama.cpp's stock grammar sampler (see ``GRAMMAR_SEARCH``)."""
+    patterns = [ffi.new("char[]", p.encode()) for p in grammar.trigger_patterns] if grammar.lazy else []
+    pattern_arr = ffi.new("const char *[]", patterns) if patterns else ffi.NULL
+    tokens = list(grammar.trigger_tokens) if grammar.lazy else []
+    token_arr = ffi.new("llama_token[]", tokens) if tokens else ffi.NULL
     recent_errors()
     if grammar.lazy:
-        patterns = [ffi.new("char[]", p.encode()) for p in grammar.trigger_patterns]
-        keep.extend(patterns)
-        pattern_arr = ffi.new("const char *[]", patterns) if patterns else ffi.NULL
-        token_arr = (
-            ffi.new("llama_token[]", list(grammar.trigger_tokens)) if grammar.trigger_tokens else ffi.NULL
-        )
         sampler = lib.llama_sampler_init_grammar_lazy_patterns(
             vocab.handle,
             grammar.text.encode(),
@@ -84,12 +113,43 @@ def _grammar_sampler(vocab: Vocab, grammar: GrammarSpec) -> Any:
             pattern_arr,
             len(patterns),
             token_arr,
-            len(grammar.trigger_tokens),
+            len(tokens),
         )
     else:
         sampler = lib.llama_sampler_init_grammar(vocab.handle, grammar.text.encode(), grammar.root.encode())
     if sampler == ffi.NULL:
         raise GrammarError(f"invalid GBNF grammar: {recent_errors() or 'llama.cpp could not parse it'}")
+    return sampler
+
+
+def _grammar_sampler(vocab: Vocab, grammar: GrammarSpec, need: int = 0) -> Any:
+    if GRAMMAR_SEARCH == "llama.cpp":
+        return _llama_grammar_sampler(vocab, grammar)
+    patterns = [ffi.new("char[]", p.encode()) for p in grammar.trigger_patterns] if grammar.lazy else []
+    pattern_arr = ffi.new("const char *[]", patterns) if patterns else ffi.NULL
+    tokens = list(grammar.trigger_tokens) if grammar.lazy else []
+    token_arr = ffi.new("llama_token[]", tokens) if tokens else ffi.NULL
+    error = ffi.new("char **")
+    recent_errors()
+    sampler = lib.lcpp_grammar_init(
+        vocab.handle,
+        vocab_index(vocab),
+        grammar.text.encode(),
+        grammar.root.encode(),
+        grammar.lazy,
+        pattern_arr,
+        len(patterns),
+        token_arr,
+        len(tokens),
+        need,
+        error,
+    )
+    if sampler == ffi.NULL:
+        reason = take_message(error) or "llama.cpp could not parse it"
+        logged = recent_errors()
+        if logged and logged not in reason:
+            reason = f"{reason}: {logged}"
+        raise GrammarError(f"invalid GBNF grammar: {reason}")
     return sampler
 
 
@@ -110,7 +170,9 @@ class SamplerChain:
         )
         self._grammar: Any = None
         if params.grammar is not None:
-            self._grammar = ffi.gc(_grammar_sampler(vocab, params.grammar), lib.llama_sampler_free)
+            self._grammar = ffi.gc(
+                _grammar_sampler(vocab, params.grammar, _grammar_need(params)), lib.llama_sampler_free
+            )
         chain_params = lib.llama_sampler_chain_default_params()
         chain_params.no_perf = True
         raw = lib.llama_sampler_chain_init(chain_params)

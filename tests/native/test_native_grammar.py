@@ -17,7 +17,8 @@ LIST_PREFIX = re.compile(r"(- [^\n]+\n)*(-( [^\n]*)?)?")
 
 
 def completion_text(llama: Llama, prompt: str, **kwargs: object) -> str:
-    result = llama.create_completion(prompt, temperature=0.0, **kwargs)  # type: ignore[arg-type]
+    kwargs.setdefault("temperature", 0.0)
+    result = llama.create_completion(prompt, **kwargs)  # type: ignore[arg-type]
     assert isinstance(result, dict)
     return str(result["choices"][0]["text"])
 
@@ -67,25 +68,40 @@ def test_an_invalid_grammar_fails_before_decoding_and_the_model_still_works(llam
     assert completion_text(llama, "1, 2, 3, 4,", max_tokens=4) == " 5, "
 
 
-@pytest.mark.xfail(
-    reason="llama.cpp's GBNF parser reports every parse error with fprintf(stderr) "
-    "(llama_grammar_parser::parse "
-    "in src/llama-grammar.cpp), not through the log callback, so GrammarError only says 'invalid GBNF "
-    "grammar: "
-    "failed to parse grammar' and the reason is printed on the terminal instead",
-    strict=True,
-)
 @pytest.mark.parametrize(
     ("grammar", "reason"),
     [
-        ("root ::= sentence", "Undefined rule identifier 'sentence'"),
-        ("root ::= snake_case", "expecting newline"),
+        ("root ::= sentence", r"Undefined rule identifier 'sentence'"),
+        ("root ::= snake_case", r"expecting newline or end \(line 1, column 15: root ::= snake_case\)"),
+        ('root ::= "a"\nx ::= "b" (\n', r"\(line 2, column \d+: x ::= \"b\" \(\)"),
+        ('root ::= "\\q"', r"unknown escape \(line 1"),
+        ('rot ::= "a"', r"no rule named 'root'"),
+        ("# only a comment", r"defines no rules"),
+        ('root ::= x\nx ::= x "a"', r"left recursion"),
     ],
-    ids=["undefined-rule", "syntax"],
+    ids=["undefined-rule", "syntax", "second-line", "escape", "no-root", "empty", "left-recursion"],
 )
-def test_a_gbnf_error_message_says_what_is_wrong(llama: Llama, grammar: str, reason: str) -> None:
+def test_a_gbnf_error_message_says_what_is_wrong_and_where(llama: Llama, grammar: str, reason: str) -> None:
+    """llama.cpp prints parse errors to stderr; ours come in the exception, with the line."""
     with pytest.raises(GrammarError, match=reason):
         llama.create_completion("x", grammar=grammar, max_tokens=2)
+
+
+def test_a_gbnf_error_is_not_printed_to_stderr(model_path: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        from llamacpp_native import Llama, GrammarError
+        llama = Llama({str(model_path)!r}, n_ctx=64, n_parallel=1, n_threads=1)
+        try:
+            llama.create_completion("x", grammar="root ::= snake_case", max_tokens=2)
+        except GrammarError as error:
+            print("raised", error)
+        """
+    )
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert "raised invalid GBNF grammar: expecting newline or end" in child.stdout
+    assert "error parsing grammar" not in child.stderr
 
 
 def test_a_grammar_with_too_many_repetitions_is_a_grammar_error(llama: Llama) -> None:
@@ -132,3 +148,95 @@ def test_a_grammar_that_admits_nothing_is_an_error_not_a_crash(model_path: Path)
     assert child.returncode == 0, child.stderr[-2000:]
     assert "raised GrammarError" in child.stdout
     assert child.stdout.rstrip().endswith(" 5")
+
+
+# -- the indexed grammar search: the same tokens as llama.cpp's own check, and the same output ----------
+
+DOCUMENTS = {
+    "schema": (
+        {
+            "type": "object",
+            "properties": {
+                "people": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer"}},
+                        "required": ["name", "age"],
+                    },
+                },
+                "score": {"type": "number", "minimum": 0, "maximum": 1},
+            },
+            "required": ["people", "score"],
+        },
+        '{"people": [{"name": "Ann Lee", "age": 42}, {"name": "日本語 é\\n", "age": -7}], "score": 0.25}',
+    ),
+    "json": (None, '{"a": [1, 2.5e10, true, null, "x\\u00e9y"], "b": {"c": "日本"}}'),
+    "unicode": ('root ::= "é" [a-zé]* "ü" | "日本" [^x]{0,3} "."', "日本abc."),
+}
+
+
+def _admitted(sampler: object, reference: bool) -> list[int]:
+    from llamacpp_native._library import ffi, lib
+
+    n = lib.lcpp_grammar_admitted(sampler, reference, ffi.NULL, 0)
+    assert n >= 0
+    out = ffi.new("llama_token[]", max(n, 1))
+    lib.lcpp_grammar_admitted(sampler, reference, out, n)
+    return list(out)[:n]
+
+
+@pytest.mark.parametrize("name", sorted(DOCUMENTS))
+def test_the_indexed_search_admits_exactly_what_llama_cpp_admits(llama: Llama, name: str) -> None:
+    """At every step of a document, the vocabulary index finds exactly llama.cpp's admitted tokens."""
+    from llamacpp_native._library import ffi, lib
+    from llamacpp_native.sampling import GrammarSpec, _grammar_sampler
+
+    source, text = DOCUMENTS[name]
+    if name == "json":
+        grammar = read_grammar("json")
+    elif isinstance(source, dict):
+        grammar = json_schema_to_grammar(source)
+    else:
+        grammar = source
+    vocab = llama.model.vocab
+    sampler = ffi.gc(_grammar_sampler(vocab, GrammarSpec(grammar), 1), lib.llama_sampler_free)
+    error = ffi.new("char **")
+    tokens = vocab.tokenize(text, add_special=False)
+    for step, token in enumerate([*tokens, None]):
+        fast, reference = _admitted(sampler, False), _admitted(sampler, True)
+        assert fast == reference, f"step {step}: {len(fast)} vs {len(reference)} admitted"
+        if token is None:
+            break
+        assert token in reference, f"step {step}: the document's own token {token} is not admitted"
+        assert lib.lcpp_sampler_accept(sampler, token, error) == 0
+
+
+CONSTRAINED = [
+    ("Describe a person in JSON format:", "schema"),
+    ("A JSON list of three colours:", "json"),
+    ("Is the sky blue? Answer:", 'root ::= ("yes" | "no") " because " [a-z ]{1,40} "."'),
+]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7], ids=["greedy", "sampled"])
+@pytest.mark.parametrize(("prompt", "which"), CONSTRAINED, ids=["schema", "json", "gbnf"])
+def test_the_indexed_search_generates_what_llama_cpp_search_generates(
+    llama: Llama, monkeypatch: pytest.MonkeyPatch, prompt: str, which: str, temperature: float
+) -> None:
+    """Same seed, same output with either search: the faster one changes nothing but the time."""
+    from llamacpp_native import sampling
+
+    if which == "schema":
+        grammar = json_schema_to_grammar(DOCUMENTS["schema"][0])
+    elif which == "json":
+        grammar = read_grammar("json")
+    else:
+        grammar = which
+    outputs = []
+    for search in ("indexed", "llama.cpp"):
+        monkeypatch.setattr(sampling, "GRAMMAR_SEARCH", search)
+        outputs.append(
+            completion_text(llama, prompt, grammar=grammar, max_tokens=24, seed=7, temperature=temperature)
+        )
+    assert outputs[0] == outputs[1]

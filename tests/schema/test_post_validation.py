@@ -1,9 +1,11 @@
 """What the grammar enforces, and what ``parse_and_validate`` must catch after generation.
 
-llama.cpp's converter turns a JSON schema into GBNF.  Some keywords change the grammar
-(enforced during decoding); others leave it exactly as without them (not enforced).
-Here each is pinned to its actual behaviour by comparing grammars, and each keyword the
-grammar ignores is shown to be caught after generation with a message naming the rule.
+llama.cpp's converter, with this package's additions (number bounds, property counts,
+\\d in patterns, unanchored patterns...), turns a JSON schema into GBNF.  Some keywords
+change the grammar (enforced during decoding); others leave it exactly as without them
+(not enforced).  Here each is pinned to its actual behaviour by comparing grammars, each
+keyword the grammar ignores is listed by ``unenforced`` (and refused by ``strict=True``),
+and shown to be caught after generation with a message naming the rule.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from llamacpp_integrations.schema import parse_and_validate, schema_to_grammar
+from llamacpp_integrations.schema import parse_and_validate, schema_to_grammar, unenforced
 from llamacpp_native import GrammarError, SchemaValidationError
 
 Complete = Callable[..., dict[str, Any]]
@@ -27,6 +29,39 @@ ENFORCED: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("integer-exclusiveMinimum", {"type": "integer"}, {"type": "integer", "exclusiveMinimum": 0}),
     ("integer-exclusiveMaximum", {"type": "integer"}, {"type": "integer", "exclusiveMaximum": 100}),
     ("integer-fractional-bounds", {"type": "integer"}, {"type": "integer", "minimum": 0.5, "maximum": 9.5}),
+    ("number-minimum", {"type": "number"}, {"type": "number", "minimum": 0}),
+    ("number-maximum", {"type": "number"}, {"type": "number", "maximum": 1}),
+    ("number-exclusiveMinimum", {"type": "number"}, {"type": "number", "exclusiveMinimum": 0}),
+    ("number-exclusiveMaximum", {"type": "number"}, {"type": "number", "exclusiveMaximum": 1.5}),
+    ("nullable-number-bounds", {"type": ["number", "null"]}, {"type": ["number", "null"], "minimum": 0}),
+    ("unanchored-pattern", {"type": "string"}, {"type": "string", "pattern": "[0-9]{3}"}),
+    ("backslash-d-pattern", {"type": "string"}, {"type": "string", "pattern": "^\\d{3}$"}),
+    (
+        "maxProperties-listed-keys",
+        {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}},
+        {
+            "type": "object",
+            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+            "maxProperties": 1,
+        },
+    ),
+    (
+        "minProperties-listed-keys",
+        {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}},
+        {
+            "type": "object",
+            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+            "minProperties": 1,
+        },
+    ),
+    (
+        "closed-tuple-in-object",
+        {"type": "object", "properties": {"t": {"type": "array"}}},
+        {
+            "type": "object",
+            "properties": {"t": {"type": "array", "prefixItems": [{"type": "string"}], "items": False}},
+        },
+    ),
     ("string-minLength", {"type": "string"}, {"type": "string", "minLength": 2}),
     ("string-maxLength", {"type": "string"}, {"type": "string", "maxLength": 8}),
     ("anchored-pattern", {"type": "string"}, {"type": "string", "pattern": "^[a-z]{2,4}$"}),
@@ -59,9 +94,6 @@ ENFORCED: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
 ]
 
 NOT_ENFORCED: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
-    ("number-minimum", {"type": "number"}, {"type": "number", "minimum": 0}),
-    ("number-maximum", {"type": "number"}, {"type": "number", "maximum": 1}),
-    ("number-exclusiveMinimum", {"type": "number"}, {"type": "number", "exclusiveMinimum": 0}),
     ("integer-multipleOf", {"type": "integer"}, {"type": "integer", "multipleOf": 5}),
     ("number-multipleOf", {"type": "number"}, {"type": "number", "multipleOf": 0.5}),
     (
@@ -87,22 +119,21 @@ NOT_ENFORCED: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
             "dependentRequired": {"a": ["b"]},
         },
     ),
-    ("unanchored-pattern", {"type": "string"}, {"type": "string", "pattern": "[0-9]{3}"}),
-    ("backslash-d-pattern", {"type": "string"}, {"type": "string", "pattern": "^\\d{3}$"}),
+    ("lookahead-pattern", {"type": "string"}, {"type": "string", "pattern": "^(?!a)[a-z]+$"}),
     ("format-email", {"type": "string"}, {"type": "string", "format": "email"}),
     (
         "oneOf-exclusivity",
         {"anyOf": [{"type": "integer"}, {"type": "number"}]},
         {"oneOf": [{"type": "integer"}, {"type": "number"}]},
     ),
-    # Closed by default: with "properties" and no "additionalProperties", extra keys are
-    # already excluded, so additionalProperties: false changes nothing (stricter than JSON Schema).
-    (
-        "additionalProperties-false",
-        {"type": "object", "properties": {"a": {"type": "integer"}}},
-        {"type": "object", "properties": {"a": {"type": "integer"}}, "additionalProperties": False},
-    ),
 ]
+
+# Closed by default: with "properties" and no "additionalProperties", extra keys are
+# already excluded, so additionalProperties: false changes nothing (stricter than JSON Schema).
+SAME_LANGUAGE = (
+    {"type": "object", "properties": {"a": {"type": "integer"}}},
+    {"type": "object", "properties": {"a": {"type": "integer"}}, "additionalProperties": False},
+)
 
 
 _RULE = re.compile(r"^([A-Za-z0-9-]+) ::= (.*)$")
@@ -138,6 +169,30 @@ def test_converter_enforces(plain: dict[str, Any], constrained: dict[str, Any]) 
 def test_converter_ignores(plain: dict[str, Any], constrained: dict[str, Any]) -> None:
     """The keyword leaves the grammar unchanged: only validation after generation can catch it."""
     assert grammar_of(constrained) == grammar_of(plain)
+
+
+def test_additional_properties_false_is_already_the_default() -> None:
+    assert grammar_of(SAME_LANGUAGE[1]) == grammar_of(SAME_LANGUAGE[0])
+    assert unenforced(SAME_LANGUAGE[1]) == []
+
+
+@pytest.mark.parametrize(
+    ("plain", "constrained"), [c[1:] for c in NOT_ENFORCED], ids=[c[0] for c in NOT_ENFORCED]
+)
+def test_unenforced_lists_what_the_grammar_ignores(
+    plain: dict[str, Any], constrained: dict[str, Any]
+) -> None:
+    assert unenforced(plain) == []
+    listed = unenforced(constrained)
+    assert len(listed) == 1, listed
+    with pytest.raises(GrammarError, match="strict=True.*" + re.escape(listed[0].split(" ")[0])):
+        schema_to_grammar(constrained, strict=True)
+
+
+@pytest.mark.parametrize(("plain", "constrained"), [c[1:] for c in ENFORCED], ids=[c[0] for c in ENFORCED])
+def test_strict_accepts_what_the_grammar_enforces(plain: dict[str, Any], constrained: dict[str, Any]) -> None:
+    assert unenforced(constrained) == []
+    assert schema_to_grammar(constrained, strict=True) == schema_to_grammar(constrained)
 
 
 # (id, schema, JSON the grammar admits but the schema rejects, valid JSON, rule named in the error)
@@ -242,8 +297,8 @@ def _reading(kind: str) -> dict[str, Any]:
     }
 
 
-def test_number_minimum_is_caught_only_after_generation(complete: Complete) -> None:
-    """The model copies a negative reading: the number grammar lets it through, validation stops it."""
+def test_number_minimum_is_enforced_during_generation(complete: Complete) -> None:
+    """The model would copy a negative reading; the number grammar has no '-' to offer."""
     schema = _reading("number")
     text = complete(
         COLD.format(example='{"celsius": -12.5}'),
@@ -251,9 +306,7 @@ def test_number_minimum_is_caught_only_after_generation(complete: Complete) -> N
         max_tokens=24,
         temperature=0.0,
     )["choices"][0]["text"]
-    assert json.loads(text)["celsius"] < 0, text
-    with pytest.raises(SchemaValidationError, match="'minimum' at celsius"):
-        parse_and_validate(text, schema)
+    assert parse_and_validate(text, schema)["celsius"] >= 0, text
 
 
 def test_integer_minimum_is_enforced_during_generation(complete: Complete) -> None:

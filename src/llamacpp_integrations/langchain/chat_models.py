@@ -27,7 +27,7 @@ from pydantic import Field, model_validator
 from typing_extensions import Self
 
 from llamacpp_integrations.langchain._settings import CHAT_SETTINGS, PROVIDER, LlamaCppGenerationSettings
-from llamacpp_integrations.schema import parse_and_validate, to_json_schema, truncation_error
+from llamacpp_integrations.schema import check_strict, parse_and_validate, to_json_schema, truncation_error
 from llamacpp_native import GrammarError
 
 ToolLike = Mapping[str, Any] | type | Callable[..., Any] | BaseTool
@@ -245,9 +245,15 @@ class ChatLlamaCpp(LlamaCppGenerationSettings, BaseChatModel):
         called), or True (the single tool must be called).  Tool calls are
         grammar-constrained to the tools' JSON schemas.  One call per turn
         unless ``parallel_tool_calls=True`` (llama.cpp server's default: small
-        models otherwise tend to repeat calls until max_tokens).
+        models otherwise tend to repeat calls until max_tokens).  ``strict=True``
+        refuses (``GrammarError``) tools whose schemas have rules a grammar cannot
+        enforce (``llamacpp_integrations.schema.unenforced`` lists them).
         """
         formatted = [_openai_tool(t, strict=strict) for t in tools]
+        if strict:
+            for spec in formatted:
+                function = spec["function"]
+                check_strict(function.get("parameters") or {}, f"tool {function['name']!r}")
         if tool_choice is not None:
             kwargs["tool_choice"] = _tool_choice(tool_choice, formatted)
         if parallel_tool_calls is not None:
@@ -269,12 +275,18 @@ class ChatLlamaCpp(LlamaCppGenerationSettings, BaseChatModel):
         by grammar; "function_calling" forces a call of a tool made from the
         schema; "json_mode" constrains the reply to some JSON object (put the
         wanted shape in the prompt).  With ``include_raw`` the result is a
-        dict with "raw", "parsed" and "parsing_error".
+        dict with "raw", "parsed" and "parsing_error".  Rules of the schema that
+        no grammar enforces (``not``, ``uniqueItems``, lookaround patterns...:
+        ``llamacpp_integrations.schema.unenforced``) are checked after generation
+        and raise ``SchemaValidationError``; ``strict=True`` refuses such a schema
+        up front with a ``GrammarError`` naming them.
         """
         if kwargs:
             raise ValueError(f"Received unsupported arguments {kwargs}")
         if schema is None:
             raise ValueError(f"schema must be specified for method={method!r}")
+        if strict and method in ("json_schema", "function_calling"):
+            check_strict(_json_schema(schema))
         is_pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
         ls_format = {
             "kwargs": {"method": method, "strict": strict},

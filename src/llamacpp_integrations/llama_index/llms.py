@@ -338,7 +338,7 @@ class LlamaCPP(FunctionCallingLLM):
             user_msg = ChatMessage(role=MessageRole.USER, content=user_msg)
         if user_msg is not None:
             messages.append(user_msg)
-        specs = [tool.metadata.to_openai_tool(skip_length_check=True) for tool in tools]
+        specs = [_openai_tool(tool) for tool in tools]
         return {
             "messages": messages,
             "tools": specs or None,
@@ -535,6 +535,23 @@ def _final(responses: Iterator[R]) -> R:
     assert last is not None, "a generation always ends with a final chunk"
     last.delta = None
     return last
+
+
+def _openai_tool(tool: Any) -> dict[str, Any]:
+    """A tool's OpenAI spec, with the parameters' schema taken whole from its ``fn_schema``.
+
+    ``ToolMetadata.to_openai_tool`` keeps only some root keywords of the schema
+    (type, properties, required, $defs), so root constraints such as
+    ``maxProperties`` or ``x-max-depth`` would not reach the grammar.
+    """
+    spec: dict[str, Any] = tool.metadata.to_openai_tool(skip_length_check=True)
+    fn_schema = getattr(tool.metadata, "fn_schema", None)
+    if isinstance(fn_schema, type) and issubclass(fn_schema, BaseModel):
+        full = fn_schema.model_json_schema()
+        full.pop("title", None)
+        full.pop("description", None)
+        spec["function"]["parameters"] = full
+    return spec
 
 
 def _resolve_tool_choice(

@@ -18,7 +18,7 @@ from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
-from llamacpp_integrations.schema import parse_and_validate
+from llamacpp_integrations.schema import check_strict, parse_and_validate
 from llamacpp_integrations.server.errors import CLIENT_CLOSED, APIError, api_error
 from llamacpp_integrations.server.middleware import RequestRecord
 from llamacpp_integrations.server.models import Lease
@@ -29,6 +29,15 @@ T = TypeVar("T")
 
 SHUTDOWN_GRACE_S = 5.0
 """On shutdown, how long a stream may take to send its last (error) event before it is cut."""
+
+
+def _check_strict_schemas(body: ChatCompletionRequest) -> None:
+    """A strict response format or tool must have no rule a grammar cannot enforce (GrammarError: 400)."""
+    if body.response_format is not None and body.response_format.strict:
+        check_strict(body.output_schema() or {}, "response_format.json_schema.schema")
+    for tool in body.tools or []:
+        if tool.function.strict:
+            check_strict(tool.function.parameters or {}, f"tool {tool.function.name!r}")
 
 
 class Generation:
@@ -60,6 +69,8 @@ class Generation:
     ) -> Generation:
         """Check ``body`` and queue it on ``lease``'s model; raises (nothing sent yet) if it cannot run."""
         try:
+            if isinstance(body, ChatCompletionRequest):
+                _check_strict_schemas(body)
             end_tokens = await lease.entry.end_tokens() if body.ignore_eos else []
             kwargs = body.llama_kwargs(end_tokens)
             llama = lease.llama

@@ -1,0 +1,779 @@
+"""JSON schema -> GBNF: llama.cpp's converter, plus what it leaves out.
+
+llama.cpp's converter (``lcpp_json_schema_to_grammar_ex``) expresses most of JSON
+Schema.  Before it runs, this module rewrites the parts it cannot express but a
+grammar can, and splices its own rules into the result:
+
+* ``minimum`` / ``maximum`` / ``exclusiveMinimum`` / ``exclusiveMaximum`` on
+  ``"type": "number"`` (the converter bounds only integers): see
+  :mod:`llamacpp_native.number_range`;
+* ``minProperties`` / ``maxProperties`` on objects whose keys are all listed in
+  ``properties`` (no ``additionalProperties`` / ``patternProperties``);
+* closed tuples (``prefixItems`` with ``items: false``, which the converter
+  rejects; without ``items`` it already closes the tuple);
+* ``\\d``, ``\\w`` and ``\\s`` in patterns (the converter refuses them; they become
+  the ASCII classes, a subset of what Python's ``re`` matches) and unanchored
+  patterns (JSON Schema patterns match anywhere in the string);
+* a nesting bound for recursive ``$ref`` (``max_depth``, or ``"x-max-depth"`` in
+  the schema's root): recursive definitions are unrolled that many levels and
+  the references beyond are removed where the schema allows it (an optional
+  property, an ``anyOf`` branch, array items).
+
+Each rewritten node becomes a unique string constant for the converter (a
+marker), whose literal in the converter's grammar is then replaced by a rule of
+ours.  Sub-schemas our rules need (the values of an object's properties) are
+converted on their own and their rules renamed apart.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from llamacpp_native import number_range
+from llamacpp_native.errors import GrammarError
+
+DEPTH_KEYWORD = "x-max-depth"
+"""Root keyword bounding the nesting of recursive definitions (like the ``max_depth`` argument)."""
+
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_SCHEMA_ONE = (
+    "additionalProperties",
+    "not",
+    "contains",
+    "if",
+    "then",
+    "else",
+    "propertyNames",
+    "unevaluatedItems",
+    "unevaluatedProperties",
+    "additionalItems",
+)
+_SCHEMA_LISTS = ("prefixItems", "anyOf", "oneOf", "allOf")
+_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+_MARKER = "__lcpp_custom_{}__"
+# Calendar dates exactly as ISO 8601 / RFC 3339 (and Python's date.fromisoformat) take
+# them: days per month, February 29th only in leap years, no year 0000.  llama.cpp's
+# converter admits any day 01-31 in any month.
+_YEAR = '([1-9] [0-9]{3} | "0" ([1-9] [0-9]{2} | "0" ([1-9] [0-9] | "0" [1-9])))'
+_LEAP = '([0-9]{2} ("0" [48] | [2468] [048] | [13579] [26]) | ("0" [48] | [2468] [048] | [13579] [26]) "00")'
+_DATE = (
+    f'({_YEAR} "-" (("01" | "03" | "05" | "07" | "08" | "10" | "12") "-" ("0" [1-9] | [12] [0-9] | "3" [01])'
+    ' | ("04" | "06" | "09" | "11") "-" ("0" [1-9] | [12] [0-9] | "30")'
+    ' | "02-" ("0" [1-9] | "1" [0-9] | "2" [0-8]))'
+    f' | {_LEAP} "-02-29")'
+)
+_TIME = (
+    '([01] [0-9] | "2" [0-3]) ":" [0-5] [0-9] ":" [0-5] [0-9] ( "." [0-9]{3} )?'
+    ' ( "Z" | ( "+" | "-" ) ( [01] [0-9] | "2" [0-3] ) ":" [0-5] [0-9] )'
+)
+_DATE_RULES = {
+    "date": f'"\\"" {_DATE} "\\""',
+    "date-time": f'"\\"" {_DATE} "T" {_TIME} "\\""',
+}
+_MARKER_LITERAL = re.compile(r'"\\"__lcpp_custom_(\d+)__\\""')
+_RULE_LINE = re.compile(r"^([A-Za-z0-9-]+) ::= (.*)$")
+_GBNF_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|\[(?:[^\]\\]|\\.)*\]|\{[^}]*\}|[A-Za-z0-9-]+|\s+|.', re.DOTALL)
+
+
+def map_subschemas(node: Any, fn: Callable[[Any], Any]) -> Any:
+    """A copy of ``node`` with ``fn`` applied to each direct sub-schema (not to data like enum/const)."""
+    if not isinstance(node, dict):
+        return node
+    out = dict(node)
+    for key in _SCHEMA_MAPS:
+        if isinstance(out.get(key), dict):
+            out[key] = {name: fn(value) for name, value in out[key].items()}
+    for key in _SCHEMA_ONE:
+        if isinstance(out.get(key), dict):
+            out[key] = fn(out[key])
+    for key in _SCHEMA_LISTS:
+        if isinstance(out.get(key), list):
+            out[key] = [fn(value) for value in out[key]]
+    items = out.get("items")
+    if isinstance(items, dict):
+        out["items"] = fn(items)
+    elif isinstance(items, list):
+        out["items"] = [fn(value) for value in items]
+    return out
+
+
+def gbnf_literal(text: str) -> str:
+    """``text`` as a GBNF string literal."""
+    out = []
+    for ch in text:
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch == '"':
+            out.append('\\"')
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\x{ord(ch):02X}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def parse_rules(grammar: str) -> dict[str, str]:
+    """A converter grammar (one rule per line) as {name: body}, in order."""
+    rules: dict[str, str] = {}
+    for line in grammar.splitlines():
+        match = _RULE_LINE.match(line)
+        if match:
+            rules[match[1]] = match[2]
+    return rules
+
+
+def rename_rules(rules: dict[str, str], prefix: str) -> dict[str, str]:
+    """``rules`` with every rule name (defined or referenced) prefixed."""
+
+    def body(text: str) -> str:
+        parts = []
+        for token in _GBNF_TOKEN.findall(text):
+            parts.append(prefix + token if token in rules else token)
+        return "".join(parts)
+
+    return {prefix + name: body(text) for name, text in rules.items()}
+
+
+# ---------------------------------------------------------------------------
+# patterns
+
+
+def _pattern_for_converter(pattern: str) -> str:
+    """``\\d``/``\\w``/``\\s`` as ASCII classes, and the pattern anchored (JSON Schema searches)."""
+    classes = {"d": "0-9", "w": "a-zA-Z0-9_", "s": " \\t\\n\\r\\f\\v"}
+    out: list[str] = []
+    in_class = False
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\" and i + 1 < len(pattern):
+            nxt = pattern[i + 1]
+            if nxt in classes:
+                out.append(classes[nxt] if in_class else f"[{classes[nxt]}]")
+            else:
+                out.append(ch + nxt)
+            i += 2
+            continue
+        if ch == "[" and not in_class:
+            in_class = True
+        elif ch == "]" and in_class and not (out and out[-1] == "["):
+            in_class = False
+        out.append(ch)
+        i += 1
+    text = "".join(out)
+    starts, ends = text.startswith("^"), text.endswith("$") and not text.endswith("\\$")
+    if starts and ends:
+        return text
+    core = text[1:] if starts else text
+    core = core[:-1] if ends else core
+    return ("^" if starts else "^.*") + "(" + core + ")" + ("$" if ends else ".*$")
+
+
+# ---------------------------------------------------------------------------
+# recursion depth
+
+
+def _ref_name(ref: Any) -> str | None:
+    if isinstance(ref, str):
+        for prefix in ("#/$defs/", "#/definitions/"):
+            if ref.startswith(prefix) and "/" not in ref[len(prefix) :]:
+                return ref[len(prefix) :]
+    return None
+
+
+def _refs_in(node: Any, found: set[str]) -> None:
+    if isinstance(node, dict):
+        name = _ref_name(node.get("$ref"))
+        if name is not None:
+            found.add(name)
+        map_subschemas(node, lambda child: _refs_in(child, found))
+
+
+def _recursive_defs(defs: dict[str, Any]) -> set[str]:
+    """Definitions that can reach themselves through ``$ref``."""
+    edges: dict[str, set[str]] = {}
+    for name, schema in defs.items():
+        found: set[str] = set()
+        _refs_in(schema, found)
+        edges[name] = {n for n in found if n in defs}
+    recursive = set()
+    for start in defs:
+        seen: set[str] = set()
+        todo = list(edges[start])
+        while todo:
+            name = todo.pop()
+            if name == start:
+                recursive.add(start)
+                break
+            if name not in seen:
+                seen.add(name)
+                todo.extend(edges[name])
+    return recursive
+
+
+def _never(node: Any) -> bool:
+    return node is False
+
+
+def _simplify(node: Any) -> Any:
+    """Propagate ``False`` (no valid value) upwards; False when ``node`` itself admits nothing."""
+    if not isinstance(node, dict):
+        return node
+    node = map_subschemas(node, _simplify)
+    for key in ("anyOf", "oneOf"):
+        if isinstance(node.get(key), list):
+            kept = [branch for branch in node[key] if not _never(branch)]
+            if not kept:
+                return False
+            node[key] = kept
+    if isinstance(node.get("allOf"), list) and any(_never(b) for b in node["allOf"]):
+        return False
+    if _never(node.get("not")):
+        node.pop("not")
+    props = node.get("properties")
+    if isinstance(props, dict):
+        required = set(node.get("required") or [])
+        for name in [n for n, v in props.items() if _never(v)]:
+            if name in required:
+                return False
+            del props[name]
+    if _never(node.get("items")):
+        node.pop("items")
+        if "prefixItems" not in node:
+            if (node.get("minItems") or 0) > 0:
+                return False
+            node["maxItems"] = 0
+    if isinstance(node.get("prefixItems"), list) and any(_never(i) for i in node["prefixItems"]):
+        first = next(i for i, item in enumerate(node["prefixItems"]) if _never(item))
+        if (node.get("minItems") or 0) > first:
+            return False
+        node["prefixItems"] = node["prefixItems"][:first]
+        node["maxItems"] = min(node.get("maxItems", first), first)
+    if _never(node.get("additionalProperties")):
+        node["additionalProperties"] = False
+    return node
+
+
+def bound_depth(schema: dict[str, Any], max_depth: int) -> dict[str, Any]:
+    """``schema`` with its recursive definitions unrolled ``max_depth`` levels deep."""
+    if max_depth < 1:
+        raise GrammarError(f"max_depth must be at least 1, got {max_depth}")
+    schema = copy.deepcopy(schema)
+    defs_key = "$defs" if "$defs" in schema or "definitions" not in schema else "definitions"
+    defs: dict[str, Any] = dict(schema.get(defs_key) or {})
+    # a reference to the root itself: move the root into the definitions first
+    root_refs: set[str] = set()
+
+    def find_root_refs(node: Any) -> Any:
+        if isinstance(node, dict):
+            if node.get("$ref") == "#":
+                root_refs.add("#")
+            map_subschemas(node, find_root_refs)
+        return node
+
+    find_root_refs(schema)
+    if root_refs:
+        root_name = "lcpp-root"
+        body = {k: v for k, v in schema.items() if k not in ("$defs", "definitions", "$schema", "$id")}
+
+        def point_root(node: Any) -> Any:
+            if isinstance(node, dict):
+                node = map_subschemas(node, point_root)
+                if node.get("$ref") == "#":
+                    node = {**node, "$ref": f"#/{defs_key}/{root_name}"}
+            return node
+
+        defs = {name: point_root(value) for name, value in defs.items()}
+        defs[root_name] = point_root(body)
+        schema = {k: v for k, v in schema.items() if k in ("$schema", "$id")}
+        schema["$ref"] = f"#/{defs_key}/{root_name}"
+    recursive = _recursive_defs(defs)
+    if not recursive:
+        return schema
+    copies: dict[tuple[str, int], Any] = {}
+
+    def name_at(name: str, level: int) -> str:
+        return f"{name}-lcpp-depth-{level}" if name in recursive else name
+
+    def rewrite(node: Any, level: int) -> Any:
+        if not isinstance(node, dict):
+            return node
+        node = map_subschemas(node, lambda child: rewrite(child, level))
+        name = _ref_name(node.get("$ref"))
+        if name in recursive:
+            assert name is not None
+            depth = level + 1
+            if depth > max_depth:
+                return False
+            if (name, depth) not in copies:
+                copies[(name, depth)] = None  # placeholder against cycles
+                copies[(name, depth)] = rewrite(defs[name], depth)
+            node = {**node, "$ref": f"#/{defs_key}/{name_at(name, depth)}"}
+        return node
+
+    new_defs = {name: rewrite(value, 0) for name, value in defs.items() if name not in recursive}
+    root = rewrite({k: v for k, v in schema.items() if k not in ("$defs", "definitions")}, 0)
+    for (name, depth), value in copies.items():
+        new_defs[name_at(name, depth)] = value
+    # simplify: False propagates through definitions (to a fixed point) and the root
+    changed = True
+    while changed:
+        changed = False
+        for name, value in list(new_defs.items()):
+            simple = _simplify(value)
+            if simple is False and value is not False:
+                new_defs[name] = False
+                changed = True
+            elif simple is not False:
+                new_defs[name] = simple
+        dead = {n for n, v in new_defs.items() if v is False}
+
+        def kill(node: Any, dead: set[str] = dead) -> Any:
+            if isinstance(node, dict):
+                node = map_subschemas(node, kill)
+                if _ref_name(node.get("$ref")) in dead:
+                    return False
+            return node
+
+        for name, value in list(new_defs.items()):
+            if value is not False:
+                killed = kill(value)
+                if killed is False or killed != value:
+                    new_defs[name] = killed
+                    changed = changed or killed is False
+        root = kill(root)
+    root = _simplify(root)
+    if root is False:
+        raise GrammarError(
+            f"max_depth={max_depth} leaves no valid value: every way to end the recursion is required "
+            "by the schema; raise max_depth or make the recursive part optional"
+        )
+    root[defs_key] = {n: v for n, v in new_defs.items() if v is not False}
+    return root
+
+
+# ---------------------------------------------------------------------------
+# the rewrite
+
+
+@dataclass
+class _Document:
+    """The definitions of the schema being rewritten (what fragments resolve ``$ref`` against)."""
+
+    defs: dict[str, Any] = field(default_factory=dict)
+    key: str = "$defs"
+
+
+@dataclass
+class SchemaPreparer:
+    """Rewrites schemas for llama.cpp's converter and keeps the rules that replace the markers.
+
+    One preparer may rewrite several schemas (a chat request's response format and
+    its tools' parameters): the markers stay unique across them.  After converting
+    the rewritten schemas (directly, or inside a chat template's grammar), pass the
+    grammar through :meth:`splice`.
+    """
+
+    custom: dict[int, Callable[[str], dict[str, str]]] = field(default_factory=dict)
+    counter: itertools.count = field(default_factory=itertools.count)
+    fragments: dict[str, dict[str, str]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    document: _Document = field(default_factory=_Document)
+
+    modified: bool = False
+
+    @property
+    def changed(self) -> bool:
+        """Whether any schema came out different (a grammar from the originals would differ)."""
+        return self.modified or bool(self.custom)
+
+    def prepare(self, schema: Any, max_depth: int | None = None) -> Any:
+        """``schema`` rewritten for the converter (a copy; ``schema`` is left alone)."""
+        document = json.loads(json.dumps(schema))
+        if not isinstance(document, dict):
+            return document
+        depth = max_depth if max_depth is not None else document.get(DEPTH_KEYWORD)
+        document = {k: v for k, v in document.items() if k != DEPTH_KEYWORD}
+        if depth is not None:
+            if isinstance(depth, bool) or not isinstance(depth, int):
+                raise GrammarError(f"{DEPTH_KEYWORD} must be an integer, got {depth!r}")
+            document = bound_depth(document, depth)
+        self.document = context = _Document()
+        context.key = "$defs" if "$defs" in document or "definitions" not in document else "definitions"
+        raw_defs = document.get(context.key)
+        if isinstance(raw_defs, dict):
+            context.defs = {name: self.visit(value) for name, value in raw_defs.items()}
+        body = self.visit({k: v for k, v in document.items() if k not in ("$defs", "definitions")})
+        if isinstance(body, dict) and isinstance(raw_defs, dict):
+            body[context.key] = context.defs
+        if json.dumps(body, sort_keys=True) != json.dumps(for_prompt(schema), sort_keys=True):
+            self.modified = True
+        return body
+
+    def rules(self) -> dict[str, str]:
+        """Our rules: each marker's replacement and the fragments they use."""
+        out: dict[str, str] = {}
+        custom: dict[str, str] = {}
+        for k, build in self.custom.items():
+            custom.update(build(f"lcpp-custom-{k}"))
+        for fragment in self.fragments.values():
+            out.update(fragment)
+        out.update(custom)
+        return {name: _splice_markers(body) for name, body in out.items()}
+
+    def splice(self, grammar: str) -> str:
+        """A converter's (or chat template's) grammar of prepared schemas, with our rules in."""
+        if not self.custom:
+            return grammar
+        lines = [_splice_markers(line) for line in grammar.splitlines()]
+        defined = {m[1] for m in map(_RULE_LINE.match, lines) if m}
+        extra = self.rules()
+        if "space" not in defined and "space" not in extra:
+            extra["space"] = '" "?'
+        lines.extend(f"{name} ::= {body}" for name, body in extra.items() if name not in defined)
+        return "\n".join(line for line in lines if line) + "\n"
+
+    def marker(self, build: Callable[[str], dict[str, str]]) -> dict[str, Any]:
+        k = next(self.counter)
+        self.custom[k] = build
+        return {"const": _MARKER.format(k)}
+
+    def visit(self, node: Any) -> Any:
+        if not isinstance(node, dict):
+            return node
+        node = map_subschemas(node, self.visit)
+        if "prefixItems" in node and "items" in node:
+            # closed tuple (items: false), or items that the converter would let replace the
+            # tuple: without items the converter produces exactly the tuple, valid for both
+            node = {k: v for k, v in node.items() if k != "items"}
+        if isinstance(node.get("pattern"), str) and node.get("type", "string") == "string":
+            node = {**node, "pattern": _pattern_for_converter(node["pattern"])}
+        number = self._number(node)
+        if number is not None:
+            return number
+        if node.get("format") in _DATE_RULES and node.get("type") == "string":
+            if not any(k in node for k in ("pattern", "enum", "const", "minLength", "maxLength", "anyOf", "$ref")):
+                body = _DATE_RULES[node["format"]]
+                return self.marker(lambda name: {name: body})
+        counted = self._counted_object(node)
+        if counted is not None:
+            return counted
+        return node
+
+    def _number(self, node: dict[str, Any]) -> Any:
+        types = node.get("type")
+        if not any(k in node for k in _BOUNDS) or "enum" in node or "const" in node:
+            return None
+        if any(k in node for k in ("anyOf", "oneOf", "allOf", "$ref", "not")):
+            return None
+        if types == "number":
+            others: list[str] = []
+        elif isinstance(types, list) and "number" in types and "integer" not in types:
+            others = [t for t in types if t != "number"]
+        else:
+            return None
+        lower = upper = None
+        try:
+            lower, upper = number_range.bounds_of(node)
+            body = number_range.number_node(lower, upper).gbnf()
+        except ValueError as error:
+            if lower is not None and upper is not None and lower.value > upper.value:
+                raise GrammarError(f"no number satisfies the schema {json.dumps(node)}: {error}") from None
+            self.warnings.append(f"number bounds {json.dumps(node)} are checked after generation: {error}")
+            return None
+        marker = self.marker(lambda name: {name: body})
+        if not others:
+            return marker
+        rest = {k: v for k, v in node.items() if k not in _BOUNDS}
+        rest["type"] = others if len(others) > 1 else others[0]
+        return {"anyOf": [marker, rest]}
+
+    def _counted_object(self, node: dict[str, Any]) -> Any:
+        if not counted_object_supported(node):
+            return None
+        props: dict[str, Any] = node["properties"]
+        required = [name for name in props if name in set(node.get("required") or [])]
+        optional = [name for name in props if name not in required]
+        low = max(int(node.get("minProperties", 0)), len(required))
+        high = min(int(node.get("maxProperties", len(props))), len(props))
+        if low > high:
+            raise GrammarError(
+                f"no object satisfies minProperties/maxProperties with these properties: {json.dumps(node)}"
+            )
+        document = self.document
+
+        def build(name: str) -> dict[str, str]:
+            kv = {prop: self._kv(prop, props[prop], document) for prop in props}
+            return _object_rules(name, required, optional, low, high, kv)
+
+        return self.marker(build)
+
+    def _kv(self, name: str, schema: Any, document: _Document) -> str:
+        value = self.fragment(schema, document)
+        return f'{gbnf_literal(json.dumps(name, ensure_ascii=False))} space ":" space {value}'
+
+    def fragment(self, schema: Any, document: _Document) -> str:
+        """Convert ``schema`` on its own; its rules join ours renamed apart; returns its root rule."""
+        k = len(self.fragments)
+        self.fragments[f"lcpp-f{k}"] = {}
+        source: Any = schema
+        if isinstance(schema, dict) and document.defs:
+            source = {**schema, document.key: {**document.defs, **(schema.get(document.key) or {})}}
+        grammar, warnings = convert(source)
+        self.warnings.extend(warnings)
+        self.fragments[f"lcpp-f{k}"] = rename_rules(parse_rules(grammar), f"lcpp-f{k}-")
+        return f"lcpp-f{k}-root"
+
+
+def _without_items_beside_prefix_items(node: Any) -> Any:
+    if not isinstance(node, dict):
+        return node
+    node = map_subschemas(node, _without_items_beside_prefix_items)
+    if "prefixItems" in node and "items" in node:
+        node = {k: v for k, v in node.items() if k != "items"}
+    return node
+
+
+def for_prompt(schema: Any) -> Any:
+    """``schema`` as a chat template may show it and convert it without failing.
+
+    Only what llama.cpp's converter rejects outright is changed (``items`` beside
+    ``prefixItems``), and this package's own keyword dropped.
+    """
+    document = json.loads(json.dumps(schema))
+    if isinstance(document, dict):
+        document.pop(DEPTH_KEYWORD, None)
+    return _without_items_beside_prefix_items(document)
+
+
+def counted_object_supported(node: Any) -> bool:
+    """Whether ``minProperties``/``maxProperties`` on ``node`` become grammar (a closed, listed object)."""
+    if not isinstance(node, dict) or ("minProperties" not in node and "maxProperties" not in node):
+        return False
+    if node.get("type", "object") != "object" or not isinstance(node.get("properties"), dict):
+        return False
+    if node.get("additionalProperties", False) is not False or "patternProperties" in node:
+        return False
+    return not any(k in node for k in ("anyOf", "oneOf", "allOf", "$ref", "not", "enum", "const"))
+
+
+def _splice_markers(text: str) -> str:
+    return _MARKER_LITERAL.sub(lambda m: f"lcpp-custom-{m[1]}", text)
+
+
+def _object_rules(
+    name: str, required: list[str], optional: list[str], low: int, high: int, kv: dict[str, str]
+) -> dict[str, str]:
+    """Rules for an object with the required properties, then between low and high in all."""
+    n = len(optional)
+    rules: dict[str, str] = {}
+    memo: dict[tuple[int, int, bool], str | None] = {}
+
+    def rest(i: int, count: int, first: bool) -> str | None:
+        """A rule for the optional properties from index i, ``count`` present so far."""
+        key = (i, count, first)
+        if key in memo:
+            return memo[key]
+        memo[key] = None
+        if i == n or count == high:
+            result = '""' if count >= low else None
+        else:
+            options: list[str] = []
+            after = rest(i + 1, count + 1, False)
+            if after is not None:
+                sep = "" if first else '"," space '
+                options.append(f"{sep}{kv[optional[i]]} {after}")
+            skip = rest(i + 1, count, first)
+            if skip is not None:
+                options.append(skip)
+            if options:
+                rule = f"{name}-{i}-{count}-{int(first)}"
+                rules[rule] = " | ".join(dict.fromkeys(options))
+                result = rule
+            else:
+                result = None
+        memo[key] = result
+        return result
+
+    head = ' "," space '.join(kv[prop] for prop in required)
+    tail = rest(0, len(required), not required)
+    if tail is None:
+        raise GrammarError("no object satisfies minProperties/maxProperties with these properties")
+    inner = " ".join(part for part in (head, tail) if part and part != '""')
+    rules[name] = f'"{{" space {inner} space "}}"' if inner else '"{" space "}"'
+    return rules
+
+
+def convert(schema: Any) -> tuple[str, list[str]]:
+    """llama.cpp's converter alone: (grammar, warnings)."""
+    from llamacpp_native._library import ensure_backend, ffi, lib, take_message
+
+    ensure_backend()
+    text = schema if isinstance(schema, str) else json.dumps(schema)
+    out = ffi.new("char **")
+    warnings = ffi.new("char **")
+    status = lib.lcpp_json_schema_to_grammar_ex(text.encode("utf-8"), out, warnings)
+    notes = take_message(warnings)
+    result = take_message(out)
+    if status != 0:
+        raise GrammarError(f"cannot convert JSON schema to a grammar: {result or 'unknown error'}")
+    return result, [line for line in notes.splitlines() if line]
+
+
+@dataclass
+class Conversion:
+    """A converted schema: the grammar, and what it does not enforce (the converter's warnings)."""
+
+    grammar: str
+    warnings: list[str]
+
+
+def schema_to_gbnf(schema: Mapping[str, Any] | str, max_depth: int | None = None) -> Conversion:
+    """Convert a JSON schema to GBNF with this module's additions (see the module docstring)."""
+    if isinstance(schema, str):
+        try:
+            document = json.loads(schema)
+        except json.JSONDecodeError as error:
+            raise GrammarError(f"cannot convert JSON schema to a grammar: parse error: {error}") from None
+    else:
+        try:
+            document = json.loads(json.dumps(schema))
+        except (TypeError, ValueError) as error:
+            raise GrammarError(f"schema is not JSON-serialisable: {error}") from error
+    preparer = SchemaPreparer()
+    prepared = preparer.prepare(document, max_depth)
+    grammar, warnings = convert(prepared)
+    return Conversion(preparer.splice(grammar), preparer.warnings + warnings)
+
+
+# ---------------------------------------------------------------------------
+# what the grammar leaves to validation
+
+POST_VALIDATED = (
+    "not",
+    "uniqueItems",
+    "contains",
+    "minContains",
+    "maxContains",
+    "multipleOf",
+    "propertyNames",
+    "patternProperties",
+    "dependentRequired",
+    "dependentSchemas",
+    "dependencies",
+    "if",
+    "unevaluatedProperties",
+    "unevaluatedItems",
+)
+"""Keywords no grammar here expresses: checked after generation (``SchemaValidationError``)."""
+
+GRAMMAR_FORMATS = ("date", "time", "date-time", "uuid")
+"""String formats the grammar enforces; any other ``format`` is checked after generation."""
+
+
+def _pointer(path: tuple[str, ...]) -> str:
+    return "/" + "/".join(p.replace("~", "~0").replace("/", "~1") for p in path) if path else "(root)"
+
+
+def _disjoint_branches(branches: list[Any]) -> bool:
+    """Whether oneOf branches cannot overlap: distinct single types, or a shared const discriminator."""
+    types = [b.get("type") for b in branches if isinstance(b, dict)]
+    if len(types) == len(branches) and all(isinstance(t, str) for t in types):
+        simple = [("number" if t == "integer" else t) for t in types]
+        if len(set(simple)) == len(simple):
+            return True
+    consts = [b.get("const") for b in branches if isinstance(b, dict) and "const" in b]
+    if len(consts) == len(branches) and len({json.dumps(c, sort_keys=True) for c in consts}) == len(consts):
+        return True
+    props = [b.get("properties") for b in branches if isinstance(b, dict)]
+    if len(props) == len(branches) and all(isinstance(p, dict) for p in props):
+        shared = set.intersection(*(set(p) for p in props)) if props else set()
+        for key in shared:
+            values = [p[key].get("const") if isinstance(p[key], dict) else None for p in props]
+            required = all(key in (b.get("required") or []) for b in branches)
+            if required and None not in values and len({json.dumps(v) for v in values}) == len(values):
+                return True
+    return False
+
+
+def unenforced(schema: Any) -> list[str]:
+    """The rules of ``schema`` that its grammar does not enforce, as "keyword at /path (why)".
+
+    Generation can produce JSON that breaks them; validation after generation
+    catches it (``SchemaValidationError``).  Empty when the grammar is exact.
+    """
+    found: list[str] = []
+    pattern_cache: dict[str, list[str]] = {}
+
+    def visit(node: Any, path: tuple[str, ...]) -> None:
+        if not isinstance(node, dict):
+            return
+        where = _pointer(path)
+        for key in POST_VALIDATED:
+            if key not in node:
+                continue
+            if key == "uniqueItems" and (not node[key] or node.get("maxItems", 2) <= 1):
+                continue
+            found.append(f"{key} at {where}")
+        for key in ("minProperties", "maxProperties"):
+            if key in node and not counted_object_supported(node):
+                found.append(f"{key} at {where} (only for objects whose keys are all listed in properties)")
+                break
+        if node.get("oneOf") and not _disjoint_branches(node["oneOf"]):
+            found.append(f"oneOf at {where} (a value matching two branches is not excluded)")
+        if isinstance(node.get("allOf"), list):
+            parts = node["allOf"]
+            if not all(isinstance(p, dict) and ("$ref" in p or "properties" in p) for p in parts):
+                found.append(f"allOf at {where} (only objects are merged)")
+        fmt = node.get("format")
+        if isinstance(fmt, str) and fmt not in GRAMMAR_FORMATS and node.get("type", "string") == "string":
+            found.append(f"format {fmt!r} at {where}")
+        pattern = node.get("pattern")
+        if isinstance(pattern, str):
+            if pattern not in pattern_cache:
+                try:
+                    _, warnings = convert({"type": "string", "pattern": _pattern_for_converter(pattern)})
+                except GrammarError as error:
+                    warnings = [str(error)]
+                pattern_cache[pattern] = warnings
+            if pattern_cache[pattern]:
+                found.append(f"pattern {pattern!r} at {where} ({'; '.join(pattern_cache[pattern])})")
+        if any(k in node for k in _BOUNDS) and (
+            node.get("type") == "number" or (isinstance(node.get("type"), list) and "number" in node["type"])
+        ):
+            try:
+                number_range.number_node(*number_range.bounds_of(node))
+            except ValueError as error:
+                found.append(f"number bounds at {where} ({error})")
+        for key in _SCHEMA_MAPS:
+            if isinstance(node.get(key), dict):
+                for name, child in node[key].items():
+                    visit(child, (*path, key, name))
+        for key in _SCHEMA_ONE:
+            if isinstance(node.get(key), dict):
+                visit(node[key], (*path, key))
+        for key in _SCHEMA_LISTS:
+            if isinstance(node.get(key), list):
+                for i, child in enumerate(node[key]):
+                    visit(child, (*path, key, str(i)))
+        items = node.get("items")
+        if isinstance(items, dict):
+            visit(items, (*path, "items"))
+        elif isinstance(items, list):
+            for i, child in enumerate(items):
+                visit(child, (*path, "items", str(i)))
+
+    visit(schema if not isinstance(schema, str) else json.loads(schema), ())
+    return found
