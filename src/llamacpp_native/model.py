@@ -126,7 +126,8 @@ class Model:
         # llama_supports_gpu_offload() is true in every build with the RPC backend, so ask for devices
         if n_gpu_layers != 0 and not local_devices and not rpc_servers:
             warnings.warn(
-                f"n_gpu_layers={n_gpu_layers} ignored: this build has no GPU backend; running on CPU. "
+                f"n_gpu_layers={n_gpu_layers} ignored: this build has no GPU backend (or sees no GPU); "
+                "running on CPU. "
                 'Rebuild with CMAKE_ARGS="-DGGML_CUDA=on" (or Metal/Vulkan) to offload, '
                 "or give rpc_servers.",
                 RuntimeWarning,
