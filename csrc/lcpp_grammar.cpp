@@ -538,9 +538,14 @@ void grammar_reset(struct llama_sampler * smpl) {
     if (g->grammar == nullptr) {
         return;
     }
-    llama_grammar * fresh = g->make_grammar();
-    if (fresh == nullptr) {
-        throw std::runtime_error("cannot re-create the grammar");
+    llama_grammar * fresh = nullptr;
+    try {
+        fresh = g->make_grammar();
+    } catch (...) {
+        fresh = nullptr;
+    }
+    if (fresh == nullptr) {  // it parsed once, so only memory can fail: keep the old state (never throw into C)
+        return;
     }
     g->cache.clear();  // its states point into the old grammar's rules
     llama_grammar_free_impl(g->grammar);
@@ -659,8 +664,12 @@ std::string grammar_problem(const llama_vocab * vocab, const char * src, const c
             const std::string rest = reason.substr(at + 4);
             const size_t src_len = std::strlen(src);
             if (rest.size() <= src_len && std::strcmp(src + src_len - rest.size(), rest.c_str()) == 0) {
-                failed = src + src_len - rest.size();
                 reason = reason.substr(0, at);
+                if (rest.empty()) {  // ran off the end: point at the rule that is unfinished
+                    reason += " at the end of the grammar";
+                } else {
+                    failed = src + src_len - rest.size();
+                }
             }
         }
         return reason + " (" + where(src, failed) + ")";

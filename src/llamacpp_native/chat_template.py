@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llamacpp_native._library import ffi, lib, take_string
-from llamacpp_native.errors import ChatTemplateError, ClosedError
+from llamacpp_native.errors import ChatTemplateError, ClosedError, GrammarError
 from llamacpp_native.json_schema import SchemaPreparer, for_prompt
 from llamacpp_native.media import MediaSource
 from llamacpp_native.model import Model
@@ -63,8 +63,11 @@ class ChatTemplates:
         template renders the prompt and parser from the schemas as given, and the
         grammar from the schemas as prepared for the converter.
         """
-        shown_schema = for_prompt(json_schema) if json_schema is not None else None
-        shown_tools = [_tool_with(tool, for_prompt) for tool in tools or []] or None
+        try:
+            shown_schema = for_prompt(json_schema) if json_schema is not None else None
+            shown_tools = [_tool_with(tool, for_prompt) for tool in tools or []] or None
+        except (TypeError, ValueError, RecursionError):
+            shown_schema, shown_tools = json_schema, tools
         result = self._apply(
             messages,
             shown_tools,
@@ -76,8 +79,13 @@ class ChatTemplates:
         )
         if not grammar and (tools or json_schema is not None):
             preparer = SchemaPreparer()
-            prepared_schema = preparer.prepare(json_schema) if json_schema is not None else None
-            prepared_tools = [_tool_with(tool, preparer.prepare) for tool in tools or []] or None
+            try:
+                prepared_schema = preparer.prepare(json_schema) if json_schema is not None else None
+                prepared_tools = [_tool_with(tool, preparer.prepare) for tool in tools or []] or None
+            except GrammarError:
+                raise
+            except (TypeError, ValueError, KeyError, AttributeError, IndexError, RecursionError):
+                preparer = SchemaPreparer()  # malformed: the template's own grammar stands
             if preparer.changed:
                 constrained = self._apply(
                     messages,

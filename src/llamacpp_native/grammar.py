@@ -13,6 +13,10 @@ from llamacpp_native.errors import GrammarError
 from llamacpp_native.json_schema import Conversion, schema_to_gbnf
 
 _LOOSE_SPACE = re.compile(r"^((?:lcpp-f\d+-)?space) ::= .*$", re.MULTILINE)
+# llama.cpp's converter renders a pattern's "." as any character but a line break, so a
+# JSON string could take in an unescaped quote (and end early, or never) or a control
+# character.  Inside JSON strings it may only be the characters JSON allows unescaped.
+_PATTERN_DOT = re.compile(r"^((?:lcpp-f\d+-)?dot) ::= \[\^\\x0A\\x0D\]$", re.MULTILINE)
 _FREE_TEXT_PREFIX = re.compile(r"\s*\buntil-\d+\??")
 _REPEATED_CALLS = re.compile(r"^(tool-calls ::= )\((\S+) space\)\+$", re.MULTILINE)
 
@@ -21,13 +25,16 @@ def tighten_grammar(grammar: str, *, forbid_free_text: bool = False, single_call
     """Adjust a llama.cpp-generated grammar for reliable output from small models.
 
     JSON whitespace becomes at most one space (llama.cpp allows newlines and up
-    to 20 tabs/spaces between tokens, which small models loop on).  With
+    to 20 tabs/spaces between tokens, which small models loop on), and a
+    pattern's ``.`` no longer admits a quote, backslash or control character
+    inside a JSON string.  With
     ``forbid_free_text`` the root rule's free-text prefix before a tool call is
     removed, so that a required tool call starts at once.  With ``single_call``
     (``parallel_tool_calls=False``) a reply holds one tool-call block, where some
     templates' grammars repeat it.
     """
     grammar = _LOOSE_SPACE.sub(r'\1 ::= " "?', grammar)
+    grammar = _PATTERN_DOT.sub(r'\1 ::= [^"\\\\\\x7F\\x00-\\x1F]', grammar)
     if single_call:
         grammar = _REPEATED_CALLS.sub(r"\1\2 space", grammar)
     if forbid_free_text:

@@ -56,6 +56,7 @@ _SCHEMA_ONE = (
 )
 _SCHEMA_LISTS = ("prefixItems", "anyOf", "oneOf", "allOf")
 _BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+_PREFIX = "cannot convert JSON schema to a grammar: "
 _MARKER = "__lcpp_custom_{}__"
 # Calendar dates exactly as ISO 8601 / RFC 3339 (and Python's date.fromisoformat) take
 # them: days per month, February 29th only in leap years, no year 0000.  llama.cpp's
@@ -463,10 +464,16 @@ class SchemaPreparer:
         number = self._number(node)
         if number is not None:
             return number
-        if node.get("format") in _DATE_RULES and node.get("type") == "string":
-            if not any(k in node for k in ("pattern", "enum", "const", "minLength", "maxLength", "anyOf", "$ref")):
-                body = _DATE_RULES[node["format"]]
-                return self.marker(lambda name: {name: body})
+        if (
+            isinstance(node.get("format"), str)
+            and node["format"] in _DATE_RULES
+            and node.get("type") == "string"
+            and not any(
+                k in node for k in ("pattern", "enum", "const", "minLength", "maxLength", "anyOf", "$ref")
+            )
+        ):
+            date_body = _DATE_RULES[node["format"]]
+            return self.marker(lambda name: {name: date_body})
         counted = self._counted_object(node)
         if counted is not None:
             return counted
@@ -504,10 +511,16 @@ class SchemaPreparer:
         if not counted_object_supported(node):
             return None
         props: dict[str, Any] = node["properties"]
-        required = [name for name in props if name in set(node.get("required") or [])]
+        listed = node.get("required") or []
+        min_props, max_props = node.get("minProperties", 0), node.get("maxProperties", len(props))
+        if not isinstance(listed, list) or not all(
+            isinstance(n, int) and not isinstance(n, bool) for n in (min_props, max_props)
+        ):
+            return None  # malformed: the converter (or the schema check) says why
+        required = [name for name in props if name in listed]
         optional = [name for name in props if name not in required]
-        low = max(int(node.get("minProperties", 0)), len(required))
-        high = min(int(node.get("maxProperties", len(props))), len(props))
+        low = max(min_props, len(required))
+        high = min(max_props, len(props))
         if low > high:
             raise GrammarError(
                 f"no object satisfies minProperties/maxProperties with these properties: {json.dumps(node)}"
@@ -628,7 +641,7 @@ def convert(schema: Any) -> tuple[str, list[str]]:
     notes = take_message(warnings)
     result = take_message(out)
     if status != 0:
-        raise GrammarError(f"cannot convert JSON schema to a grammar: {result or 'unknown error'}")
+        raise GrammarError(f"{_PREFIX}{result or 'unknown error'}")
     return result, [line for line in notes.splitlines() if line]
 
 
@@ -646,14 +659,24 @@ def schema_to_gbnf(schema: Mapping[str, Any] | str, max_depth: int | None = None
         try:
             document = json.loads(schema)
         except json.JSONDecodeError as error:
-            raise GrammarError(f"cannot convert JSON schema to a grammar: parse error: {error}") from None
+            raise GrammarError(f"{_PREFIX}parse error: {error}") from None
     else:
         try:
             document = json.loads(json.dumps(schema))
         except (TypeError, ValueError) as error:
-            raise GrammarError(f"schema is not JSON-serialisable: {error}") from error
+            raise GrammarError(f"{_PREFIX}the schema is not JSON-serialisable: {error}") from error
     preparer = SchemaPreparer()
-    prepared = preparer.prepare(document, max_depth)
+    try:
+        prepared = preparer.prepare(document, max_depth)
+    except GrammarError as error:
+        message = str(error)
+        if not message.startswith(_PREFIX):
+            message = _PREFIX + message
+        raise GrammarError(message) from None
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, RecursionError):
+        # a malformed schema: llama.cpp's converter judges it as given
+        preparer = SchemaPreparer()
+        prepared = document
     grammar, warnings = convert(prepared)
     return Conversion(preparer.splice(grammar), preparer.warnings + warnings)
 
@@ -697,8 +720,10 @@ def _disjoint_branches(branches: list[Any]) -> bool:
     consts = [b.get("const") for b in branches if isinstance(b, dict) and "const" in b]
     if len(consts) == len(branches) and len({json.dumps(c, sort_keys=True) for c in consts}) == len(consts):
         return True
-    props = [b.get("properties") for b in branches if isinstance(b, dict)]
-    if len(props) == len(branches) and all(isinstance(p, dict) for p in props):
+    props: list[dict[str, Any]] = [
+        b["properties"] for b in branches if isinstance(b, dict) and isinstance(b.get("properties"), dict)
+    ]
+    if props and len(props) == len(branches):
         shared = set.intersection(*(set(p) for p in props)) if props else set()
         for key in shared:
             values = [p[key].get("const") if isinstance(p[key], dict) else None for p in props]

@@ -73,7 +73,10 @@ def test_an_invalid_grammar_fails_before_decoding_and_the_model_still_works(llam
     [
         ("root ::= sentence", r"Undefined rule identifier 'sentence'"),
         ("root ::= snake_case", r"expecting newline or end \(line 1, column 15: root ::= snake_case\)"),
-        ('root ::= "a"\nx ::= "b" (\n', r"\(line 2, column \d+: x ::= \"b\" \(\)"),
+        (
+            'root ::= "a"\nx ::= "b" (\n',
+            r"expecting '\)' at the end of the grammar \(line 2, column 1: x ::= \"b\" \(\)",
+        ),
         ('root ::= "\\q"', r"unknown escape \(line 1"),
         ('rot ::= "a"', r"no rule named 'root'"),
         ("# only a comment", r"defines no rules"),
@@ -161,7 +164,10 @@ DOCUMENTS = {
                     "type": "array",
                     "items": {
                         "type": "object",
-                        "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer"}},
+                        "properties": {
+                            "name": {"type": "string", "maxLength": 12},
+                            "age": {"type": "integer"},
+                        },
                         "required": ["name", "age"],
                     },
                 },
@@ -240,3 +246,30 @@ def test_the_indexed_search_generates_what_llama_cpp_search_generates(
             completion_text(llama, prompt, grammar=grammar, max_tokens=24, seed=7, temperature=temperature)
         )
     assert outputs[0] == outputs[1]
+
+
+def test_converter_warnings_come_back_instead_of_going_to_stderr(caplog: pytest.LogCaptureFixture) -> None:
+    from llamacpp_native.grammar import json_schema_conversion
+
+    schema = {"type": "string", "pattern": "^(?!a)b$"}
+    conversion = json_schema_conversion(schema)
+    assert conversion.warnings == [
+        "pattern ^(?!a)b$ is not supported (unsupported group syntax), accepting any string"
+    ]
+    with caplog.at_level("WARNING", logger="llamacpp_native"):
+        json_schema_to_grammar(schema)
+    assert "unsupported group syntax" in caplog.text
+
+
+def test_a_converter_warning_is_not_printed_to_stderr() -> None:
+    script = textwrap.dedent(
+        """
+        from llamacpp_native import json_schema_to_grammar
+        json_schema_to_grammar({"type": "string", "pattern": "^(?!a)b$"})
+        print("converted")
+        """
+    )
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert "converted" in child.stdout
+    assert "JSON schema conversion was incomplete" not in child.stderr

@@ -121,7 +121,7 @@ def test_missing_root_error_names_the_root_rule(complete: Complete) -> None:
 @pytest.mark.parametrize(
     ("grammar", "reason"),
     [
-        ("root ::= (", r"expecting '\)' \(line 1, column 11"),
+        ("root ::= (", r"expecting '\)' at the end of the grammar \(line 1, column 1"),
         ("root ::= foo", "Undefined rule identifier 'foo'"),
     ],
     ids=["unclosed-group", "undefined-rule"],

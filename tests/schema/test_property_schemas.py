@@ -172,7 +172,7 @@ def test_random_schemas_generate_valid_json_without_post_validation(
         temperature=0.0,
     )
     choice = result["choices"][0]
-    assert choice["finish_reason"] == "stop", f"did not close: {choice['text']!r}"
+    assert choice["finish_reason"] == "stop", f"did not close: {json.dumps(schema)} {choice['text']!r}"
     value = json.loads(choice["text"])
     validator = jsonschema.Draft202012Validator(
         schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER

@@ -276,7 +276,10 @@ PAIR_OF_ONES = {"type": "array", "items": {"enum": [1]}, "minItems": 2, "maxItem
 """The grammar admits only ``[1, 1]``, which ``uniqueItems`` (checked after generation) refuses."""
 
 
-def test_a_reply_breaking_a_strict_schema_is_400(http: httpx.Client, model_name: str) -> None:
+def test_a_strict_schema_the_grammar_cannot_enforce_is_400_before_generating(
+    http: httpx.Client, model_name: str
+) -> None:
+    """``uniqueItems`` is only checked after generation: with "strict": true that is refused up front."""
     body = {
         "model": model_name,
         "messages": [{"role": "user", "content": "Two ones."}],
@@ -286,9 +289,20 @@ def test_a_reply_breaking_a_strict_schema_is_400(http: httpx.Client, model_name:
             "json_schema": {"name": "p", "schema": PAIR_OF_ONES, "strict": True},
         },
     }
-    error = assert_openai_error(http.post("/v1/chat/completions", json=body), 400)
-    assert error["type"] == "invalid_request_error" and "uniqueItems" in error["message"]
-    with http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as response:
-        assert response.status_code == 200
-        payloads = sse_data(list(response.iter_lines()))
-    assert "uniqueItems" in json.loads(payloads[-1])["error"]["message"]  # the stream's last event
+    for stream in (False, True):
+        error = assert_openai_error(http.post("/v1/chat/completions", json={**body, "stream": stream}), 400)
+        assert error["type"] == "invalid_request_error"
+        assert "strict=True" in error["message"] and "uniqueItems at (root)" in error["message"]
+
+
+def test_a_reply_breaking_a_lenient_schema_is_still_returned(http: httpx.Client, model_name: str) -> None:
+    """Without "strict", the server returns what the grammar produced (the client validates)."""
+    body = {
+        "model": model_name,
+        "messages": [{"role": "user", "content": "Two ones."}],
+        "max_tokens": 32,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": PAIR_OF_ONES}},
+    }
+    response = http.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200
+    assert json.loads(response.json()["choices"][0]["message"]["content"]) == [1, 1]
