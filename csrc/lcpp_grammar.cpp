@@ -59,143 +59,138 @@ char * dup_string(const std::string & s) {
 }
 
 // ---------------------------------------------------------------------------
-// llama.cpp's grammar helpers (static in llama-grammar.cpp), reproduced exactly.
+// Reading llama.cpp's grammar elements.  A rule is a run of elements, its
+// alternatives separated by ALT and the whole ended by END.  A character set is
+// a CHAR, CHAR_NOT or CHAR_ANY element, then CHAR_ALT elements for further
+// members; any member may be followed by CHAR_RNG_UPPER, making it a range.
 
-bool is_end_of_sequence(const llama_grammar_element * pos) {
-    return pos->type == LLAMA_GRETYPE_END || pos->type == LLAMA_GRETYPE_ALT;
+// Whether `e` closes an alternative (the next one starts after it, or the rule ends).
+bool closes_alternative(const llama_grammar_element * e) {
+    return e->type == LLAMA_GRETYPE_ALT || e->type == LLAMA_GRETYPE_END;
 }
 
-bool is_char_element(const llama_grammar_element * pos) {
-    return pos->type == LLAMA_GRETYPE_CHAR || pos->type == LLAMA_GRETYPE_CHAR_NOT ||
-           pos->type == LLAMA_GRETYPE_CHAR_ANY;
+bool is_char_set(const llama_grammar_element * e) {
+    return e->type == LLAMA_GRETYPE_CHAR || e->type == LLAMA_GRETYPE_CHAR_NOT || e->type == LLAMA_GRETYPE_CHAR_ANY;
 }
 
-std::pair<bool, const llama_grammar_element *> match_char(const llama_grammar_element * pos, uint32_t chr) {
-    bool found = false;
-    const bool is_positive_char = pos->type == LLAMA_GRETYPE_CHAR || pos->type == LLAMA_GRETYPE_CHAR_ANY;
+bool is_terminal(const llama_grammar_element * e) {
+    return is_char_set(e) || e->type == LLAMA_GRETYPE_TOKEN || e->type == LLAMA_GRETYPE_TOKEN_NOT;
+}
+
+// Whether the character set starting at `set` admits `chr` (a CHAR_NOT set admits
+// what its members don't); `*after`, when given, receives the element after the set.
+bool char_set_admits(const llama_grammar_element * set, uint32_t chr, const llama_grammar_element ** after) {
+    const bool negated = set->type == LLAMA_GRETYPE_CHAR_NOT;
+    bool member = false;
+    const llama_grammar_element * e = set;
     do {
-        if (pos[1].type == LLAMA_GRETYPE_CHAR_RNG_UPPER) {
-            found = found || (pos->value <= chr && chr <= pos[1].value);
-            pos += 2;
-        } else if (pos->type == LLAMA_GRETYPE_CHAR_ANY) {
-            found = true;
-            pos += 1;
-        } else {
-            found = found || pos->value == chr;
-            pos += 1;
+        const bool any = e->type == LLAMA_GRETYPE_CHAR_ANY;
+        const uint32_t low = e->value;
+        uint32_t high = e->value;
+        ++e;
+        if (e->type == LLAMA_GRETYPE_CHAR_RNG_UPPER) {
+            high = e->value;
+            ++e;
         }
-    } while (pos->type == LLAMA_GRETYPE_CHAR_ALT);
-    return {found == is_positive_char, pos};
+        member = member || any || (low <= chr && chr <= high);
+        if (member && after == nullptr) {
+            return !negated;
+        }
+    } while (e->type == LLAMA_GRETYPE_CHAR_ALT);
+    if (after != nullptr) {
+        *after = e;
+    }
+    return member != negated;
 }
 
-bool match_char_only(const llama_grammar_element * pos, uint32_t chr) {
-    const bool is_positive_char = pos->type == LLAMA_GRETYPE_CHAR || pos->type == LLAMA_GRETYPE_CHAR_ANY;
-    do {
-        if (pos[1].type == LLAMA_GRETYPE_CHAR_RNG_UPPER) {
-            if (pos->value <= chr && chr <= pos[1].value) {
-                return is_positive_char;
-            }
-            pos += 2;
-        } else if (pos->type == LLAMA_GRETYPE_CHAR_ANY) {
-            return true;
-        } else {
-            if (pos->value == chr) {
-                return is_positive_char;
-            }
-            pos += 1;
-        }
-    } while (pos->type == LLAMA_GRETYPE_CHAR_ALT);
-    return !is_positive_char;
-}
-
-// Expand a stack until its top is a terminal (a character range or a token),
-// adding each distinct result to new_stacks.
-void advance_stack(const llama_grammar_rules & rules, const llama_grammar_stack & stack,
-                   llama_grammar_stacks & new_stacks) {
-    std::vector<llama_grammar_stack> todo;
-    todo.push_back(stack);
-    std::set<llama_grammar_stack> seen;
-    while (!todo.empty()) {
-        llama_grammar_stack curr = std::move(todo.back());
-        todo.pop_back();
-        if (!seen.insert(curr).second) {
+// Adds to `out` (once each) every stack that `stack` becomes without reading
+// input: rule references on top are replaced by each of the rule's alternatives
+// until a terminal, or nothing, is on top.
+void expand_to_terminals(const llama_grammar_rules & rules, const llama_grammar_stack & stack,
+                         llama_grammar_stacks & out) {
+    std::vector<llama_grammar_stack> pending{stack};
+    std::set<llama_grammar_stack> visited;
+    while (!pending.empty()) {
+        llama_grammar_stack current = std::move(pending.back());
+        pending.pop_back();
+        if (!visited.insert(current).second) {
             continue;
         }
-        if (curr.empty()) {
-            if (std::find(new_stacks.begin(), new_stacks.end(), curr) == new_stacks.end()) {
-                new_stacks.emplace_back(curr);
-            }
-            continue;
-        }
-        const llama_grammar_element * pos = curr.back();
-        switch (pos->type) {
-            case LLAMA_GRETYPE_RULE_REF: {
-                const llama_grammar_element * subpos = rules[static_cast<size_t>(pos->value)].data();
-                do {
-                    llama_grammar_stack next(curr.begin(), curr.end() - 1);
-                    if (!is_end_of_sequence(pos + 1)) {
-                        next.push_back(pos + 1);
-                    }
-                    if (!is_end_of_sequence(subpos)) {
-                        next.push_back(subpos);
-                    }
-                    todo.push_back(std::move(next));
-                    while (!is_end_of_sequence(subpos)) {
-                        subpos++;
-                    }
-                    if (subpos->type == LLAMA_GRETYPE_ALT) {
-                        subpos++;
-                    } else {
-                        break;
-                    }
-                } while (true);
-                break;
-            }
-            case LLAMA_GRETYPE_CHAR:
-            case LLAMA_GRETYPE_CHAR_NOT:
-            case LLAMA_GRETYPE_CHAR_ANY:
-            case LLAMA_GRETYPE_TOKEN:
-            case LLAMA_GRETYPE_TOKEN_NOT:
-                if (std::find(new_stacks.begin(), new_stacks.end(), curr) == new_stacks.end()) {
-                    new_stacks.emplace_back(curr);
-                }
-                break;
-            default:
+        if (current.empty() || current.back()->type != LLAMA_GRETYPE_RULE_REF) {
+            if (!current.empty() && !is_terminal(current.back())) {
                 throw std::runtime_error("malformed grammar stack");
+            }
+            if (std::find(out.begin(), out.end(), current) == out.end()) {
+                out.push_back(std::move(current));
+            }
+            continue;
+        }
+        const llama_grammar_element * reference = current.back();
+        current.pop_back();
+        if (!closes_alternative(reference + 1)) {
+            current.push_back(reference + 1);  // where to go on once the rule is done
+        }
+        const llama_grammar_element * alternative = rules[static_cast<size_t>(reference->value)].data();
+        for (;;) {
+            llama_grammar_stack branch = current;
+            if (!closes_alternative(alternative)) {
+                branch.push_back(alternative);
+            }
+            pending.push_back(std::move(branch));
+            const llama_grammar_element * e = alternative;
+            while (!closes_alternative(e)) {
+                ++e;
+            }
+            if (e->type == LLAMA_GRETYPE_END) {
+                break;
+            }
+            alternative = e + 1;
         }
     }
 }
 
-// llama.cpp's decode_utf8 for a whole token, starting with no partial sequence.
-// Returns false where llama.cpp would see an invalid or incomplete sequence (or
-// the piece holds a NUL byte): such tokens are left to llama.cpp's own check.
+// The code points of a whole token as llama.cpp's grammar reads them: a lead
+// byte's high nibble gives the sequence length and continuation bytes contribute
+// their low six bits.  False for what llama.cpp would treat as invalid or
+// incomplete (and for a NUL byte): those tokens are left to llama.cpp's check.
 bool decode_piece(const std::string & piece, std::vector<uint32_t> & out) {
-    static const int lookup[] = {1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 2, 2, 3, 4};
     out.clear();
     if (piece.empty() || std::memchr(piece.data(), 0, piece.size()) != nullptr) {
         return false;
     }
-    const char * pos = piece.c_str();
-    while (*pos != 0) {
-        const uint8_t first_byte = static_cast<uint8_t>(*pos);
-        int n_remain = lookup[first_byte >> 4] - 1;
-        if (n_remain < 0) {
+    size_t i = 0;
+    while (i < piece.size()) {
+        const auto lead = static_cast<uint8_t>(piece[i++]);
+        uint32_t value;
+        size_t continuation;
+        switch (lead >> 4) {
+            case 0x8: case 0x9: case 0xA: case 0xB:
+                return false;  // a continuation byte cannot start a character
+            case 0xC: case 0xD:
+                value = lead & 0x1Fu;
+                continuation = 1;
+                break;
+            case 0xE:
+                value = lead & 0x0Fu;
+                continuation = 2;
+                break;
+            case 0xF:
+                value = lead & 0x0Fu;  // llama.cpp keeps four bits of any 0xF_ lead byte
+                continuation = 3;
+                break;
+            default:
+                value = lead;
+                continuation = 0;
+        }
+        if (piece.size() - i < continuation) {
             return false;
         }
-        const uint8_t mask = (1 << (7 - n_remain)) - 1;
-        uint32_t value = first_byte & mask;
-        ++pos;
-        while (*pos != 0 && n_remain > 0) {
-            value = (value << 6) + (static_cast<uint8_t>(*pos) & 0x3F);
-            ++pos;
-            --n_remain;
-        }
-        if (n_remain != 0) {
-            return false;
+        for (; continuation > 0; --continuation) {
+            value = (value << 6) | (static_cast<uint8_t>(piece[i++]) & 0x3Fu);
         }
         out.push_back(value);
     }
-    return !out.empty();
+    return true;
 }
 
 }  // namespace
@@ -337,7 +332,7 @@ struct grammar_cache {
                 continue;
             }
             const llama_grammar_element * top = stacks[i].back();
-            if (!is_char_element(top)) {
+            if (!is_char_set(top)) {
                 state->unsupported = true;
                 continue;
             }
@@ -357,7 +352,7 @@ struct grammar_cache {
         grammar_state * state = states[static_cast<size_t>(sid)].get();
         uint64_t matched = 0;
         for (size_t k = 0; k < state->tops.size(); ++k) {
-            if (match_char_only(state->tops[k], chr)) {
+            if (char_set_admits(state->tops[k], chr, nullptr)) {
                 matched |= uint64_t{1} << k;
             }
         }
@@ -374,12 +369,13 @@ struct grammar_cache {
                 continue;
             }
             const llama_grammar_stack & stack = state->stacks[state->top_stack[k]];
-            const llama_grammar_element * after = match_char(state->tops[k], chr).second;
+            const llama_grammar_element * after = nullptr;
+            char_set_admits(state->tops[k], chr, &after);
             llama_grammar_stack advanced(stack.begin(), stack.end() - 1);
-            if (!is_end_of_sequence(after)) {
+            if (!closes_alternative(after)) {
                 advanced.push_back(after);
             }
-            advance_stack(rules, advanced, next);
+            expand_to_terminals(rules, advanced, next);
         }
         const int32_t id = next.empty() ? -1 : intern(std::move(next));
         states[static_cast<size_t>(sid)]->trans.emplace(matched, id);
