@@ -163,6 +163,79 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend; exits with a hint where matplotlib is missing."""
+    try:
+        import matplotlib
+    except ImportError as error:
+        raise SystemExit("--plot needs matplotlib: pip install matplotlib") from error
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: Path, title: str) -> None:
+    """Title and lay out ``fig``, write it to ``path`` (creating its folder), then free it."""
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    pyplot().close(fig)
+
+
+# -- command lines --------------------------------------------------------------------------------------
+def benchmark_parser(doc: str | None) -> argparse.ArgumentParser:
+    """An argument parser that shows the benchmark's docstring, with the shared ``--model`` option."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--model", default=None, help="GGUF model (default: the packaged Gemma 3 270M Q4_K_M)"
+    )
+    return parser
+
+
+def add_load_options(parser: argparse.ArgumentParser, *, clients: str, targets: Sequence[str]) -> None:
+    """The options of the many-clients benchmarks: the load, its rounds and which targets run."""
+    parser.add_argument(
+        "--clients",
+        type=client_counts,
+        default=client_counts(clients),
+        metavar="N,N,...",
+        help=f"concurrent client counts to measure (default: {clients})",
+    )
+    parser.add_argument("--tokens", type=int, default=64, help="tokens each stream generates (%(default)s)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for every target (%(default)s)")
+    parser.add_argument(
+        "--ctx-per-slot",
+        type=int,
+        default=256,
+        help="context per client; N clients get a context of N times this (%(default)s)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="rounds, interleaving the targets; the table shows median rates (%(default)s)",
+    )
+    parser.add_argument(
+        "--warmup-tokens",
+        type=int,
+        default=8,
+        help="tokens of each client's warm-up stream before measuring (%(default)s)",
+    )
+    parser.add_argument("--seed", type=int, default=1234, help="base sampling seed (%(default)s)")
+    parser.add_argument(
+        "--targets",
+        default=",".join(targets),
+        help=f"comma-separated subset of {','.join(targets)} (default: all)",
+    )
+    parser.add_argument(
+        "--no-build",
+        action="store_true",
+        help="do not build llama.cpp's tools / install the peer when missing; skip them with a note",
+    )
+
+
 def client_counts(text: str) -> list[int]:
     """``"1,4,8"`` -> ``[1, 4, 8]`` (sorted, unique, positive), for ``--clients``."""
     try:

@@ -46,6 +46,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import _serving  # noqa: E402
 import reference  # noqa: E402
 
 RESULTS = HERE / "results"
@@ -331,12 +332,7 @@ def render_overhead(summary: dict[str, dict[str, float]]) -> str:
 
 def plot(summary: dict[str, dict[str, float]], rows: list[dict[str, Any]], path: Path, title: str) -> None:
     """One small bar chart per path: t/s of each engine, ratios in the title, targets dashed."""
-    try:
-        import matplotlib
-    except ImportError as error:
-        raise SystemExit("--plot needs matplotlib: pip install matplotlib") from error
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _serving.pyplot()
 
     keyed = {row.key: row for row in ROWS}
     columns = min(4, len(rows))
@@ -370,23 +366,14 @@ def plot(summary: dict[str, dict[str, float]], rows: list[dict[str, Any]], path:
         ax.set_title(row["label"].strip() + "\n" + ", ".join(ratios), fontsize=8)
         ax.set_ylabel("tokens / s", fontsize=8)
         ax.tick_params(axis="y", labelsize=8)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _serving.save_figure(fig, path, title)
 
 
 # -- the run ----------------------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     from llamacpp_integrations.models import default_model_path
 
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--model", default=None, help="GGUF model (default: the packaged Gemma 3 270M Q4_K_M)"
-    )
+    parser = _serving.benchmark_parser(__doc__)
     parser.add_argument(
         "--threads",
         type=int,

@@ -211,12 +211,7 @@ def plot(
     summary: dict[str, dict[int, dict[str, float]]], clients_list: Sequence[int], path: Path, title: str
 ) -> None:
     """Aggregate t/s against clients (left) and TTFT p50 / p95 against clients (right)."""
-    try:
-        import matplotlib
-    except ImportError as error:
-        raise SystemExit("--plot needs matplotlib: pip install matplotlib") from error
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _serving.pyplot()
 
     colours = {"ours": "#1f77b4", "langchain": "#2ca02c", "server": "#7f7f7f", "peer": "#ff7f0e"}
     fig, (rates, ttft) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -257,38 +252,15 @@ def plot(
         ax.legend(fontsize=7)
     rates.set_ylim(bottom=0)
     ttft.set_yscale("log")
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _serving.save_figure(fig, path, title)
 
 
 # -- the run ----------------------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     from llamacpp_integrations.models import default_model_path
 
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--model", default=None, help="GGUF model (default: the packaged Gemma 3 270M Q4_K_M)"
-    )
-    parser.add_argument(
-        "--clients",
-        type=_serving.client_counts,
-        default=_serving.client_counts("1,2,4,8,16"),
-        metavar="N,N,...",
-        help="concurrent client counts to measure (default: 1,2,4,8,16)",
-    )
-    parser.add_argument("--tokens", type=int, default=64, help="tokens each stream generates (%(default)s)")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads for every target (%(default)s)")
-    parser.add_argument(
-        "--ctx-per-slot",
-        type=int,
-        default=256,
-        help="context per client/slot; N clients get N times this (%(default)s)",
-    )
+    parser = _serving.benchmark_parser(__doc__)
+    _serving.add_load_options(parser, clients="1,2,4,8,16", targets=TARGETS)
     parser.add_argument("--n-batch", type=int, default=512, help="logical batch (%(default)s)")
     parser.add_argument("--n-ubatch", type=int, default=512, help="physical batch (%(default)s)")
     parser.add_argument(
@@ -297,30 +269,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="on",
         help="flash attention for every target (default: on, what llama.cpp's auto picks on CPU)",
     )
-    parser.add_argument(
-        "--rounds",
-        type=int,
-        default=1,
-        help="rounds, interleaving the targets; the table shows median rates (%(default)s)",
-    )
-    parser.add_argument(
-        "--warmup-tokens",
-        type=int,
-        default=8,
-        help="tokens of each client's warm-up stream before measuring (%(default)s)",
-    )
-    parser.add_argument("--seed", type=int, default=1234, help="base sampling seed (%(default)s)")
-    parser.add_argument(
-        "--targets",
-        default=",".join(TARGETS),
-        help=f"comma-separated subset of {','.join(TARGETS)} (default: all)",
-    )
     parser.add_argument("--no-langchain", action="store_true", help="skip the LangChain target")
-    parser.add_argument(
-        "--no-build",
-        action="store_true",
-        help="do not build llama-server / install the peer when missing; skip them with a note",
-    )
     parser.add_argument(
         "--plot",
         nargs="?",

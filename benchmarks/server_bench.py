@@ -347,12 +347,7 @@ def render_rss(result: dict[str, Any]) -> str:
 
 
 def plot_rss(result: dict[str, Any], path: Path, title: str) -> None:
-    try:
-        import matplotlib
-    except ImportError as error:
-        raise SystemExit("--plot needs matplotlib: pip install matplotlib") from error
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _serving.pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(range(len(result["rss_kib"])), [k / 1024 for k in result["rss_kib"]], marker=".")
@@ -360,62 +355,16 @@ def plot_rss(result: dict[str, Any], path: Path, title: str) -> None:
     ax.set_ylabel("our server's VmRSS (MiB)")
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _serving.save_figure(fig, path, title)
 
 
 # -- the run ----------------------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     from llamacpp_integrations.models import default_model_path
 
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--model", default=None, help="GGUF model (default: the packaged Gemma 3 270M Q4_K_M)"
-    )
-    parser.add_argument(
-        "--clients",
-        type=_serving.client_counts,
-        default=_serving.client_counts("1,4,8,16"),
-        metavar="N,N,...",
-        help="concurrent client counts to measure (default: 1,4,8,16)",
-    )
-    parser.add_argument("--tokens", type=int, default=64, help="tokens each stream generates (%(default)s)")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads for every server (%(default)s)")
-    parser.add_argument(
-        "--ctx-per-slot",
-        type=int,
-        default=256,
-        help="context per client; N clients get a context of N times this (%(default)s)",
-    )
+    parser = _serving.benchmark_parser(__doc__)
+    _serving.add_load_options(parser, clients="1,4,8,16", targets=TARGETS)
     parser.add_argument("--n-batch", type=int, default=512, help="logical and physical batch (%(default)s)")
-    parser.add_argument(
-        "--rounds",
-        type=int,
-        default=1,
-        help="rounds, interleaving the targets; the table shows median rates (%(default)s)",
-    )
-    parser.add_argument(
-        "--warmup-tokens",
-        type=int,
-        default=8,
-        help="tokens of each client's warm-up stream before measuring (%(default)s)",
-    )
-    parser.add_argument("--seed", type=int, default=1234, help="base sampling seed (%(default)s)")
-    parser.add_argument(
-        "--targets",
-        default=",".join(TARGETS),
-        help=f"comma-separated subset of {','.join(TARGETS)} (default: all)",
-    )
-    parser.add_argument(
-        "--no-build",
-        action="store_true",
-        help="do not build llama-server / install the peer's server when missing; skip them with a note",
-    )
     parser.add_argument(
         "--rss-requests",
         type=int,
