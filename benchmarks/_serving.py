@@ -236,6 +236,35 @@ def add_load_options(parser: argparse.ArgumentParser, *, clients: str, targets: 
     )
 
 
+def add_output_options(parser: argparse.ArgumentParser, stem: str) -> None:
+    """``--plot`` and ``--json``, each with an optional file name (default: results/<stem>-<time>.*)."""
+    parser.add_argument(
+        "--plot",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PNG",
+        help=f"write t/s and TTFT against clients (default file: results/{stem}-<time>.png)",
+    )
+    parser.add_argument(
+        "--json",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="FILE",
+        help=f"write all samples and the table as JSON (default file: results/{stem}-<time>.json)",
+    )
+
+
+def chosen_targets(parser: argparse.ArgumentParser, text: str, targets: Sequence[str]) -> list[str]:
+    """The targets named in ``--targets`` (comma-separated); a parser error for an unknown one."""
+    chosen = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = sorted(set(chosen) - set(targets))
+    if unknown:
+        parser.error(f"unknown targets: {unknown}; choose from {tuple(targets)}")
+    return chosen
+
+
 def client_counts(text: str) -> list[int]:
     """``"1,4,8"`` -> ``[1, 4, 8]`` (sorted, unique, positive), for ``--clients``."""
     try:

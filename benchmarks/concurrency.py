@@ -270,28 +270,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="flash attention for every target (default: on, what llama.cpp's auto picks on CPU)",
     )
     parser.add_argument("--no-langchain", action="store_true", help="skip the LangChain target")
-    parser.add_argument(
-        "--plot",
-        nargs="?",
-        const="",
-        default=None,
-        metavar="PNG",
-        help="write t/s and TTFT against clients (default file: results/concurrency-<time>.png)",
-    )
-    parser.add_argument(
-        "--json",
-        nargs="?",
-        const="",
-        default=None,
-        metavar="FILE",
-        help="write all samples and the table as JSON (default file: results/concurrency-<time>.json)",
-    )
+    _serving.add_output_options(parser, "concurrency")
     args = parser.parse_args(argv)
     args.model = str(args.model or default_model_path())
-    args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    unknown = sorted(set(args.targets) - set(TARGETS))
-    if unknown:
-        parser.error(f"unknown targets: {unknown}; choose from {TARGETS}")
+    args.targets = _serving.chosen_targets(parser, args.targets, TARGETS)
     if args.no_langchain and "langchain" in args.targets:
         args.targets.remove("langchain")
     if args.rounds < 1:

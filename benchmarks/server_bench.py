@@ -376,28 +376,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--rss-tokens", type=int, default=16, help="tokens per --rss-requests request (%(default)s)"
     )
-    parser.add_argument(
-        "--plot",
-        nargs="?",
-        const="",
-        default=None,
-        metavar="PNG",
-        help="write t/s and TTFT against clients (default file: results/server-bench-<time>.png)",
-    )
-    parser.add_argument(
-        "--json",
-        nargs="?",
-        const="",
-        default=None,
-        metavar="FILE",
-        help="write all samples and the table as JSON (default file: results/server-bench-<time>.json)",
-    )
+    _serving.add_output_options(parser, "server-bench")
     args = parser.parse_args(argv)
     args.model = str(args.model or default_model_path())
-    args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    unknown = sorted(set(args.targets) - set(TARGETS))
-    if unknown:
-        parser.error(f"unknown targets: {unknown}; choose from {TARGETS}")
+    args.targets = _serving.chosen_targets(parser, args.targets, TARGETS)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     if min(args.tokens, args.warmup_tokens, args.rss_tokens) < 1:
