@@ -209,6 +209,13 @@ int lcpp_chat_apply(const lcpp_chat_templates * tmpls, const char * request_json
             inputs.json_schema = request.at("json_schema").dump();
         }
         inputs.grammar = request.value("grammar", std::string());
+        inputs.reasoning_format = common_reasoning_format_from_name(request.value("reasoning_format", "auto"));
+        inputs.enable_thinking = request.value("enable_thinking", true);
+        if (request.contains("chat_template_kwargs")) {
+            for (const auto & item : request.at("chat_template_kwargs").items()) {
+                inputs.chat_template_kwargs[item.key()] = item.value().dump();
+            }
+        }
 
         const common_chat_params params = common_chat_templates_apply(tmpls->ptr.get(), inputs);
         common_json result = common_json::object();
@@ -226,6 +233,9 @@ int lcpp_chat_apply(const lcpp_chat_templates * tmpls, const char * request_json
         result["format_name"] = std::string(common_chat_format_name(params.format));
         result["generation_prompt"] = params.generation_prompt;
         result["parser"] = params.parser;
+        result["supports_thinking"] = params.supports_thinking;
+        result["thinking_start_tag"] = params.thinking_start_tag;
+        result["thinking_end_tag"] = params.thinking_end_tags.empty() ? std::string() : params.thinking_end_tags[0];
         return result.dump();
     });
 }

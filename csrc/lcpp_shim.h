@@ -121,6 +121,48 @@ llama_token lcpp_step(struct llama_context * ctx, struct llama_sampler * chain, 
 float lcpp_logprobs(struct llama_context * ctx, int32_t idx, int32_t n_vocab, llama_token token,
                     int32_t k, llama_token * top_ids, float * top_logprobs);
 
+
+/* Incremental parsing of a chat reply (lcpp_chat_stream.cpp). */
+typedef struct lcpp_chat_stream lcpp_chat_stream;
+
+enum lcpp_delta_kind { LCPP_DELTA_CONTENT = 0, LCPP_DELTA_REASONING = 1, LCPP_DELTA_TOOL_CALL = 2 };
+enum lcpp_feed_mode {
+    LCPP_FEED_MORE = 0, /* more text will follow */
+    LCPP_FEED_CUT = 1,  /* the reply was cut off (max_tokens): parse what there is as partial */
+    LCPP_FEED_END = 2,  /* the reply is complete */
+};
+
+/* One change of the parsed reply: content or reasoning text, or a tool call's argument
+ * fragment (with its id and name on the call's first delta, else ""). */
+typedef struct lcpp_chat_delta {
+    int32_t kind;
+    int32_t index; /* the tool call's index, -1 for text */
+    const char * text;
+    const char * name;
+    const char * id;
+} lcpp_chat_delta;
+
+/* A parser for one reply; `params_json` carries format, generation_prompt and parser as
+ * returned by lcpp_chat_apply.  NULL with *error set on failure. */
+lcpp_chat_stream * lcpp_chat_stream_new(const char * params_json, char ** error);
+void lcpp_chat_stream_free(lcpp_chat_stream * stream);
+
+/* Append generated text and return the number of deltas it makes (*deltas points at them
+ * until the next call), or -1 with *error set. */
+int32_t lcpp_chat_stream_feed(lcpp_chat_stream * stream, const char * text, int32_t len, int32_t mode,
+                              const lcpp_chat_delta ** deltas, char ** error);
+
+/* The number of tool calls in the reply as parsed so far. */
+int32_t lcpp_chat_stream_tool_calls(const lcpp_chat_stream * stream);
+
+/* A sampler that counts tokens between the template's thinking tags and, once `budget`
+ * tokens are spent, forces the end tag (llama.cpp's reasoning-budget sampler).  The
+ * `prefill` tokens (the generation prompt) are accepted first, so thinking opened by the
+ * template counts.  NULL with *error set on failure. */
+struct llama_sampler * lcpp_reasoning_budget_init(const struct llama_vocab * vocab, const char * start_tag,
+                                                  const char * end_tag, int32_t budget,
+                                                  const llama_token * prefill, int32_t n_prefill, char ** error);
+
 #ifdef __cplusplus
 }
 #endif

@@ -367,6 +367,26 @@ llama_token lcpp_step(struct llama_context * ctx, struct llama_sampler * chain, 
 float lcpp_logprobs(struct llama_context * ctx, int32_t idx, int32_t n_vocab, llama_token token, int32_t k,
                     llama_token * top_ids, float * top_logprobs);
 
+/* incremental chat parsing and the reasoning budget (lcpp_chat_stream.cpp) */
+typedef struct lcpp_chat_stream lcpp_chat_stream;
+enum lcpp_delta_kind { LCPP_DELTA_CONTENT, LCPP_DELTA_REASONING, LCPP_DELTA_TOOL_CALL };
+enum lcpp_feed_mode { LCPP_FEED_MORE, LCPP_FEED_CUT, LCPP_FEED_END };
+typedef struct lcpp_chat_delta {
+    int32_t kind;
+    int32_t index;
+    const char * text;
+    const char * name;
+    const char * id;
+} lcpp_chat_delta;
+lcpp_chat_stream * lcpp_chat_stream_new(const char * params_json, char ** error);
+void lcpp_chat_stream_free(lcpp_chat_stream * stream);
+int32_t lcpp_chat_stream_feed(lcpp_chat_stream * stream, const char * text, int32_t len, int32_t mode,
+                              const lcpp_chat_delta ** deltas, char ** error);
+int32_t lcpp_chat_stream_tool_calls(const lcpp_chat_stream * stream);
+struct llama_sampler * lcpp_reasoning_budget_init(const struct llama_vocab * vocab, const char * start_tag,
+                                                  const char * end_tag, int32_t budget,
+                                                  const llama_token * prefill, int32_t n_prefill, char ** error);
+
 /* callbacks into Python */
 extern "Python" void lcpp_on_log(enum ggml_log_level level, const char * text, void * user_data);
 extern "Python" bool lcpp_on_progress(float progress, void * user_data);

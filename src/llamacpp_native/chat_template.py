@@ -31,6 +31,13 @@ class RenderedChat:
     parser_params: dict[str, Any]
     media: tuple[MediaSource, ...] = ()
     """The images and audio of the messages, in the order of the media markers in ``prompt``."""
+    thinking_tags: tuple[str, str] | None = None
+    """The template's (start, end) thinking tags when the reply's thinking is parsed apart, else None."""
+
+    @property
+    def needs_parser(self) -> bool:
+        """Whether the reply must be parsed (tool calls, a wrapped answer, thinking) or is plain text."""
+        return bool(self.grammar) or self.thinking_tags is not None
 
 
 class ChatTemplates:
@@ -54,8 +61,15 @@ class ChatTemplates:
         add_generation_prompt: bool = True,
         json_schema: dict[str, Any] | None = None,
         grammar: str | None = None,
+        reasoning_format: str = "auto",
+        chat_template_kwargs: dict[str, Any] | None = None,
     ) -> RenderedChat:
         """Render OpenAI-style ``messages`` (and ``tools``) to a prompt and grammar.
+
+        ``reasoning_format`` (``none``, ``auto``, ``deepseek``, ``deepseek-legacy``)
+        says whether a thinking model's reasoning is parsed apart from the content;
+        ``chat_template_kwargs`` are extra template variables, such as
+        ``{"enable_thinking": False}``.
 
         The grammar of ``json_schema`` and of the tools' parameters gets this
         package's additions to llama.cpp's converter (number bounds, property
@@ -68,6 +82,7 @@ class ChatTemplates:
             shown_tools = [_tool_with(tool, for_prompt) for tool in tools or []] or None
         except (TypeError, ValueError, RecursionError):
             shown_schema, shown_tools = json_schema, tools
+        options = _thinking_options(reasoning_format, chat_template_kwargs)
         result = self._apply(
             messages,
             shown_tools,
@@ -76,6 +91,7 @@ class ChatTemplates:
             add_generation_prompt,
             shown_schema,
             grammar,
+            options,
         )
         if not grammar and (tools or json_schema is not None):
             preparer = SchemaPreparer()
@@ -95,6 +111,7 @@ class ChatTemplates:
                     add_generation_prompt,
                     prepared_schema,
                     grammar,
+                    options,
                 )
                 result["grammar"] = preparer.splice(constrained["grammar"]) if constrained["grammar"] else ""
         return RenderedChat(
@@ -110,6 +127,9 @@ class ChatTemplates:
                 "generation_prompt": result["generation_prompt"],
                 "parser": result["parser"],
             },
+            thinking_tags=(result["thinking_start_tag"], result["thinking_end_tag"])
+            if result["supports_thinking"] and options["reasoning_format"] != "none" and result["thinking_end_tag"]
+            else None,
         )
 
     def _apply(
@@ -121,10 +141,12 @@ class ChatTemplates:
         add_generation_prompt: bool,
         json_schema: dict[str, Any] | None,
         grammar: str | None,
+        options: dict[str, Any],
     ) -> dict[str, Any]:
         if self._handle is None:
             raise ClosedError("chat templates are closed")
         request: dict[str, Any] = {
+            **options,
             "messages": messages,
             "tool_choice": tool_choice,
             "parallel_tool_calls": parallel_tool_calls,
@@ -146,6 +168,33 @@ class ChatTemplates:
         if self._handle is not None:
             handle, self._handle = self._handle, None
             ffi.release(handle)
+
+
+REASONING_FORMATS = ("none", "auto", "deepseek", "deepseek-legacy")
+"""llama.cpp's names for how a thinking model's reasoning is returned (``none``: left in the content)."""
+
+
+def check_reasoning_format(reasoning_format: str) -> str:
+    """``reasoning_format`` itself, or a ``ValueError`` naming the accepted values."""
+    if reasoning_format not in REASONING_FORMATS:
+        raise ValueError(
+            f"unknown reasoning_format {reasoning_format!r}; choose one of {', '.join(REASONING_FORMATS)}"
+        )
+    return reasoning_format
+
+
+def _thinking_options(reasoning_format: str, kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """The template request's thinking settings (``enable_thinking`` read from the kwargs, as llama-server does)."""
+    options: dict[str, Any] = {"reasoning_format": check_reasoning_format(reasoning_format)}
+    if kwargs:
+        if not isinstance(kwargs, dict):
+            raise ValueError(f"chat_template_kwargs must be an object, got {type(kwargs).__name__}")
+        enable = kwargs.get("enable_thinking", True)
+        if not isinstance(enable, bool):
+            raise ValueError(f"chat_template_kwargs.enable_thinking must be a boolean, got {enable!r}")
+        options["chat_template_kwargs"] = kwargs
+        options["enable_thinking"] = enable
+    return options
 
 
 def _tool_with(tool: dict[str, Any], change: Callable[[Any], Any]) -> dict[str, Any]:

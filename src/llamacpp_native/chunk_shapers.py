@@ -1,18 +1,26 @@
-"""Engine chunks -> OpenAI-shaped stream chunks, one shaper per response.
+"""OpenAI-shaped stream chunks, one shaper per response.
 
-A shaper is fed the engine's ``Chunk``s in order and returns the OpenAI chunk
-dicts to emit.  The same shaper serves a thread reading a stream and an event
-loop awaiting one, so sync and async paths share every rule.
+A completion shaper is fed the engine's ``Chunk``s; a chat shaper is fed the
+typed events of the reply (``llamacpp_native.events``).  Each returns the
+OpenAI chunk dicts to emit.  The same shaper serves a thread reading a stream
+and an event loop awaiting one, so sync and async paths share every rule.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
 from typing import Any
 
 from llamacpp_native import responses
 from llamacpp_native.engine import Chunk, TokenLogprob
+from llamacpp_native.events import (
+    Event,
+    Finish,
+    LogprobsDelta,
+    ReasoningDelta,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+)
 
 
 class CompletionShaper:
@@ -46,96 +54,56 @@ class CompletionShaper:
         return [responses.completion(self.id, self.model, text, chunk.finish_reason, logprobs, token_usage)]
 
 
-ChatParser = Callable[[str, bool], dict[str, Any]]
-"""``parse(text, partial)`` -> an assistant message dict (content, tool_calls)."""
-
-
 class ChatShaper:
-    """``chat.completion.chunk``s: role first, content deltas, tool calls and usage at the end.
+    """``chat.completion.chunk``s from a chat reply's events: role first, then one chunk per batch.
 
-    With ``parse_output`` the reply goes through the template's parser: content
-    is streamed once the parser sees it is not a tool call, and tool calls come
-    whole in the last chunk.  Output cut off by ``max_tokens`` is parsed as
-    partial, and a call cut off is not a call.
+    Content, ``reasoning_content`` and tool-call fragments go out as they are
+    parsed, the way llama-server streams them: a call's ``id``, ``type`` and
+    ``name`` on its first fragment, then ``arguments`` pieces under the same
+    ``index``.  The last chunk carries ``finish_reason`` and ``usage``.
     """
 
-    def __init__(self, model: str, parse: ChatParser, parse_output: bool) -> None:
+    __slots__ = ("id", "model")
+
+    def __init__(self, model: str) -> None:
         self.id = responses.new_id("chatcmpl")
         self.model = model
-        self._parse = parse
-        self._parse_output = parse_output
-        self._text = ""
-        self._sent = 0
-        self._pending: list[TokenLogprob] = []  # logprobs not yet attached to a chunk
 
     def start(self) -> list[dict[str, Any]]:
         """The opening chunk with the assistant role."""
         return [responses.chat_chunk(self.id, self.model, {"role": "assistant", "content": ""})]
 
-    def feed(self, chunk: Chunk) -> list[dict[str, Any]]:
-        """The chunk dicts for one engine chunk (often none while a tool call is forming)."""
-        self._text += chunk.text
-        self._pending.extend(chunk.logprobs or [])
-        if chunk.finish_reason is not None:
-            return [self._final(chunk)]
-        if self._parse_output:
-            partial = self._parse(self._text, True)
-            content = partial.get("content") or ""
-            if len(content) <= self._sent or partial.get("tool_calls"):
-                return []
-            delta_text, self._sent = content[self._sent :], len(content)
-        elif chunk.text or self._pending:
-            delta_text = chunk.text
-        else:
-            return []
-        return [
-            responses.chat_chunk(self.id, self.model, {"content": delta_text}, None, None, self._logprobs())
-        ]
-
-    def _final(self, chunk: Chunk) -> dict[str, Any]:
-        truncated = chunk.finish_reason == "length"
-        message = self._parse(self._text, truncated)
-        content = message.get("content") or ""
-        tool_calls = message.get("tool_calls") or []
-        if truncated:  # a call cut off by max_tokens is not a call
-            tool_calls = [c for c in tool_calls if _is_json_object(c["function"].get("arguments", ""))]
-            if not tool_calls and not content:
-                content = self._text  # keep what was generated rather than lose it
+    def feed(self, events: list[Event]) -> list[dict[str, Any]]:
+        """The chunk for one batch of events (none for an empty batch)."""
         delta: dict[str, Any] = {}
-        if self._parse_output and len(content) > self._sent:
-            delta["content"] = content[self._sent :]
-        elif not self._parse_output and chunk.text:
-            delta["content"] = chunk.text
-        if tool_calls:
-            delta["tool_calls"] = [
-                {
-                    "index": i,
-                    "id": call.get("id") or responses.new_id("call"),
-                    "type": "function",
-                    "function": call["function"],
-                }
-                for i, call in enumerate(tool_calls)
-            ]
-        finish = "tool_calls" if tool_calls and not truncated else chunk.finish_reason
-        return responses.chat_chunk(
-            self.id,
-            self.model,
-            delta,
-            finish,
-            responses.usage(chunk.prompt_tokens, chunk.completion_tokens, chunk.cached_tokens),
-            self._logprobs(),
-        )
-
-    def _logprobs(self) -> dict[str, Any] | None:
-        if not self._pending:
-            return None
-        block = responses.chat_logprobs(self._pending)
-        self._pending = []
-        return block
+        logprobs: list[TokenLogprob] = []
+        finish: str | None = None
+        usage: dict[str, Any] | None = None
+        for event in events:
+            if isinstance(event, TextDelta):
+                delta["content"] = delta.get("content", "") + event.text
+            elif isinstance(event, ReasoningDelta):
+                delta["reasoning_content"] = delta.get("reasoning_content", "") + event.text
+            elif isinstance(event, ToolCallDelta):
+                delta.setdefault("tool_calls", []).append(_tool_call_fragment(event))
+            elif isinstance(event, LogprobsDelta):
+                logprobs.extend(event.items)
+            elif isinstance(event, Finish):
+                finish = event.reason
+            elif isinstance(event, Usage):
+                usage = responses.usage(event.prompt_tokens, event.completion_tokens, event.cached_tokens)
+        if not delta and not logprobs and finish is None:
+            return []
+        block = responses.chat_logprobs(logprobs) if logprobs else None
+        return [responses.chat_chunk(self.id, self.model, delta, finish, usage, block)]
 
 
-def _is_json_object(text: str) -> bool:
-    try:
-        return isinstance(json.loads(text), dict)
-    except ValueError:
-        return False
+def _tool_call_fragment(event: ToolCallDelta) -> dict[str, Any]:
+    if event.name is None:
+        return {"index": event.index, "function": {"arguments": event.arguments}}
+    return {
+        "index": event.index,
+        "id": event.id or responses.new_id("call"),
+        "type": "function",
+        "function": {"name": event.name, "arguments": event.arguments},
+    }

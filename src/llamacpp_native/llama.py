@@ -16,13 +16,14 @@ from typing_extensions import Unpack
 from llamacpp_native import responses
 from llamacpp_native._library import capture_log, set_verbose
 from llamacpp_native.chat_formats import template_for
+from llamacpp_native.chat_output import ChatOutput, ReplyParser
 from llamacpp_native.chat_template import (
     TRIGGER_PATTERN,
     TRIGGER_PATTERN_FULL,
     TRIGGER_TOKEN,
     ChatTemplates,
     RenderedChat,
-    parse_chat_output,
+    check_reasoning_format,
 )
 from llamacpp_native.chunk_shapers import ChatShaper, CompletionShaper
 from llamacpp_native.context import Context
@@ -34,7 +35,6 @@ from llamacpp_native.engine import (
     GenerationResult,
 )
 from llamacpp_native.errors import (
-    ChatTemplateError,
     ContextOverflowError,
     LoraError,
     MediaDecodeError,
@@ -48,7 +48,8 @@ from llamacpp_native.multimodal import Bitmap, Multimodal, PromptMedia
 from llamacpp_native.offload import OffloadReport
 from llamacpp_native.openai_requests import check_tools, normalise_tool_choice, schema_from_response_format
 from llamacpp_native.request_stream import RequestStream
-from llamacpp_native.sampling import DEFAULT_SEED, GrammarSpec, SamplingParams
+from llamacpp_native.events import Event
+from llamacpp_native.sampling import DEFAULT_SEED, GrammarSpec, ReasoningBudget, SamplingParams
 
 GrammarLike: TypeAlias = LlamaGrammar | str | None
 LoraSpec: TypeAlias = Mapping[str | os.PathLike[str] | LoraAdapter, float]
@@ -98,6 +99,13 @@ class Llama:
     that request only (see ``Engine`` for how requests under different adapters
     share the decode loop).
 
+    Thinking models: ``reasoning_format="auto"`` (the default) returns a reply's
+    thinking apart from its content (``reasoning_content``), ``"none"`` leaves it
+    in the content; ``reasoning_budget`` caps the thinking in tokens.  Each can
+    also be given per request, with ``chat_template_kwargs`` (for example
+    ``{"enable_thinking": False}``).  ``chat_template`` replaces the model's own
+    Jinja chat template.
+
     Images and audio: ``mmproj_path`` (or llama-cpp-python's ``chat_handler=
     Llava15ChatHandler(clip_model_path=...)``) loads the model's projector, and
     chat messages may then carry OpenAI ``image_url`` parts (``data:`` URLs, local
@@ -133,6 +141,9 @@ class Llama:
         rope_freq_scale: float = 0.0,
         seed: int = DEFAULT_SEED,
         chat_format: str | None = None,
+        chat_template: str | None = None,
+        reasoning_format: str = "auto",
+        reasoning_budget: int | None = None,
         embedding: bool = False,
         pooling: str | None = None,
         n_parallel: int = 4,
@@ -148,6 +159,11 @@ class Llama:
         media_policy: MediaPolicy = LOCAL,
     ) -> None:
         set_verbose(verbose)
+        self.reasoning_format = check_reasoning_format(reasoning_format)
+        """How a thinking model's reasoning is returned: ``auto`` (apart, as ``reasoning_content``) or ``none``."""
+        self.reasoning_budget = _check_budget(reasoning_budget)
+        """Thinking tokens a reply may spend before the end-of-thinking tag is forced (None: no limit)."""
+        self.chat_template = chat_template
         if lora_base is not None:
             warnings.warn(
                 "lora_base is deprecated and ignored: a GGUF LoRA adapter applies to model_path itself",
@@ -468,7 +484,9 @@ class Llama:
     def chat_templates(self) -> ChatTemplates:
         """The chat templates in use (the GGUF's, or the fallback ``chat_format``)."""
         if self._templates is None:
-            override = template_for(self.chat_format, self.model.architecture, self.model.chat_template)
+            override = self.chat_template or template_for(
+                self.chat_format, self.model.architecture, self.model.chat_template
+            )
             self._templates = ChatTemplates(self.model, override)
         return self._templates
 
@@ -479,7 +497,9 @@ class Llama:
         tools: list[dict[str, Any]] | None = None,
         tool_choice: Any = None,
         response_format: Mapping[str, Any] | None = None,
-        parallel_tool_calls: bool = True,
+        parallel_tool_calls: bool = False,
+        reasoning_format: str | None = None,
+        chat_template_kwargs: dict[str, Any] | None = None,
     ) -> RenderedChat:
         """Render messages (and tools, response format) to a prompt, grammar and parser settings."""
         check_tools(tools)
@@ -494,6 +514,8 @@ class Llama:
             tool_choice=choice,
             parallel_tool_calls=parallel_tool_calls,
             json_schema=schema,
+            reasoning_format=self.reasoning_format if reasoning_format is None else reasoning_format,
+            chat_template_kwargs=chat_template_kwargs,
         )
         if media:
             rendered = dataclasses.replace(rendered, media=tuple(media))
@@ -568,9 +590,14 @@ class Llama:
         logprobs: bool = False,
         top_logprobs: int | None = None,
         lora: LoraSpec | None = None,
+        reasoning_budget: int | None = None,
         **options: Unpack[SamplingOptions],
     ) -> GenerationRequest:
-        """The engine request for a rendered chat; ``lora`` as in ``completion_request``."""
+        """The engine request for a rendered chat; ``lora`` as in ``completion_request``.
+
+        ``reasoning_budget`` (tokens; None: the instance's) caps a thinking model's
+        reasoning: once spent, the template's end-of-thinking tag is forced.
+        """
         spec = self._grammar_spec(grammar)
         if spec is None and rendered.grammar:
             patterns = [p for p in (_trigger_pattern(t) for t in rendered.grammar_triggers) if p is not None]
@@ -579,6 +606,11 @@ class Llama:
                 rendered.grammar, "root", rendered.grammar_lazy, tuple(patterns), tuple(tokens)
             )
         sampling = self._sampling(options, 0.2, spec)
+        budget = self.reasoning_budget if reasoning_budget is None else _check_budget(reasoning_budget)
+        if budget is not None and rendered.thinking_tags is not None:
+            start, end = rendered.thinking_tags
+            generation_prompt = rendered.parser_params["generation_prompt"]
+            sampling = dataclasses.replace(sampling, reasoning=ReasoningBudget(start, end, budget, generation_prompt))
         prompt, media = self._chat_prompt(rendered)
         n_logprobs = (top_logprobs or 0) if logprobs else None
         # A template-made grammar starts with the generation prompt, which is already in
@@ -606,19 +638,31 @@ class Llama:
         tool_choice: Any = None,
         response_format: Mapping[str, Any] | None = None,
         stream: bool = False,
-        parallel_tool_calls: bool = True,
+        parallel_tool_calls: bool = False,
+        reasoning_format: str | None = None,
+        chat_template_kwargs: dict[str, Any] | None = None,
         cancellation: Cancellation | None = None,
         **kwargs: Any,
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """Chat with OpenAI-style ``messages``; tool calls and JSON output grammar-constrained.
 
         Returns a ``chat.completion`` dict, or an iterator of ``chat.completion.chunk``
-        dicts with ``stream=True``.  Keyword arguments are those of ``chat_request``.
+        dicts with ``stream=True``: content, ``reasoning_content`` and tool-call
+        fragments arrive as they are generated.  ``parallel_tool_calls`` is off by
+        default, as in llama-server.  Keyword arguments are those of ``chat_request``.
         """
-        request, shaper = self._chat(
-            messages, tools, tool_choice, response_format, parallel_tool_calls, kwargs
+        events = self.chat_events(
+            messages,
+            tools=tools,
+            tool_choice=tool_choice,
+            response_format=response_format,
+            parallel_tool_calls=parallel_tool_calls,
+            reasoning_format=reasoning_format,
+            chat_template_kwargs=chat_template_kwargs,
+            cancellation=cancellation,
+            **kwargs,
         )
-        chunks = _shaped(self.engine.stream(request, cancellation), shaper)
+        chunks = _shaped_chat(events, ChatShaper(self.model_path))
         return chunks if stream else responses.collect_chat(chunks)
 
     async def acreate_chat_completion(
@@ -629,56 +673,65 @@ class Llama:
         tool_choice: Any = None,
         response_format: Mapping[str, Any] | None = None,
         stream: bool = False,
-        parallel_tool_calls: bool = True,
+        parallel_tool_calls: bool = False,
+        reasoning_format: str | None = None,
+        chat_template_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> dict[str, Any] | AsyncIterator[dict[str, Any]]:
         """``create_chat_completion`` for asyncio: awaits the engine without a worker thread."""
-        request, shaper = self._chat(
-            messages, tools, tool_choice, response_format, parallel_tool_calls, kwargs
-        )
-        chunks = _ashaped(self.engine.submit(request), shaper)
-        if stream:
-            return chunks
-        return responses.collect_chat([c async for c in chunks])
-
-    def _chat(
-        self,
-        messages: Sequence[Mapping[str, Any]],
-        tools: list[dict[str, Any]] | None,
-        tool_choice: Any,
-        response_format: Mapping[str, Any] | None,
-        parallel_tool_calls: bool,
-        kwargs: Any,
-    ) -> tuple[GenerationRequest, ChatShaper]:
-        rendered = self.render_chat(
+        events = self.achat_events(
             messages,
             tools=tools,
             tool_choice=tool_choice,
             response_format=response_format,
             parallel_tool_calls=parallel_tool_calls,
+            reasoning_format=reasoning_format,
+            chat_template_kwargs=chat_template_kwargs,
+            **kwargs,
+        )
+        chunks = _ashaped_chat(events, ChatShaper(self.model_path))
+        if stream:
+            return chunks
+        return responses.collect_chat([c async for c in chunks])
+
+    def chat_events(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        cancellation: Cancellation | None = None,
+        **kwargs: Any,
+    ) -> Iterator[list[Event]]:
+        """Start a chat and iterate its typed events, one batch per engine chunk.
+
+        Keyword arguments are those of ``create_chat_completion`` (tools,
+        response_format, reasoning controls, sampling).  The request is checked and
+        queued before this returns; closing the iterator cancels it.
+        """
+        request, output = self._chat(messages, kwargs)
+        return _events(self.engine.stream(request, cancellation), output)
+
+    def achat_events(self, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> AsyncIterator[list[Event]]:
+        """``chat_events`` for asyncio (the request is queued before this returns)."""
+        request, output = self._chat(messages, kwargs)
+        return _aevents(self.engine.submit(request), output)
+
+    def _chat(
+        self, messages: Sequence[Mapping[str, Any]], kwargs: dict[str, Any]
+    ) -> tuple[GenerationRequest, ChatOutput]:
+        tools = kwargs.pop("tools", None)
+        tool_choice = kwargs.pop("tool_choice", None)
+        rendered = self.render_chat(
+            messages,
+            tools=tools,
+            tool_choice=tool_choice,
+            response_format=kwargs.pop("response_format", None),
+            parallel_tool_calls=kwargs.pop("parallel_tool_calls", False),
+            reasoning_format=kwargs.pop("reasoning_format", None),
+            chat_template_kwargs=kwargs.pop("chat_template_kwargs", None),
         )
         request = self.chat_request(rendered, **kwargs)
-        parse_tools = bool(tools) and tool_choice != "none"
-        # Structured output goes through the parser too: the template's grammar may
-        # wrap the JSON (e.g. in a code fence) and the parser returns it bare.
-        parse_output = parse_tools or schema_from_response_format(response_format) is not None
-
-        def parse(text: str, partial: bool) -> dict[str, Any]:
-            return self._parse_chat(rendered, text, partial=partial, parse_tools=parse_tools)
-
-        return request, ChatShaper(self.model_path, parse, parse_output)
-
-    def _parse_chat(
-        self, rendered: RenderedChat, text: str, *, partial: bool, parse_tools: bool
-    ) -> dict[str, Any]:
-        try:
-            return parse_chat_output(
-                rendered.parser_params, text, partial=partial, parse_tool_calls=parse_tools
-            )
-        except ChatTemplateError:
-            if partial:
-                return {"content": ""}
-            return {"role": "assistant", "content": text}
+        parser = ReplyParser(rendered.parser_params) if rendered.needs_parser else None
+        return request, ChatOutput(parser)
 
     # -- embeddings --------------------------------------------------------------------------
     def _embedding_context(self) -> Context:
@@ -750,10 +803,51 @@ class Llama:
         return responses.embedding_response(model or self.model_path, vectors, n_tokens)
 
 
-Shaper: TypeAlias = CompletionShaper | ChatShaper
+def _events(chunks: Iterator[Chunk], output: ChatOutput) -> Iterator[list[Event]]:
+    """A chat's event batches from its engine chunks; closing this iterator cancels the request."""
+    try:
+        for chunk in chunks:
+            yield output.feed(chunk)
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
 
 
-def _shaped(chunks: Iterator[Chunk], shaper: Shaper) -> Iterator[dict[str, Any]]:
+async def _aevents(stream: RequestStream, output: ChatOutput) -> AsyncIterator[list[Event]]:
+    """``_events`` over an awaited stream; closing or cancelling it cancels the request."""
+    try:
+        async for chunk in stream:
+            yield output.feed(chunk)
+    finally:
+        stream.cancel()
+
+
+def _shaped_chat(events: Iterator[list[Event]], shaper: ChatShaper) -> Iterator[dict[str, Any]]:
+    """OpenAI chunk dicts from a chat's events; closing this iterator cancels the request."""
+    try:
+        yield from shaper.start()
+        for batch in events:
+            yield from shaper.feed(batch)
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()
+
+
+async def _ashaped_chat(events: AsyncIterator[list[Event]], shaper: ChatShaper) -> AsyncIterator[dict[str, Any]]:
+    """``_shaped_chat`` over async events."""
+    try:
+        for item in shaper.start():
+            yield item
+        async for batch in events:
+            for item in shaper.feed(batch):
+                yield item
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+
+
+def _shaped(chunks: Iterator[Chunk], shaper: CompletionShaper) -> Iterator[dict[str, Any]]:
     """OpenAI chunk dicts from engine chunks; closing this iterator cancels the request."""
     try:
         yield from shaper.start()
@@ -765,7 +859,7 @@ def _shaped(chunks: Iterator[Chunk], shaper: Shaper) -> Iterator[dict[str, Any]]
             close()
 
 
-async def _ashaped(stream: RequestStream, shaper: Shaper) -> AsyncIterator[dict[str, Any]]:
+async def _ashaped(stream: RequestStream, shaper: CompletionShaper) -> AsyncIterator[dict[str, Any]]:
     """``_shaped`` over an awaited stream; closing or cancelling it cancels the request."""
     try:
         for item in shaper.start():
@@ -775,6 +869,15 @@ async def _ashaped(stream: RequestStream, shaper: Shaper) -> AsyncIterator[dict[
                 yield item
     finally:
         stream.cancel()
+
+
+def _check_budget(budget: int | None) -> int | None:
+    """A reasoning budget in tokens (None or -1: no limit), or a ``ValueError``."""
+    if budget is None or budget == -1:
+        return None
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
+        raise ValueError(f"reasoning_budget must be a number of tokens >= 0 (or -1 for no limit), got {budget!r}")
+    return budget
 
 
 def _stops(stop: str | Sequence[str] | None) -> list[str]:

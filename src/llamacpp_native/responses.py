@@ -160,26 +160,45 @@ def _merge_completion_logprobs(blocks: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def collect_chat(chunks: Iterable[dict[str, Any]], usage: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One ``chat.completion`` dict from its chunks (``usage``: the finishing chunk's unless given)."""
-    response_id, content, finish = "", "", "stop"
-    tool_calls: list[dict[str, Any]] = []
+    """One ``chat.completion`` dict from its chunks (``usage``: the finishing chunk's unless given).
+
+    Tool-call fragments are joined by their ``index``; ``reasoning_content`` is
+    kept beside ``content`` in the message, as llama-server returns it.
+    """
+    response_id, model, finish = "", "", "stop"
+    content: list[str] = []
+    reasoning: list[str] = []
+    calls: dict[int, dict[str, Any]] = {}
     token_usage: dict[str, Any] = {}
     logprob_content: list[Any] = []
     for chunk in chunks:
-        response_id = chunk["id"]
+        response_id, model = chunk["id"], chunk["model"]
         choice = chunk["choices"][0]
         delta = choice["delta"]
-        content += delta.get("content") or ""
-        tool_calls.extend(delta.get("tool_calls") or [])
+        content.append(delta.get("content") or "")
+        reasoning.append(delta.get("reasoning_content") or "")
+        for fragment in delta.get("tool_calls") or ():
+            call = calls.get(fragment["index"])
+            if call is None:
+                calls[fragment["index"]] = {
+                    "id": fragment.get("id") or new_id("call"),
+                    "type": "function",
+                    "function": dict(fragment["function"]),
+                }
+            else:
+                call["function"]["arguments"] += fragment["function"].get("arguments", "")
         if choice.get("logprobs"):
             logprob_content.extend(choice["logprobs"]["content"])
         if choice["finish_reason"]:
             finish = choice["finish_reason"]
             token_usage = chunk.get("usage", {})
-    message: dict[str, Any] = {"role": "assistant", "content": content if content or not tool_calls else None}
-    if tool_calls:
-        message["tool_calls"] = [{k: v for k, v in call.items() if k != "index"} for call in tool_calls]
+    text = "".join(content)
+    message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None}
+    if any(reasoning):
+        message["reasoning_content"] = "".join(reasoning)
+    if calls:
+        message["tool_calls"] = [calls[i] for i in sorted(calls)]
     logprobs = {"content": logprob_content} if logprob_content else None
     return chat_completion(
-        response_id, chunk["model"], message, finish, logprobs, usage if usage is not None else token_usage
+        response_id, model, message, finish, logprobs, usage if usage is not None else token_usage
     )

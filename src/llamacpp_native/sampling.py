@@ -29,6 +29,20 @@ class GrammarSpec:
 
 
 @dataclass(frozen=True)
+class ReasoningBudget:
+    """At most ``tokens`` of thinking between the template's ``start`` and ``end`` tags, then ``end`` is forced.
+
+    ``generation_prompt`` is the part of the prompt the template wrote for the
+    reply (it may open the thinking block itself).
+    """
+
+    start: str
+    end: str
+    tokens: int
+    generation_prompt: str = ""
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     """Settings of one sampler chain.  ``temperature <= 0`` means greedy.
 
@@ -48,6 +62,7 @@ class SamplingParams:
     seed: int = DEFAULT_SEED
     logit_bias: Mapping[int, float] = field(default_factory=dict)
     grammar: GrammarSpec | None = None
+    reasoning: ReasoningBudget | None = None
 
     def validate(self, n_vocab: int) -> None:
         """Raise ``ValueError`` on settings llama.cpp would misbehave with."""
@@ -153,6 +168,24 @@ def _grammar_sampler(vocab: Vocab, grammar: GrammarSpec, need: int = 0) -> Any:
     return sampler
 
 
+def _reasoning_budget(vocab: Vocab, budget: ReasoningBudget) -> Any:
+    """llama.cpp's reasoning-budget sampler, having seen the generation prompt."""
+    prefill = vocab.tokenize(budget.generation_prompt, add_special=False, parse_special=True)
+    error = ffi.new("char **")
+    sampler = lib.lcpp_reasoning_budget_init(
+        vocab.handle,
+        budget.start.encode(),
+        budget.end.encode(),
+        budget.tokens,
+        ffi.new("llama_token[]", prefill) if prefill else ffi.NULL,
+        len(prefill),
+        error,
+    )
+    if sampler == ffi.NULL:
+        raise ValueError(f"cannot set a reasoning budget: {take_message(error)}")
+    return sampler
+
+
 class SamplerChain:
     """A native sampler chain plus an optional grammar sampler; each freed exactly once.
 
@@ -183,6 +216,8 @@ class SamplerChain:
 
     def _stages(self, vocab: Vocab, p: SamplingParams) -> list[Any]:
         stages: list[Any] = []
+        if p.reasoning is not None:
+            stages.append(_reasoning_budget(vocab, p.reasoning))
         if p.logit_bias:
             biases = ffi.new("llama_logit_bias[]", [(int(t), float(b)) for t, b in p.logit_bias.items()])
             stages.append(lib.llama_sampler_init_logit_bias(vocab.n_tokens, len(p.logit_bias), biases))
