@@ -30,8 +30,17 @@ KV_TYPES = {
     "q5_1": "GGML_TYPE_Q5_1",
     "iq4_nl": "GGML_TYPE_IQ4_NL",
 }
-POOLING = {"unspecified": -1, "none": 0, "mean": 1, "cls": 2, "last": 3, "rank": 4}
-FLASH_ATTN = {None: -1, False: 0, True: 1}
+POOLING = {
+    name: getattr(lib, f"LLAMA_POOLING_TYPE_{name.upper()}")
+    for name in ("unspecified", "none", "mean", "cls", "last", "rank")
+}
+"""``pooling`` names and llama.cpp's values for them, read from the compiled module."""
+FLASH_ATTN = {
+    None: lib.LLAMA_FLASH_ATTN_TYPE_AUTO,
+    False: lib.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+    True: lib.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+}
+"""``flash_attn`` (``None`` lets llama.cpp decide) and llama.cpp's values for it."""
 
 DECODE_NO_KV_SLOT = 1
 DECODE_ABORTED = 2

@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 ProgressCallback = Callable[[float], object]
 """Called with load progress in [0, 1]; returning ``False`` aborts the load."""
 
-SPLIT_MODES = {"none": 0, "layer": 1, "row": 2}
+SPLIT_MODES = {name: getattr(lib, f"LLAMA_SPLIT_MODE_{name.upper()}") for name in ("none", "layer", "row")}
+"""``split_mode`` names and llama.cpp's values for them, read from the compiled module (``"tensor"`` waits
+for ``LLAMA_SPLIT_MODE_TENSOR`` in csrc/llama_cdef.h)."""
 
 
 @ffi.def_extern()  # type: ignore[untyped-decorator]
