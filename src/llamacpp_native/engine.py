@@ -269,6 +269,7 @@ _open_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 @atexit.register
 def _close_engines_at_exit() -> None:
+    Model.close_those_with_lost_workers()  # first: freeing memory on a stopped RPC worker aborts
     for engine in list(_open_engines):
         engine.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import warnings
@@ -85,6 +86,10 @@ def _load_mode(use_mmap: bool, use_mlock: bool) -> int:
     return int(lib.LLAMA_LOAD_MODE_NONE)
 
 
+_rpc_models: weakref.WeakSet[Model] = weakref.WeakSet()
+"""Open models with RPC workers: checked at interpreter exit (``Model.close_those_with_lost_workers``)."""
+
+
 class Model:
     """A loaded GGUF model: weights, metadata and vocabulary.
 
@@ -158,6 +163,9 @@ class Model:
             params.devices = devices
             keep_alive.append(devices)
         self._release_rpc = weakref.finalize(self, rpc.release, list(self._rpc_servers))
+        self._lost: str | None = None
+        """Why the model is unusable (a worker stopped), once found; its memory is then never freed."""
+        self._lost_reason = ""
         offload_devices = [*rpc_devices, *local_devices]
         if split_mode == "none":
             offload_devices = offload_devices[main_gpu : main_gpu + 1] if main_gpu >= 0 else []
@@ -192,15 +200,19 @@ class Model:
         """Serialises loading, freeing and applying this model's adapters."""
         self._chat_templates: Any = None
         self.vocab = Vocab(self, lib.llama_model_get_vocab(raw))
+        if self._rpc_servers:
+            _rpc_models.add(self)
 
     # -- lifetime -----------------------------------------------------------------
     def _check_open(self) -> None:
         if self._handle is None:
             raise ClosedError(f"model {self.path.name} is closed")
+        if self._lost is not None:
+            raise RpcServerError(self._lost)
 
     @property
     def handle(self) -> Any:
-        """The raw ``llama_model *`` (raises ``ClosedError`` after close)."""
+        """The raw ``llama_model *`` (``ClosedError`` after close, ``RpcServerError`` once unusable)."""
         self._check_open()
         return self._handle
 
@@ -239,8 +251,16 @@ class Model:
         """
         if self._handle is None:
             return
-        if self._rpc_servers:
-            self._abandon_if_a_worker_died()
+        if self._rpc_servers and self._lost is None:
+            with contextlib.suppress(RpcServerError):
+                self.check_rpc_servers()
+        if self._lost is not None:
+            warnings.warn(
+                f"{self._lost_reason}; not freeing model {self.path.name}'s memory (freeing it needs "
+                "that worker)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         for context in list(self._contexts):
             context.close()
         with self._lora_lock:  # no adapter is freed by another thread meanwhile
@@ -251,26 +271,23 @@ class Model:
             handle, self._handle = self._handle, None
             ffi.release(handle)
         self._release_rpc()
+        _rpc_models.discard(self)
 
-    def _abandon_if_a_worker_died(self) -> None:
-        """Detach the native destructors of the model, its contexts and adapters if a worker is gone.
+    def _abandon(self, lost: list[str], reason: str) -> None:
+        """Make the model unusable and detach the native destructors of it, its contexts and adapters.
 
         The leaked buffers keep ggml's connections to all of the model's workers,
         so they stay counted as in use, and the dead ones are marked lost.
         """
-        errors = []
-        for server in self._rpc_servers:
-            try:
-                rpc.check_alive(server)
-            except RpcServerError as error:
-                errors.append((server, error))
-        if errors:
-            warnings.warn(
-                f"{errors[0][1]}; not freeing model {self.path.name}'s memory (freeing it needs that worker)",
-                RuntimeWarning,
-                stacklevel=3,
+        with self._lora_lock:
+            if self._lost is not None or self._handle is None:
+                return
+            self._lost_reason = reason
+            self._lost = (
+                f"{reason}. Model {self.path.name} is unusable now (it had layers on {', '.join(lost)}): "
+                "close it, and load it again in a new process once the worker is back"
             )
-            rpc.mark_lost([server for server, _ in errors])
+            rpc.mark_lost(lost)
             self._release_rpc.detach()
             for context in list(self._contexts):
                 if context._handle is not None:
@@ -279,6 +296,18 @@ class Model:
                 adapter._free.detach()
             ffi.gc(self._handle, None)
 
+    @staticmethod
+    def close_those_with_lost_workers() -> None:
+        """Close, leaving their memory allocated, the open models whose RPC worker has stopped.
+
+        For interpreter exit, before anything frees a context or a model: freeing
+        memory on a stopped worker makes ggml abort the process, which would turn
+        a clean exit into SIGABRT.
+        """
+        for model in list(_rpc_models):
+            if not model.closed and not model.usable:
+                model.close()
+
     def __enter__(self) -> Model:
         return self
 
@@ -286,7 +315,7 @@ class Model:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self.closed else self.description
+        state = "closed" if self.closed else "unusable" if self._lost else self.description
         return f"<Model {self.path.name}: {state}>"
 
     # -- devices ------------------------------------------------------------------
@@ -304,14 +333,43 @@ class Model:
         self._check_open()
         return offload.build_report(self._offload_devices, self._load_log, context_logs)
 
-    def check_rpc_servers(self) -> None:
+    @property
+    def usable(self) -> bool:
+        """Whether the model is open and none of its RPC workers has stopped (checked now).
+
+        A model whose worker stopped stays unusable, even once the worker is back:
+        its layers there are gone, and ggml keeps the dead connection for the life
+        of the process.  Close it and load it again in a new process.
+        """
+        if self._handle is None:
+            return False
+        if self._rpc_servers:
+            with contextlib.suppress(RpcServerError):
+                self.check_rpc_servers()
+        return self._lost is None
+
+    def check_rpc_servers(self, timeout: float = rpc.HANDSHAKE_TIMEOUT) -> None:
         """Raise ``RpcServerError`` if one of this model's workers no longer listens.
 
         ggml aborts the process when it talks to a dead worker, so call this before
-        work that would (a request, ``close()``) to get an exception instead.
+        work that would (a request, ``close()``) to get an exception instead.  The
+        first time a stopped worker is found, the model becomes unusable for good
+        (see ``usable``) and its memory will not be freed, so that no later close,
+        garbage collection or interpreter exit talks to the dead worker.
         """
+        if self._lost is not None:
+            raise RpcServerError(self._lost)
+        if self._handle is None:
+            return
+        errors: list[tuple[str, RpcServerError]] = []
         for server in self._rpc_servers:
-            rpc.check_alive(server)
+            try:
+                rpc.check_alive(server, timeout)
+            except RpcServerError as error:
+                errors.append((server, error))
+        if errors:
+            self._abandon([server for server, _ in errors], str(errors[0][1]))
+            raise RpcServerError(self._lost or str(errors[0][1]))  # None only if closed meanwhile
 
     # -- metadata -----------------------------------------------------------------
     @property

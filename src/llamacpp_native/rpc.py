@@ -20,9 +20,11 @@ Two things about workers follow from ggml's design and shape this module:
   in use (the check here reports that as a timeout rather than hanging), while
   models in the *same* process share ggml's one connection per address.
 - A worker that dies while a model uses it makes ggml abort the client process
-  (``RPC_STATUS_ASSERT``): there is no error to catch.  ``check_alive`` lets a
-  caller find a dead worker between requests; a death during a request cannot be
-  caught in-process.
+  (``RPC_STATUS_ASSERT``) the next time anything talks to it: a decode, and also
+  freeing the model's buffers there.  ``check_alive`` lets a caller find a dead
+  worker between requests; a model that finds one never frees its memory (see
+  ``Model.check_rpc_servers``), and the address is marked lost for the rest of the
+  process.  A death during a request cannot be caught in-process.
 """
 
 from __future__ import annotations
@@ -266,6 +268,12 @@ def mark_lost(names: Sequence[str]) -> None:
     """
     with _lock:
         _lost.update(names)
+
+
+def lost_servers() -> list[str]:
+    """The workers this process lost while a model used them (``mark_lost``); none can be used again here."""
+    with _lock:
+        return sorted(_lost)
 
 
 def acquire(servers: Sequence[str], timeout: float = HANDSHAKE_TIMEOUT) -> tuple[list[str], list[Any]]:

@@ -23,7 +23,15 @@ import pytest
 
 from llamacpp_native import Llama, Model, ModelLoadError, RpcServerError, rpc
 from llamacpp_native._library import lib
-from rpc_support import free_port, workers
+from rpc_support import (
+    WHEN_A_WORKER_STOPS,
+    assert_clean_exit_after_worker_death,
+    free_port,
+    run_client,
+    worker_death_steps,
+    worker_processes,
+    workers,
+)
 
 PROMPT = "1, 2, 3, 4, 5,"
 SMALL = {"n_ctx": 128, "n_parallel": 1, "n_threads": 1, "use_extra_bufts": False}
@@ -201,11 +209,13 @@ def test_a_worker_that_stopped_between_requests_is_a_typed_error_and_the_process
         setup
         + """
     llama.create_completion("Hi", max_tokens=2)
+    print("usable before:", llama.model.usable)
     worker.kill(); worker.wait()
     try:
         llama.create_completion("Hi", max_tokens=2)
     except RpcServerError as error:
         print("typed error:", error)
+    print("usable after:", llama.model.usable, repr(llama.model))
     llama.close()
     print("closed")
     worker = start_worker(port)  # back on the same address: ggml still holds the dead connection
@@ -218,8 +228,32 @@ def test_a_worker_that_stopped_between_requests_is_a_typed_error_and_the_process
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "typed error: RPC server 127.0.0.1:" in result.stdout
+    assert "load it again in a new process once the worker is back" in result.stdout
+    assert "usable before: True" in result.stdout
+    assert f"usable after: False <Model {model_path.name}: unusable>" in result.stdout
     assert "closed" in result.stdout
     assert "restart the process" in result.stdout.split("reload:")[1]
+
+
+NATIVE_CLIENT = """
+from llamacpp_native import Llama
+llama = Llama(MODEL, n_ctx=256, n_parallel=1, n_threads=1, n_gpu_layers=-1, rpc_servers=addresses)
+def ask():
+    return llama.create_completion("1, 2, 3,", max_tokens=2)["choices"][0]["text"]
+"""
+
+
+@pytest.mark.parametrize("then_the_other", [False, True], ids=["other-outlives-client", "other-stops-too"])
+@pytest.mark.parametrize("dies", [0, 1], ids=["first-worker-dies", "second-worker-dies"])
+@pytest.mark.parametrize("when", WHEN_A_WORKER_STOPS)
+def test_a_worker_that_stops_outside_a_call_is_a_typed_error_and_the_client_exits_0(
+    model_path: Path, when: str, dies: int, then_the_other: bool
+) -> None:
+    """The model leaks its memory instead of freeing it on a dead worker, at close and at exit."""
+    with worker_processes(2) as started:
+        steps = worker_death_steps(started, when=when, dies=dies, then_the_other=then_the_other)
+        result = run_client(model_path, started, NATIVE_CLIENT + steps)
+    assert_clean_exit_after_worker_death(result, when, started[dies][0])
 
 
 def test_a_worker_dying_mid_generation_aborts_the_client_process_as_documented(model_path: Path) -> None:
