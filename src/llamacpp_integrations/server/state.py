@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from starlette.requests import Request
 
@@ -11,8 +12,13 @@ from llamacpp_integrations.server.errors import APIError, shutting_down
 from llamacpp_integrations.server.metrics import Metrics
 from llamacpp_integrations.server.models import ModelRegistry
 from llamacpp_integrations.server.settings import ServerSettings
+from llamacpp_native import rpc
+from llamacpp_native.errors import RpcServerError
 
 logger = logging.getLogger("llamacpp_integrations.server")
+
+RPC_PROBE_TIMEOUT = 0.5
+"""Seconds ``/health`` waits for a worker that it must connect to anew (a loaded model's is inspected)."""
 
 
 class ServerState:
@@ -59,6 +65,32 @@ class ServerState:
                 503, f"The model could not be loaded: {failure}", "server_error", code="model_load_failed"
             )
         return APIError(503, "Loading the model", "server_error", code="model_loading")
+
+    def unusable_models(self) -> list[dict[str, Any]]:
+        """The models that a stopped RPC worker made unusable until the server restarts.
+
+        A loaded model's workers are checked now; a model not loaded is unusable if
+        one of its workers was lost while another model used it.  Each entry says
+        the model's name, its workers, the lost ones, and why.
+        """
+        found = []
+        for entry in self.registry.entries:
+            servers = [str(rpc.parse_endpoint(s)) for s in (entry.settings.rpc or "").split(",") if s.strip()]
+            if not servers:
+                continue
+            llama = entry.llama
+            reason = None
+            if llama is not None and not llama.model.closed:
+                try:
+                    llama.model.check_rpc_servers(timeout=RPC_PROBE_TIMEOUT)
+                except RpcServerError as error:
+                    reason = str(error)
+            lost = sorted(set(servers) & set(rpc.lost_servers()))
+            if lost and reason is None:
+                reason = f"RPC server {', '.join(lost)} stopped while this server used it"
+            if reason is not None:
+                found.append({"model": entry.alias, "rpc_servers": servers, "lost": lost, "message": reason})
+        return found
 
     def request_shutdown(self) -> None:
         """Stop admitting and cancel running requests; safe from a signal handler or another thread."""

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from llamacpp_integrations.server.auth import require_api_key
-from llamacpp_integrations.server.errors import ERROR_RESPONSES
+from llamacpp_integrations.server.errors import ERROR_RESPONSES, APIError
 from llamacpp_integrations.server.models import ModelEntry
 from llamacpp_integrations.server.state import server_state
 
@@ -20,9 +20,27 @@ _STARTED = int(time.time())
 
 @router.get("/health", responses={503: ERROR_RESPONSES[503]})
 async def health(request: Request) -> Response:
-    """200 ``{"status": "ok"}`` once the default model is loaded; 503 while loading or shutting down."""
-    error = server_state(request).health_error()
-    return error.response() if error is not None else JSONResponse({"status": "ok"})
+    """200 ``{"status": "ok"}`` once the default model is loaded; 503 while loading or shutting down.
+
+    Also 503 (``rpc_unavailable``) once an RPC worker of a served model stopped:
+    ``unusable_models`` then names each such model, its workers and the lost ones.
+    Only a restart (with the workers back) makes those models usable again.
+    """
+    state = server_state(request)
+    error = state.health_error()
+    if error is not None:
+        return error.response()
+    unusable = state.unusable_models()
+    if not unusable:
+        return JSONResponse({"status": "ok"})
+    names = ", ".join(model["model"] for model in unusable)
+    error = APIError(
+        503,
+        f"Unusable until the server restarts with its RPC workers back: {names}. {unusable[0]['message']}",
+        "server_error",
+        code="rpc_unavailable",
+    )
+    return JSONResponse({**error.body(), "unusable_models": unusable}, status_code=503)
 
 
 @router.get("/v1/models", dependencies=_protected, responses=ERROR_RESPONSES)
