@@ -13,6 +13,7 @@ from langchain_tests.integration_tests import ChatModelIntegrationTests, Embeddi
 from langchain_tests.unit_tests import ChatModelUnitTests, EmbeddingsUnitTests
 
 from llamacpp_integrations.langchain import ChatLlamaCpp, LlamaCppEmbeddings
+from llamacpp_native import OutputTruncatedError
 from mtmd_support import noise_png
 
 NO_MODEL_FILE = "/nonexistent/model.gguf"  # unit suites construct objects; nothing may be loaded
@@ -39,9 +40,9 @@ class TestLlamaCppEmbeddingsUnit(EmbeddingsUnitTests):
 
 
 WANTS_A_SECOND_CALL = (
-    "after writing magic_function's argument 3 the 270M base model's first choice is '}},' (a second call); "
-    "with one call per turn (the default, parallel_tool_calls=False) the grammar forbids that, and its best "
-    "allowed continuation extends the number, so it calls magic_function with 300 instead of 3"
+    "after writing magic_function's argument 3 the 270M base model may prefer '}},' (a second call); with "
+    "one call per turn (the default, parallel_tool_calls=False) the grammar forbids that, and its best "
+    "allowed continuation may then extend the number (300 instead of 3)"
 )
 
 BEYOND_A_270M_BASE_MODEL = {
@@ -55,17 +56,27 @@ BEYOND_A_270M_BASE_MODEL = {
         "without examples the 270M base model does not decide by itself to call a tool (tool_choice 'auto'); "
         "test_chat_models.py shows auto tool calls coming out of a few-shot prompt"
     ),
-    "test_structured_output": (
-        "on some CPUs the greedy 270M base model loops inside a JSON string (a punchline of '10000000…') and "
-        "reaches the suite's 32 tokens; with_structured_output then raises OutputTruncatedError naming "
-        "max_tokens, as test_chat_models.py checks on its own"
-    ),
     "test_unicode_tool_call_integration": (
-        "the 270M base model fills customer_name by copying the field's description instead of the Chinese "
-        "name in the request (the grammar admits any Unicode), and the call does not close within 32 tokens"
+        "the 270M base model may fill customer_name with something other than the Chinese name in the "
+        "request (the grammar admits any string there), and an unbounded argument may not close within the "
+        "suite's 32 tokens"
     ),
 }
 """Standard tests that need judgement this model lacks, and why (they still run: an XPASS is reported)."""
+
+MAY_LOOP_IN_A_JSON_STRING = (
+    "the suite's Joke schemas leave their strings unbounded and each reply has 32 tokens: a greedy 270M base "
+    "model may repeat itself inside a JSON string until they run out (where it does depends on the CPU's "
+    "kernels), and with_structured_output then raises OutputTruncatedError naming max_tokens, as "
+    "test_chat_models.py checks on its own"
+)
+UNBOUNDED_STRUCTURED_OUTPUT = {
+    "test_structured_output",
+    "test_structured_output_async",
+    "test_structured_output_optional_param",
+    "test_structured_output_pydantic_2_v1",
+}
+"""Standard tests that may run out of tokens on some CPU; an xfail for OutputTruncatedError only."""
 
 
 def _serve_a_local_png(url: str, **_kwargs: Any) -> httpx.Response:
@@ -86,7 +97,8 @@ class TestChatLlamaCppIntegration(ChatModelIntegrationTests):
     and the suite requires a non-empty reply; so the test model is biased
     against ending its turn (a grammar still ends it after a complete tool
     call or JSON object).  Tests needing judgement a 270M base model lacks are
-    marked xfail with the reason.
+    marked xfail with the reason, and those whose unbounded strings may use up
+    the 32 tokens xfail on ``OutputTruncatedError`` only.
     """
 
     @pytest.fixture(autouse=True)
@@ -107,9 +119,13 @@ class TestChatLlamaCppIntegration(ChatModelIntegrationTests):
         # The image tests download a PNG from GitHub; tests never touch the network, so they
         # get a PNG of their own from the same call.
         monkeypatch.setattr(httpx, "get", _serve_a_local_png)
-        reason = BEYOND_A_270M_BASE_MODEL.get(request.node.originalname)
-        if reason:
-            request.applymarker(pytest.mark.xfail(reason=reason, strict=False))
+        name = request.node.originalname
+        if name in BEYOND_A_270M_BASE_MODEL:
+            request.applymarker(pytest.mark.xfail(reason=BEYOND_A_270M_BASE_MODEL[name], strict=False))
+        elif name in UNBOUNDED_STRUCTURED_OUTPUT:
+            request.applymarker(
+                pytest.mark.xfail(reason=MAY_LOOP_IN_A_JSON_STRING, strict=False, raises=OutputTruncatedError)
+            )
 
     @property
     def chat_model_class(self) -> type[BaseChatModel]:
