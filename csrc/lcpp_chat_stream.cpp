@@ -73,6 +73,21 @@ bool plain(const char * text, size_t len) {
     return true;
 }
 
+// Whether every tool call's arguments are a whole JSON object (llama.cpp's lenient parser
+// also takes arguments cut short, such as an unterminated string).
+bool calls_are_whole(const common_chat_msg & msg) {
+    for (const auto & call : msg.tool_calls) {
+        try {
+            if (!common_json::parse(call.arguments).is_object()) {
+                return false;
+            }
+        } catch (const std::exception &) {
+            return false;
+        }
+    }
+    return true;
+}
+
 // Which part of the message, if any, runs to the end of the text (then plain text extends it).
 int32_t tail_of(const lcpp_chat_stream & s) {
     if (!s.msg.tool_calls.empty()) {
@@ -216,6 +231,9 @@ int32_t lcpp_chat_stream_feed(lcpp_chat_stream * s, const char * text, int32_t l
             } catch (const std::exception &) {
                 parsed = false;  // mid-reply: wait for more; at the end: the reply is text
             }
+            if (parsed && mode == LCPP_FEED_END && !calls_are_whole(next)) {
+                parsed = false;  // a malformed call: the reply is text
+            }
             if (parsed) {
                 try {
                     update(*s, std::move(next), mode != LCPP_FEED_MORE);
@@ -223,8 +241,9 @@ int32_t lcpp_chat_stream_feed(lcpp_chat_stream * s, const char * text, int32_t l
                     parsed = false;  // the parse went back on something already sent
                 }
             }
-            if (!parsed && mode == LCPP_FEED_END) {
-                fall_back_to_text(*s);
+            if (mode == LCPP_FEED_END ? !parsed : s->msg.tool_calls.empty() && s->msg.content.empty() &&
+                                                      mode == LCPP_FEED_CUT) {
+                fall_back_to_text(*s);  // text held back as a possible call start is text after all
             }
             s->tail = tail_of(*s);
         }
@@ -244,8 +263,8 @@ int32_t lcpp_chat_stream_tool_calls(const lcpp_chat_stream * s) {
 }
 
 struct llama_sampler * lcpp_reasoning_budget_init(const struct llama_vocab * vocab, const char * start_tag,
-                                                  const char * end_tag, int32_t budget,
-                                                  const llama_token * prefill, int32_t n_prefill, char ** error) {
+                                                  const char * end_tag, int32_t budget, bool thinking_open,
+                                                  char ** error) {
     *error = nullptr;
     try {
         const llama_tokens start = common_tokenize(vocab, start_tag, false, true);
@@ -253,11 +272,8 @@ struct llama_sampler * lcpp_reasoning_budget_init(const struct llama_vocab * voc
         if (start.empty() || end.empty()) {
             throw std::runtime_error("the template's thinking tags are empty");
         }
-        struct llama_sampler * budget_sampler = common_reasoning_budget_init(vocab, {start}, {end}, end, budget);
-        for (int32_t i = 0; i < n_prefill; ++i) {
-            llama_sampler_accept(budget_sampler, prefill[i]);
-        }
-        return budget_sampler;
+        return common_reasoning_budget_init(vocab, {start}, {end}, end, budget,
+                                            thinking_open ? REASONING_BUDGET_COUNTING : REASONING_BUDGET_IDLE);
     } catch (const std::exception & e) {
         *error = copy_string(e.what());
     } catch (...) {

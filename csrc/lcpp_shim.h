@@ -156,12 +156,12 @@ int32_t lcpp_chat_stream_feed(lcpp_chat_stream * stream, const char * text, int3
 int32_t lcpp_chat_stream_tool_calls(const lcpp_chat_stream * stream);
 
 /* A sampler that counts tokens between the template's thinking tags and, once `budget`
- * tokens are spent, forces the end tag (llama.cpp's reasoning-budget sampler).  The
- * `prefill` tokens (the generation prompt) are accepted first, so thinking opened by the
- * template counts.  NULL with *error set on failure. */
+ * tokens are spent, forces the end tag (llama.cpp's reasoning-budget sampler).
+ * `thinking_open`: the template's generation prompt already opened the thinking block,
+ * so counting starts at once.  NULL with *error set on failure. */
 struct llama_sampler * lcpp_reasoning_budget_init(const struct llama_vocab * vocab, const char * start_tag,
-                                                  const char * end_tag, int32_t budget,
-                                                  const llama_token * prefill, int32_t n_prefill, char ** error);
+                                                  const char * end_tag, int32_t budget, bool thinking_open,
+                                                  char ** error);
 
 #ifdef __cplusplus
 }

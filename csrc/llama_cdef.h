@@ -384,8 +384,8 @@ int32_t lcpp_chat_stream_feed(lcpp_chat_stream * stream, const char * text, int3
                               const lcpp_chat_delta ** deltas, char ** error);
 int32_t lcpp_chat_stream_tool_calls(const lcpp_chat_stream * stream);
 struct llama_sampler * lcpp_reasoning_budget_init(const struct llama_vocab * vocab, const char * start_tag,
-                                                  const char * end_tag, int32_t budget,
-                                                  const llama_token * prefill, int32_t n_prefill, char ** error);
+                                                  const char * end_tag, int32_t budget, bool thinking_open,
+                                                  char ** error);
 
 /* callbacks into Python */
 extern "Python" void lcpp_on_log(enum ggml_log_level level, const char * text, void * user_data);

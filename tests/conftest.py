@@ -51,6 +51,25 @@ def projector_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def chat_templates_dir() -> Path:
+    """``models/templates`` of the pinned llama.cpp tree the package was built from (Jinja templates of
+    many model families), found where the build fetched it; the tests never download it."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "build_tools"))
+    from fetch_llama_cpp import COMPLETE_MARKER, cache_root, load_pin
+
+    explicit = os.environ.get("LLAMA_CPP_SOURCE_DIR")
+    pin = load_pin()
+    tree = Path(explicit) if explicit else cache_root() / f"llama.cpp-{pin['version']}-{pin['sha256'][:12]}"
+    if not explicit and not (tree / COMPLETE_MARKER).is_file():
+        pytest.skip(
+            "the pinned llama.cpp source is not in this user's cache (it is there after a source build)"
+        )
+    return tree / "models" / "templates"
+
+
+@pytest.fixture(scope="session")
 def llama(model_path: Path) -> Iterator[Llama]:
     """One shared ``Llama`` on the default model (tests must leave it usable)."""
     with Llama(model_path, n_ctx=2048, n_parallel=4, seed=1234) as instance:

@@ -43,6 +43,15 @@ from llamacpp_native.errors import (
     SchemaValidationError,
     TokenizeError,
 )
+from llamacpp_native.events import (
+    Event,
+    Finish,
+    LogprobsDelta,
+    ReasoningDelta,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+)
 from llamacpp_native.grammar import LlamaGrammar, json_schema_to_grammar, read_grammar
 from llamacpp_native.llama import Llama, LoraSpec, SamplingOptions
 from llamacpp_native.lora import LoraAdapter
@@ -127,4 +136,12 @@ __all__ = [
     "MultimodalError",
     "MultimodalPrompt",
     "ProjectorLoadError",
+    # the typed output events every front end renders
+    "Event",
+    "Finish",
+    "LogprobsDelta",
+    "ReasoningDelta",
+    "TextDelta",
+    "ToolCallDelta",
+    "Usage",
 ]

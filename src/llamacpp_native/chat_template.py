@@ -128,7 +128,9 @@ class ChatTemplates:
                 "parser": result["parser"],
             },
             thinking_tags=(result["thinking_start_tag"], result["thinking_end_tag"])
-            if result["supports_thinking"] and options["reasoning_format"] != "none" and result["thinking_end_tag"]
+            if result["supports_thinking"]
+            and options["reasoning_format"] != "none"
+            and result["thinking_end_tag"]
             else None,
         )
 
@@ -184,7 +186,7 @@ def check_reasoning_format(reasoning_format: str) -> str:
 
 
 def _thinking_options(reasoning_format: str, kwargs: dict[str, Any] | None) -> dict[str, Any]:
-    """The template request's thinking settings (``enable_thinking`` read from the kwargs, as llama-server does)."""
+    """The template request's thinking settings (``enable_thinking`` from the kwargs, as llama-server)."""
     options: dict[str, Any] = {"reasoning_format": check_reasoning_format(reasoning_format)}
     if kwargs:
         if not isinstance(kwargs, dict):

@@ -361,7 +361,7 @@ class Engine:
         sampler = SamplerChain(self.vocab, request.sampling)
         try:
             if request.grammar_prefill:
-                sampler.accept(request.grammar_prefill)
+                sampler.prefill(request.grammar_prefill)
         except BaseException:
             sampler.close()
             raise

@@ -7,7 +7,7 @@ import math
 import os
 import threading
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeAlias, TypedDict
 
@@ -40,6 +40,7 @@ from llamacpp_native.errors import (
     MediaDecodeError,
     MultimodalError,
 )
+from llamacpp_native.events import Event
 from llamacpp_native.grammar import LlamaGrammar, json_schema_to_grammar, tighten_grammar
 from llamacpp_native.lora import LoraAdapter, LoraSet, normalise_lora
 from llamacpp_native.media import LOCAL, MediaPolicy, MediaSource, has_media, split_media
@@ -48,7 +49,6 @@ from llamacpp_native.multimodal import Bitmap, Multimodal, PromptMedia
 from llamacpp_native.offload import OffloadReport
 from llamacpp_native.openai_requests import check_tools, normalise_tool_choice, schema_from_response_format
 from llamacpp_native.request_stream import RequestStream
-from llamacpp_native.events import Event
 from llamacpp_native.sampling import DEFAULT_SEED, GrammarSpec, ReasoningBudget, SamplingParams
 
 GrammarLike: TypeAlias = LlamaGrammar | str | None
@@ -160,7 +160,7 @@ class Llama:
     ) -> None:
         set_verbose(verbose)
         self.reasoning_format = check_reasoning_format(reasoning_format)
-        """How a thinking model's reasoning is returned: ``auto`` (apart, as ``reasoning_content``) or ``none``."""
+        """How a thinking model's reasoning is returned: ``auto`` (as ``reasoning_content``) or ``none``."""
         self.reasoning_budget = _check_budget(reasoning_budget)
         """Thinking tokens a reply may spend before the end-of-thinking tag is forced (None: no limit)."""
         self.chat_template = chat_template
@@ -610,7 +610,9 @@ class Llama:
         if budget is not None and rendered.thinking_tags is not None:
             start, end = rendered.thinking_tags
             generation_prompt = rendered.parser_params["generation_prompt"]
-            sampling = dataclasses.replace(sampling, reasoning=ReasoningBudget(start, end, budget, generation_prompt))
+            sampling = dataclasses.replace(
+                sampling, reasoning=ReasoningBudget(start, end, budget, generation_prompt)
+            )
         prompt, media = self._chat_prompt(rendered)
         n_logprobs = (top_logprobs or 0) if logprobs else None
         # A template-made grammar starts with the generation prompt, which is already in
@@ -700,7 +702,7 @@ class Llama:
         *,
         cancellation: Cancellation | None = None,
         **kwargs: Any,
-    ) -> Iterator[list[Event]]:
+    ) -> Generator[list[Event], None, None]:
         """Start a chat and iterate its typed events, one batch per engine chunk.
 
         Keyword arguments are those of ``create_chat_completion`` (tools,
@@ -710,7 +712,9 @@ class Llama:
         request, output = self._chat(messages, kwargs)
         return _events(self.engine.stream(request, cancellation), output)
 
-    def achat_events(self, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> AsyncIterator[list[Event]]:
+    def achat_events(
+        self, messages: Sequence[Mapping[str, Any]], **kwargs: Any
+    ) -> AsyncGenerator[list[Event], None]:
         """``chat_events`` for asyncio (the request is queued before this returns)."""
         request, output = self._chat(messages, kwargs)
         return _aevents(self.engine.submit(request), output)
@@ -760,6 +764,8 @@ class Llama:
     def _embed_texts(
         self, texts: list[str], normalize: bool, truncate: bool
     ) -> tuple[list[list[float]], int]:
+        if self.model.rpc_servers:  # a stopped worker: ggml would abort the process in the decode
+            self.model.check_rpc_servers()
         with self._embed_lock:
             context = self._embedding_context()
             limit = context.n_batch
@@ -803,7 +809,7 @@ class Llama:
         return responses.embedding_response(model or self.model_path, vectors, n_tokens)
 
 
-def _events(chunks: Iterator[Chunk], output: ChatOutput) -> Iterator[list[Event]]:
+def _events(chunks: Iterator[Chunk], output: ChatOutput) -> Generator[list[Event], None, None]:
     """A chat's event batches from its engine chunks; closing this iterator cancels the request."""
     try:
         for chunk in chunks:
@@ -814,7 +820,7 @@ def _events(chunks: Iterator[Chunk], output: ChatOutput) -> Iterator[list[Event]
             close()
 
 
-async def _aevents(stream: RequestStream, output: ChatOutput) -> AsyncIterator[list[Event]]:
+async def _aevents(stream: RequestStream, output: ChatOutput) -> AsyncGenerator[list[Event], None]:
     """``_events`` over an awaited stream; closing or cancelling it cancels the request."""
     try:
         async for chunk in stream:
@@ -835,7 +841,9 @@ def _shaped_chat(events: Iterator[list[Event]], shaper: ChatShaper) -> Iterator[
             close()
 
 
-async def _ashaped_chat(events: AsyncIterator[list[Event]], shaper: ChatShaper) -> AsyncIterator[dict[str, Any]]:
+async def _ashaped_chat(
+    events: AsyncGenerator[list[Event], None], shaper: ChatShaper
+) -> AsyncIterator[dict[str, Any]]:
     """``_shaped_chat`` over async events."""
     try:
         for item in shaper.start():
@@ -844,7 +852,7 @@ async def _ashaped_chat(events: AsyncIterator[list[Event]], shaper: ChatShaper) 
             for item in shaper.feed(batch):
                 yield item
     finally:
-        await events.aclose()  # type: ignore[attr-defined]
+        await events.aclose()
 
 
 def _shaped(chunks: Iterator[Chunk], shaper: CompletionShaper) -> Iterator[dict[str, Any]]:
@@ -876,7 +884,9 @@ def _check_budget(budget: int | None) -> int | None:
     if budget is None or budget == -1:
         return None
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
-        raise ValueError(f"reasoning_budget must be a number of tokens >= 0 (or -1 for no limit), got {budget!r}")
+        raise ValueError(
+            f"reasoning_budget must be a number of tokens >= 0 (or -1 for no limit), got {budget!r}"
+        )
     return budget
 
 

@@ -162,8 +162,9 @@ def _merge_completion_logprobs(blocks: list[dict[str, Any]]) -> dict[str, Any]:
 def collect_chat(chunks: Iterable[dict[str, Any]], usage: dict[str, Any] | None = None) -> dict[str, Any]:
     """One ``chat.completion`` dict from its chunks (``usage``: the finishing chunk's unless given).
 
-    Tool-call fragments are joined by their ``index``; ``reasoning_content`` is
-    kept beside ``content`` in the message, as llama-server returns it.
+    Tool-call fragments are joined by their ``index`` (and dropped when the reply
+    finished with ``stop``: their text was malformed and came back as content);
+    ``reasoning_content`` is kept beside ``content``, as llama-server returns it.
     """
     response_id, model, finish = "", "", "stop"
     content: list[str] = []
@@ -192,6 +193,8 @@ def collect_chat(chunks: Iterable[dict[str, Any]], usage: dict[str, Any] | None 
         if choice["finish_reason"]:
             finish = choice["finish_reason"]
             token_usage = chunk.get("usage", {})
+    if finish == "stop":
+        calls = {}  # fragments of a call whose text turned out malformed at the end: the reply is text
     text = "".join(content)
     message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None}
     if any(reasoning):

@@ -30,7 +30,7 @@ class GrammarSpec:
 
 @dataclass(frozen=True)
 class ReasoningBudget:
-    """At most ``tokens`` of thinking between the template's ``start`` and ``end`` tags, then ``end`` is forced.
+    """At most ``tokens`` of thinking between the template's ``start`` and ``end`` tags, then ``end``.
 
     ``generation_prompt`` is the part of the prompt the template wrote for the
     reply (it may open the thinking block itself).
@@ -169,16 +169,14 @@ def _grammar_sampler(vocab: Vocab, grammar: GrammarSpec, need: int = 0) -> Any:
 
 
 def _reasoning_budget(vocab: Vocab, budget: ReasoningBudget) -> Any:
-    """llama.cpp's reasoning-budget sampler, having seen the generation prompt."""
-    prefill = vocab.tokenize(budget.generation_prompt, add_special=False, parse_special=True)
+    """llama.cpp's reasoning-budget sampler, counting at once where the prompt opened the thinking."""
     error = ffi.new("char **")
     sampler = lib.lcpp_reasoning_budget_init(
         vocab.handle,
         budget.start.encode(),
         budget.end.encode(),
         budget.tokens,
-        ffi.new("llama_token[]", prefill) if prefill else ffi.NULL,
-        len(prefill),
+        budget.generation_prompt.rstrip().endswith(budget.start),
         error,
     )
     if sampler == ffi.NULL:
@@ -273,6 +271,18 @@ class SamplerChain:
             for handle in handles:
                 if lib.lcpp_sampler_accept(handle, token, self._error) != 0:
                     self.raise_native_error()
+
+    def prefill(self, tokens: Sequence[int]) -> None:
+        """Step the grammar past tokens the prompt already holds (the template's generation prompt).
+
+        Only the grammar sees them, as in llama.cpp: the chain's penalties and
+        reasoning budget count generated tokens alone.
+        """
+        if self._grammar is None:
+            return
+        for token in tokens:
+            if lib.lcpp_sampler_accept(self._grammar, token, self._error) != 0:
+                self.raise_native_error()
 
     def reset(self) -> None:
         """Forget accepted tokens and grammar progress."""

@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field
 
 from llamacpp_integrations._runtime import shared_llama
 from llamacpp_integrations.llama_index import LlamaCPP
-from llamacpp_native import OutputTruncatedError, RenderedChat
+from llamacpp_native import Finish, OutputTruncatedError, RenderedChat, Usage
 from mtmd_support import TOKENS_PER_IMAGE, noise_png
 
 QUESTION = "What is 6 times 7?"
@@ -141,7 +141,7 @@ def test_chat_renders_messages_with_the_model_template(llm: LlamaCPP) -> None:
     response = llm.chat(messages)
     assert response.message.role == MessageRole.ASSISTANT
     assert isinstance(response.message.content, str)
-    assert response.raw["object"] == "chat.completion.chunk"
+    assert [type(e) for e in response.raw["events"]][-2:] == [Finish, Usage]
 
 
 def test_stream_chat_yields_deltas_that_add_up_to_the_message(llm: LlamaCPP) -> None:

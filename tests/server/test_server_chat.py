@@ -127,8 +127,12 @@ def test_a_streamed_tool_call_arrives_as_deltas_keyed_by_index(
         )
     )
     deltas = [call for c in chunks for call in (c.choices[0].delta.tool_calls or [])]
-    assert [d.index for d in deltas] == [0]
-    _check_weather_call(deltas[0])
+    assert len(deltas) > 1, "the call streams in fragments, not in one final delta"
+    assert {d.index for d in deltas} == {0}
+    first, rest = deltas[0], deltas[1:]
+    assert all(d.id is None and d.function.name is None for d in rest), "id and name come once, first"
+    first.function.arguments += "".join(d.function.arguments or "" for d in rest)
+    _check_weather_call(first)
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 

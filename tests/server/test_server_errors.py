@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -101,9 +102,22 @@ def test_completions_take_exactly_one_prompt(http: httpx.Client, model_name: str
     assert_openai_error(response, 400)
 
 
-def test_an_unknown_model_is_404_not_the_default(client: openai.OpenAI) -> None:
-    with pytest.raises(openai.NotFoundError) as caught:
-        client.chat.completions.create(model="gpt-4o", messages=HELLO, max_tokens=2)  # type: ignore[arg-type]
+def test_a_server_of_one_model_answers_to_any_model_name(client: openai.OpenAI) -> None:
+    served = client.models.list().data[0].id
+    result = client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, max_tokens=2)  # type: ignore[arg-type]
+    assert result.model == served and result.choices[0].message.content is not None
+
+
+def test_strict_model_names_make_an_unknown_model_404(
+    start_server: Callable[..., RunningServer], model_path: Path
+) -> None:
+    server = start_server("--model", str(model_path), "--strict_model_name")
+    strict = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+    try:
+        with pytest.raises(openai.NotFoundError) as caught:
+            strict.chat.completions.create(model="gpt-4o", messages=HELLO, max_tokens=2)  # type: ignore[arg-type]
+    finally:
+        server.stop()
     assert caught.value.code == "model_not_found"
     assert caught.value.param == "model"
 

@@ -44,6 +44,8 @@ CHAT_SETTINGS = _parameters(Llama.chat_request) | {
     "tool_choice",
     "response_format",
     "parallel_tool_calls",
+    "reasoning_format",
+    "chat_template_kwargs",
 }
 """Per-call settings of a chat completion."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import warnings
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from operator import itemgetter
 from typing import Any, ClassVar, Literal, cast
 
@@ -28,7 +28,16 @@ from typing_extensions import Self
 
 from llamacpp_integrations.langchain._settings import CHAT_SETTINGS, PROVIDER, LlamaCppGenerationSettings
 from llamacpp_integrations.schema import check_strict, parse_and_validate, to_json_schema, truncation_error
-from llamacpp_native import GrammarError
+from llamacpp_native import GrammarError, responses
+from llamacpp_native.events import (
+    Event,
+    Finish,
+    LogprobsDelta,
+    ReasoningDelta,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+)
 
 ToolLike = Mapping[str, Any] | type | Callable[..., Any] | BaseTool
 StructuredOutputMethod = Literal["json_schema", "function_calling", "json_mode"]
@@ -73,6 +82,17 @@ class ChatLlamaCpp(LlamaCppGenerationSettings, BaseChatModel):
     )
     top_logprobs: int | None = Field(
         default=None, description="Top alternatives to return per token with logprobs."
+    )
+    reasoning_format: Literal["none", "auto", "deepseek", "deepseek-legacy"] | None = Field(
+        default=None,
+        description="A thinking model's reasoning: 'auto' (default) returns it apart, in "
+        "additional_kwargs['reasoning_content']; 'none' leaves it in the content.",
+    )
+    reasoning_budget: int | None = Field(
+        default=None, description="Most thinking tokens per reply; then the end-of-thinking tag is forced."
+    )
+    chat_template_kwargs: dict[str, Any] | None = Field(
+        default=None, description="Extra chat template variables, e.g. {'enable_thinking': False}."
     )
 
     _call_settings: ClassVar[frozenset[str]] = CHAT_SETTINGS
@@ -126,7 +146,12 @@ class ChatLlamaCpp(LlamaCppGenerationSettings, BaseChatModel):
         return identity
 
     def _instance_settings(self) -> dict[str, Any]:
-        return {"logprobs": self.logprobs, "top_logprobs": self.top_logprobs}
+        settings = {"logprobs": self.logprobs, "top_logprobs": self.top_logprobs}
+        for name in ("reasoning_format", "reasoning_budget", "chat_template_kwargs"):
+            value = getattr(self, name)
+            if value is not None:
+                settings[name] = value
+        return settings
 
     def _request(self, stop: list[str] | None, kwargs: Mapping[str, Any]) -> dict[str, Any]:
         """Keyword arguments for ``Llama.create_chat_completion``."""
@@ -149,21 +174,6 @@ class ChatLlamaCpp(LlamaCppGenerationSettings, BaseChatModel):
         return params
 
     # -- the streaming core --------------------------------------------------------------------
-    def _chunks(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None,
-        **kwargs: Any,
-    ) -> Iterator[ChatGenerationChunk]:
-        """Message chunks; the last has finish_reason, model_name, usage and chunk_position='last'."""
-        params = self._request(stop, kwargs)
-        model_name = self.model_name
-        parts = self.llama.create_chat_completion(_to_openai_messages(messages), stream=True, **params)
-        assert isinstance(parts, Generator)  # stream=True
-        with contextlib.closing(parts):
-            for part in parts:
-                yield _chunk_from_part(part, model_name)
-
     def _stream(
         self,
         messages: list[BaseMessage],
@@ -171,8 +181,13 @@ class ChatLlamaCpp(LlamaCppGenerationSettings, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        # LangChain reports streamed chunks to on_llm_new_token itself.
-        yield from self._chunks(messages, stop, **kwargs)
+        """Message chunks as the reply is parsed; the last carries finish_reason and usage."""
+        events = self.llama.chat_events(_to_openai_messages(messages), **self._request(stop, kwargs))
+        model_name = self.model_name
+        with contextlib.closing(events):
+            for batch in events:
+                if batch:
+                    yield _chunk_from_events(batch, model_name)
 
     async def _astream(
         self,
@@ -181,15 +196,12 @@ class ChatLlamaCpp(LlamaCppGenerationSettings, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        params = self._request(stop, kwargs)
+        events = self.llama.achat_events(_to_openai_messages(messages), **self._request(stop, kwargs))
         model_name = self.model_name
-        parts = cast(
-            AsyncGenerator[dict[str, Any], None],
-            await self.llama.acreate_chat_completion(_to_openai_messages(messages), stream=True, **params),
-        )
-        async with contextlib.aclosing(parts):
-            async for part in parts:
-                yield _chunk_from_part(part, model_name)
+        async with contextlib.aclosing(events):
+            async for batch in events:
+                if batch:
+                    yield _chunk_from_events(batch, model_name)
 
     def _generate(
         self,
@@ -355,43 +367,51 @@ def _to_openai_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]
     return converted
 
 
-def _chunk_from_part(part: Mapping[str, Any], model_name: str) -> ChatGenerationChunk:
-    """One ``chat.completion.chunk`` dict as a LangChain chunk; the final one carries the metadata."""
-    choice = part["choices"][0]
-    delta = choice["delta"]
-    finish_reason = choice.get("finish_reason")
-    usage = part.get("usage") if finish_reason else None
-    message = AIMessageChunk(
-        content=delta.get("content") or "",
-        tool_call_chunks=[
-            tool_call_chunk(
-                name=call["function"].get("name"),
-                args=call["function"].get("arguments"),
-                id=call.get("id"),
-                index=call.get("index"),
+def _chunk_from_events(events: list[Event], model_name: str) -> ChatGenerationChunk:
+    """One batch of the reply's events as a LangChain chunk; the final one carries the metadata.
+
+    Tool-call fragments become ``tool_call_chunks`` (LangChain joins them by
+    ``index``), and thinking goes to ``additional_kwargs["reasoning_content"]``.
+    """
+    content: list[str] = []
+    reasoning: list[str] = []
+    calls = []
+    logprobs: list[Any] = []
+    finish: str | None = None
+    usage: UsageMetadata | None = None
+    for event in events:
+        if isinstance(event, TextDelta):
+            content.append(event.text)
+        elif isinstance(event, ReasoningDelta):
+            reasoning.append(event.text)
+        elif isinstance(event, ToolCallDelta):
+            calls.append(
+                tool_call_chunk(name=event.name, args=event.arguments, id=event.id, index=event.index)
             )
-            for call in delta.get("tool_calls") or []
-        ],
-        usage_metadata=UsageMetadata(
-            input_tokens=usage["prompt_tokens"],
-            output_tokens=usage["completion_tokens"],
-            total_tokens=usage["total_tokens"],
-            input_token_details={"cache_read": usage["prompt_tokens_details"]["cached_tokens"]},
-            output_token_details={},
-        )
-        if usage
-        else None,
-        response_metadata={
-            "finish_reason": finish_reason,
-            "model_name": model_name,
-            "model_provider": PROVIDER,
-        }
-        if finish_reason
+        elif isinstance(event, LogprobsDelta):
+            logprobs.extend(event.items)
+        elif isinstance(event, Finish):
+            finish = event.reason
+        elif isinstance(event, Usage):
+            usage = UsageMetadata(
+                input_tokens=event.prompt_tokens,
+                output_tokens=event.completion_tokens,
+                total_tokens=event.prompt_tokens + event.completion_tokens,
+                input_token_details={"cache_read": event.cached_tokens},
+                output_token_details={},
+            )
+    message = AIMessageChunk(
+        content="".join(content),
+        additional_kwargs={"reasoning_content": "".join(reasoning)} if reasoning else {},
+        tool_call_chunks=calls,
+        usage_metadata=usage,
+        response_metadata={"finish_reason": finish, "model_name": model_name, "model_provider": PROVIDER}
+        if finish
         else {},
-        chunk_position="last" if finish_reason else None,
+        chunk_position="last" if finish else None,
     )
-    logprobs = choice.get("logprobs")
-    return ChatGenerationChunk(message=message, generation_info={"logprobs": logprobs} if logprobs else None)
+    info = {"logprobs": responses.chat_logprobs(logprobs)} if logprobs else None
+    return ChatGenerationChunk(message=message, generation_info=info)
 
 
 def _openai_tool(tool: Any, strict: bool | None = None) -> dict[str, Any]:

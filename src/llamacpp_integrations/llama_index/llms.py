@@ -29,6 +29,7 @@ from llama_index.core.base.llms.types import (
     LLMMetadata,
     MessageRole,
     TextBlock,
+    ThinkingBlock,
     ToolCallBlock,
 )
 from llama_index.core.bridge.pydantic import BaseModel, Field, PrivateAttr, field_validator, model_validator
@@ -42,7 +43,8 @@ from llama_index.core.types import Model, PydanticProgramMode
 
 from llamacpp_integrations._runtime import shared_llama
 from llamacpp_integrations.schema import parse_and_validate, schema_to_grammar, to_json_schema
-from llamacpp_native import Llama
+from llamacpp_native import Llama, responses
+from llamacpp_native.events import Event, Finish, ReasoningDelta, TextDelta, ToolCallDelta, Usage
 from llamacpp_native.openai_requests import schema_from_response_format
 
 if TYPE_CHECKING:
@@ -263,27 +265,26 @@ class LlamaCPP(FunctionCallingLLM):
         """Stream the assistant's reply (text and tool calls) as cumulative responses."""
         payload, options, converter = self._chat_args(messages, kwargs)
         model = self._model()
-        chunks = (
-            model.create_chat_completion(payload, stream=True, **options)
-            if isinstance(converter, _ChatResponses)
-            else model.create_completion(payload, stream=True, **options)
-        )
-        return (r for chunk in cast(Iterator[dict[str, Any]], chunks) if (r := converter.feed(chunk)))
+        if isinstance(converter, _ChatResponses):
+            events = model.chat_events(payload, **options)
+            return (r for batch in events if (r := converter.feed(batch)))
+        chunks = cast(Iterator[dict[str, Any]], model.create_completion(payload, stream=True, **options))
+        return (r for chunk in chunks if (r := converter.feed(chunk)))
 
     async def _achat_stream(
         self, messages: Sequence[ChatMessage], kwargs: Mapping[str, Any]
     ) -> AsyncGenerator[ChatResponse, None]:
         payload, options, converter = self._chat_args(messages, kwargs)
         model = self._model()
-        chunks = await (
-            model.acreate_chat_completion(payload, stream=True, **options)
-            if isinstance(converter, _ChatResponses)
-            else model.acreate_completion(payload, stream=True, **options)
-        )
+        if isinstance(converter, _ChatResponses):
+            async for batch in model.achat_events(payload, **options):
+                if (response := converter.feed(batch)) is not None:
+                    yield response
+            return
+        chunks = await model.acreate_completion(payload, stream=True, **options)
         async for chunk in cast(AsyncIterator[dict[str, Any]], chunks):
-            response = converter.feed(chunk)
-            if response is not None:
-                yield response
+            if (text_response := converter.feed(chunk)) is not None:
+                yield text_response
 
     # -- LlamaIndex's LLM interface -------------------------------------------------------
     @llm_chat_callback()
@@ -350,17 +351,24 @@ class LlamaCPP(FunctionCallingLLM):
     def get_tool_calls_from_response(
         self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any
     ) -> list[ToolSelection]:
-        """The tool calls of a response, as ``ToolSelection``s (one per call)."""
+        """The tool calls of a response, as ``ToolSelection``s (one per call).
+
+        On a response of a stream still running, a call whose arguments are still
+        arriving has the arguments ``{}`` so far; on a finished reply, arguments cut
+        short by ``max_tokens`` are an error that says so.
+        """
         calls = [block for block in response.message.blocks if isinstance(block, ToolCallBlock)]
         if not calls and error_on_no_tool_call:
             raise ValueError(
                 f"expected at least one tool call, but the model answered: {response.message.content!r}"
             )
+        raw = response.raw if isinstance(response.raw, dict) else {}
+        streaming = "events" in raw and raw.get("finish_reason") is None
         return [
             ToolSelection(
                 tool_id=call.tool_call_id or call.tool_name,
                 tool_name=call.tool_name,
-                tool_kwargs=_call_arguments(call),
+                tool_kwargs=_call_arguments(call, partial=streaming),
             )
             for call in calls
         ]
@@ -382,13 +390,12 @@ class LlamaCPP(FunctionCallingLLM):
 
     @staticmethod
     def _structured_output(output_cls: type[Model], response: ChatResponse) -> Model:
-        final = (response.raw or {}).get("choices") or [{}]
-        usage = (response.raw or {}).get("usage") or {}
+        raw = response.raw or {}
         value = parse_and_validate(
             response.message.content or "",
             output_cls,
-            finish_reason=final[0].get("finish_reason"),
-            output_tokens=usage.get("completion_tokens"),
+            finish_reason=raw.get("finish_reason"),
+            output_tokens=(raw.get("usage") or {}).get("completion_tokens"),
         )
         return output_cls.model_validate(value)
 
@@ -493,27 +500,49 @@ class _PromptChatResponses(_CompletionResponses):
 
 
 class _ChatResponses:
-    """``chat.completion.chunk``s -> cumulative ``ChatResponse``s (None for chunks without news)."""
+    """A chat's event batches -> cumulative ``ChatResponse``s (None for an empty batch).
+
+    Thinking is kept as a ``ThinkingBlock``; tool-call fragments are joined by index
+    into ``ToolCallBlock``s as they stream.  ``raw`` holds the batch's events, and on
+    the last response its ``finish_reason`` and ``usage``.
+    """
 
     def __init__(self) -> None:
         self.text = ""
-        self.tool_calls: list[dict[str, Any]] = []
+        self.thinking = ""
+        self.calls: dict[int, dict[str, Any]] = {}
 
-    def feed(self, chunk: dict[str, Any]) -> ChatResponse | None:
-        choice = chunk["choices"][0]
-        delta = choice["delta"].get("content") or ""
-        self.text += delta
-        self.tool_calls.extend(
-            {k: v for k, v in call.items() if k != "index"}
-            for call in choice["delta"].get("tool_calls") or []
-        )
-        if not delta and not choice["finish_reason"]:
+    def feed(self, events: list[Event]) -> ChatResponse | None:
+        delta = ""
+        usage: dict[str, Any] = {}
+        finish: str | None = None
+        for event in events:
+            if isinstance(event, TextDelta):
+                delta += event.text
+            elif isinstance(event, ReasoningDelta):
+                self.thinking += event.text
+            elif isinstance(event, ToolCallDelta):
+                call = self.calls.setdefault(
+                    event.index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+                )
+                if event.name is not None:
+                    call["id"], call["function"]["name"] = event.id or event.name, event.name
+                call["function"]["arguments"] += event.arguments
+            elif isinstance(event, Finish):
+                finish = event.reason
+                if finish == "stop":
+                    self.calls.clear()  # the call's text was malformed: it came back as content
+            elif isinstance(event, Usage):
+                usage = responses.usage(event.prompt_tokens, event.completion_tokens, event.cached_tokens)
+        if not delta and not events:
             return None
+        self.text += delta
+        calls = [self.calls[i] for i in sorted(self.calls)]
         return ChatResponse(
-            message=_assistant_message(self.text, self.tool_calls),
+            message=_assistant_message(self.text, calls, self.thinking),
             delta=delta,
-            raw=chunk,
-            additional_kwargs=chunk.get("usage") or {},
+            raw={"events": events, "finish_reason": finish, "usage": usage or None},
+            additional_kwargs=usage,
         )
 
 
@@ -581,11 +610,13 @@ def _arguments(arguments: Any) -> Any:
         return arguments
 
 
-def _call_arguments(call: ToolCallBlock) -> dict[str, Any]:
-    """A call's arguments, or a clear error for a call that is not whole (cut short)."""
+def _call_arguments(call: ToolCallBlock, partial: bool = False) -> dict[str, Any]:
+    """A call's arguments ({} while still ``partial``), or a clear error for a call cut short."""
     arguments = _arguments(call.tool_kwargs)
     if isinstance(arguments, dict):
         return arguments
+    if partial:
+        return {}
     raise ValueError(
         f"the call of tool {call.tool_name!r} has arguments that are not a JSON object: "
         f"{call.tool_kwargs!r}; "
@@ -593,9 +624,11 @@ def _call_arguments(call: ToolCallBlock) -> dict[str, Any]:
     )
 
 
-def _assistant_message(content: str, tool_calls: list[dict[str, Any]]) -> ChatMessage:
-    """The reply: text, plus each call as a ``ToolCallBlock`` and, for older readers, OpenAI dicts."""
-    blocks: list[Any] = [TextBlock(text=content)] if content or not tool_calls else []
+def _assistant_message(content: str, tool_calls: list[dict[str, Any]], thinking: str = "") -> ChatMessage:
+    """The reply: thinking, text, each call as a ``ToolCallBlock`` and, for older readers, OpenAI dicts."""
+    blocks: list[Any] = [ThinkingBlock(content=thinking)] if thinking else []
+    if content or not tool_calls:
+        blocks.append(TextBlock(text=content))
     blocks.extend(
         ToolCallBlock(
             tool_call_id=call["id"],

@@ -95,7 +95,13 @@ class ModelRegistry:
     """The served models by name: lazy loading, LRU unloading, per-model queue bounds."""
 
     def __init__(
-        self, models: Sequence[ModelSettings], *, models_max: int, max_queue: int, verbose: bool = False
+        self,
+        models: Sequence[ModelSettings],
+        *,
+        models_max: int,
+        max_queue: int,
+        verbose: bool = False,
+        strict_names: bool = False,
     ) -> None:
         if not models:
             raise ValueError("no model to serve")
@@ -106,6 +112,9 @@ class ModelRegistry:
         self.models_max = models_max
         self.max_queue = max_queue
         self.verbose = verbose
+        self.strict_names = strict_names
+        """404 for a name not served even when one model is; else that model answers to any name."""
+        self._unknown_names: set[str] = set()
         self.closing = False
         self._names: dict[str, ModelEntry] = {}
         for entry in reversed(self.entries):  # the first model wins a name two models share
@@ -117,14 +126,27 @@ class ModelRegistry:
         """The model used when a request names none."""
         return self.entries[0]
 
-    def resolve(self, name: str | None) -> ModelEntry:
-        """The entry for ``name`` (the default for None or ""); 404 ``APIError`` if unknown."""
+    def resolve(self, name: str | None, *, any_name: bool = True) -> ModelEntry:
+        """The entry for ``name`` (the default for None or "", or any name when one model is served).
+
+        Raises a 404 ``APIError`` for an unknown name when several models are
+        served, with ``strict_names``, or without ``any_name``.
+        """
         if not name:
             return self.default
         entry = self._names.get(name)
-        if entry is None:
+        if entry is not None:
+            return entry
+        if self.strict_names or not any_name or len(self.entries) > 1:
             raise model_not_found(name)
-        return entry
+        if name not in self._unknown_names:  # clients hard-code names such as gpt-4o-mini: say so once
+            self._unknown_names.add(name)
+            logger.info(
+                "model %r is not served; answering with %r (--strict_model_name refuses)",
+                name,
+                self.default.alias,
+            )
+        return self.default
 
     async def acquire(self, name: str | None, *, generation: bool = False) -> Lease:
         """Hold the model called ``name``, loading it first if needed.

@@ -298,8 +298,23 @@ class ChatCompletionRequest(GenerationBody):
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
-    parallel_tool_calls: bool = True
+    parallel_tool_calls: bool = False
     response_format: ResponseFormat | None = None
+    reasoning_format: Literal["none", "auto", "deepseek", "deepseek-legacy"] | None = Field(
+        default=None,
+        description="A thinking model's reasoning: apart as reasoning_content (auto), or in content (none).",
+    )
+    chat_template_kwargs: dict[str, Any] | None = Field(
+        default=None, description='Extra chat template variables, e.g. {"enable_thinking": false}.'
+    )
+    reasoning_budget: int | None = Field(
+        default=None,
+        ge=-1,
+        validation_alias=AliasChoices(
+            "reasoning_budget", "reasoning_budget_tokens", "thinking_budget_tokens"
+        ),
+        description="Most thinking tokens; then the end-of-thinking tag is forced (-1: no limit).",
+    )
 
     def output_schema(self) -> dict[str, Any] | None:
         """The JSON schema the reply follows (``response_format``), checked to be a valid schema."""
@@ -318,6 +333,9 @@ class ChatCompletionRequest(GenerationBody):
             "logprobs": self.logprobs,
             "top_logprobs": self.top_logprobs if self.logprobs else None,
             "parallel_tool_calls": self.parallel_tool_calls,
+            "reasoning_format": self.reasoning_format,
+            "chat_template_kwargs": self.chat_template_kwargs,
+            "reasoning_budget": self.reasoning_budget,
             **self.common_kwargs(end_tokens),
         }
         if self.tools:

@@ -63,6 +63,19 @@ class ModelOptions(BaseModel):
     chat_format: str | None = Field(
         default=None, description="Chat template to use when the GGUF has none (e.g. chatml, gemma)."
     )
+    chat_template_file: str | None = Field(
+        default=None, description="A Jinja chat template file used instead of the model's own."
+    )
+    reasoning_format: str = Field(
+        default="auto",
+        pattern="^(none|auto|deepseek|deepseek-legacy)$",
+        description="A thinking model's reasoning: apart as reasoning_content (auto), or in content (none).",
+    )
+    reasoning_budget: int = Field(
+        default=-1,
+        ge=-1,
+        description="Most thinking tokens per reply, then the end tag is forced (-1: no limit).",
+    )
     seed: int = Field(default=0xFFFFFFFF, description="Default sampling seed (0xFFFFFFFF = random).")
     mmproj: str | None = Field(
         default=None,
@@ -80,6 +93,13 @@ class ModelOptions(BaseModel):
     )
     media_max_bytes: int = Field(default=10_000_000, ge=1, description="Largest image or audio file.")
     media_timeout: float = Field(default=10.0, gt=0, description="Seconds an http(s) image fetch may take.")
+
+    @field_validator("chat_template_file")
+    @classmethod
+    def _check_template_file(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).is_file():
+            raise ValueError(f"chat template file not found: {value}")
+        return value
 
     @field_validator("rpc")
     @classmethod
@@ -123,7 +143,11 @@ class ModelSettings(ModelOptions):
     def llama_kwargs(self, verbose: bool) -> dict[str, Any]:
         """Keyword arguments for ``llamacpp_native.Llama``."""
         media = {"mmproj", "media_path", "allow_remote_media", "media_max_bytes", "media_timeout"}
-        options = self.model_dump(exclude={"model", "model_alias", "rpc", "tensor_split"} | media)
+        options = self.model_dump(
+            exclude={"model", "model_alias", "rpc", "tensor_split", "chat_template_file"} | media
+        )
+        if self.chat_template_file:
+            options["chat_template"] = Path(self.chat_template_file).read_text(encoding="utf-8")
         if self.rpc:
             options["rpc_servers"] = [s.strip() for s in self.rpc.split(",") if s.strip()]
         if self.tensor_split:
@@ -163,6 +187,11 @@ class ServerSettings(BaseSettings, ModelOptions):
     )
     max_body_bytes: int = Field(default=10_000_000, ge=1, description="Largest request body; more gets 413.")
     verbose: bool = Field(default=False, description="Debug logging, llama.cpp's log included.")
+    strict_model_name: bool = Field(
+        default=False,
+        description="Answer 404 to a model name that is not served, as OpenAI does (by default a server "
+        "of one model answers to any name, as llama-server does).",
+    )
 
     def model_list(self) -> list[ModelSettings]:
         """The models to serve: ``--model`` first (the default), then the config file's."""

@@ -31,6 +31,7 @@ class ServerState:
             models_max=settings.models_max,
             max_queue=settings.max_queue,
             verbose=settings.verbose,
+            strict_names=settings.strict_model_name,
         )
         self.metrics = Metrics()
         self.ready = False

@@ -53,7 +53,7 @@ async def list_models(request: Request) -> dict[str, Any]:
 @router.get("/v1/models/{model:path}", dependencies=_protected, responses=ERROR_RESPONSES)
 async def retrieve_model(model: str, request: Request) -> dict[str, Any]:
     """One served model, by any of its names."""
-    return _model_card(server_state(request).registry.resolve(model))
+    return _model_card(server_state(request).registry.resolve(model, any_name=False))
 
 
 @router.get("/metrics", dependencies=_protected, response_class=PlainTextResponse)
