@@ -121,7 +121,9 @@ def test_a_call_cut_off_by_max_tokens_is_returned_partial_with_length(qwen3: Lla
 
 
 def test_malformed_tool_call_text_stays_text(qwen3: Llama) -> None:
-    broken = 'root ::= "<tool_call>\\n{\\"name\\": \\"get_weather\\", \\"arguments\\": {\\"city\\": \\"Par</tool_call>"'
+    # the string value is never closed
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Par</tool_call>'
+    broken = "root ::= " + json.dumps(call)
     reply = qwen3.create_chat_completion(ASK, tools=[CITY_TOOL], grammar=broken, max_tokens=60)
     choice = reply["choices"][0]
     assert choice["finish_reason"] == "stop"
