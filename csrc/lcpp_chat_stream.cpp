@@ -241,8 +241,9 @@ int32_t lcpp_chat_stream_feed(lcpp_chat_stream * s, const char * text, int32_t l
                     parsed = false;  // the parse went back on something already sent
                 }
             }
-            if (mode == LCPP_FEED_END ? !parsed : s->msg.tool_calls.empty() && s->msg.content.empty() &&
-                                                      mode == LCPP_FEED_CUT) {
+            const bool nothing = s->msg.tool_calls.empty() && s->msg.content.empty() &&
+                                 s->msg.reasoning_content.empty();
+            if (mode == LCPP_FEED_END ? !parsed : mode == LCPP_FEED_CUT && nothing) {
                 fall_back_to_text(*s);  // text held back as a possible call start is text after all
             }
             s->tail = tail_of(*s);

@@ -31,7 +31,7 @@ from llamacpp_native.errors import (
 from llamacpp_native.lora import LoraAdapter, LoraSet, normalise_lora
 from llamacpp_native.model import Model
 from llamacpp_native.multimodal import MediaChunk, PromptMedia
-from llamacpp_native.request_stream import MAX_BACKLOG, RequestStream
+from llamacpp_native.request_stream import MAX_BACKLOG, RequestStream, wake_all
 from llamacpp_native.sampling import SamplerChain, SamplingParams
 
 PIECE_CAPACITY = 256
@@ -183,6 +183,8 @@ class _Job:
     admitted: bool = False
     media: dict[int, MediaChunk] = field(default_factory=dict)  # by the index of its first placeholder
     shift: int = 0  # tokens minus positions of its media: nonzero only under M-RoPE
+    chain: Any = None  # the sampler's raw chain and grammar pointers, for the one sampling call per step
+    grammar: Any = None
 
     @property
     def prefilling(self) -> bool:
@@ -341,6 +343,10 @@ class Engine:
         self._eog = ffi.new("bool[]", n_slots)
         self._lengths = ffi.new("int32_t[]", n_slots)
         self._error = ffi.new("char **")
+        # Raw handles for the decode thread (the context is freed only after that thread ends).
+        self._ctx = self.context.handle
+        self._batch = self.context.batch
+        self._vocab_ptr = self.vocab.handle
         self.context.before_close = self._shut_down
         self._thread = threading.Thread(
             target=_decode_loop, args=(weakref.ref(self), self._schedule), name="llamacpp-decode", daemon=True
@@ -366,6 +372,7 @@ class Engine:
             sampler.close()
             raise
         job = _Job(request, weakref.ref(stream), sampler, limit, lora, list(request.prompt_tokens))
+        job.chain, job.grammar = sampler.handle, sampler.grammar_handle
         if request.media:
             job.media = dict(request.media)
             job.shift = sum(chunk.n_tokens - chunk.n_pos for _start, chunk in request.media)
@@ -560,19 +567,24 @@ class Engine:
                 stream = job.stream()
                 if stream is None or not stream.wanted:
                     self._retire(job)
-            self._admit()
+            if schedule.waiting:
+                self._admit()
             jobs = list(schedule.running)
         if not jobs:
             return False
-        media = self._decode_media(jobs)
-        if media:
-            jobs = [job for job in jobs if job.slot is not None]
+        media = False
+        for job in jobs:
+            if job.media:
+                media = self._decode_media(jobs)
+                if media:
+                    jobs = [job for job in jobs if job.slot is not None]
+                break
         batch = self._fill_batch(jobs)
         if not batch:
             return media
         try:
             self._decode(batch)
-            self._sample([job for job in batch if job.output >= 0])
+            self._sample(batch)
         except BaseException as error:  # never leave the loop: fail these requests instead
             self._fail(batch, error)
         return True
@@ -648,7 +660,10 @@ class Engine:
 
     def _cells_in_use(self) -> int:
         """KV cells the slots hold (a prefix copied between slots counts twice: an upper bound)."""
-        return sum(len(s.tokens) for s in self.slots)
+        cells = 0
+        for slot in self.slots:
+            cells += len(slot.tokens)
+        return cells
 
     def _free_cells(self, needed: int, keep: _Slot | None = None) -> bool:
         """Evict idle cached slots (LRU, never ``keep``) until ``needed`` cells are free."""
@@ -689,31 +704,50 @@ class Engine:
     def _fill_batch(self, jobs: list[_Job]) -> list[_Job]:
         """Put one token per generating job, then prompt chunks, into the batch.
 
-        The batch holds at most ``n_batch`` tokens and never more than the KV cache
-        has room for: idle slots are evicted, then the youngest jobs preempted.
+        A job generates when it holds its whole sequence and a sampled token, and
+        its reader keeps up.  The batch holds at most ``n_batch`` tokens and never
+        more than the KV cache has room for: idle slots are evicted, then the
+        youngest jobs preempted.
         """
-        context = self.context
-        generating = [job for job in jobs if self._ready_to_generate(job)]
-        while not self._free_cells(len(generating)) and self._preempt_youngest():
-            generating = [job for job in generating if job.slot is not None]
-        batch = context.batch
-        batch.n_tokens = 0
-        budget = min(context.n_batch, self.n_ctx - self._cells_in_use())
-        chosen: list[_Job] = []
+        generating: list[_Job] = []
+        prefilling = False
         for job in jobs:
             job.output, job.in_batch, job.decodes_pending = -1, (), False
-        for job in generating[:budget]:
-            assert job.slot is not None and job.pending is not None
-            job.output = batch.n_tokens
-            job.in_batch, job.decodes_pending = (job.pending,), True
-            lib.lcpp_batch_add(batch, job.pending, len(job.slot.tokens) - job.shift, job.slot.seq_id, True)
-            chosen.append(job)
-        budget -= len(chosen)
-        for job in jobs:
-            if budget <= 0 or not job.prefilling:
+            slot = job.slot
+            if slot is None:
                 continue
-            assert job.slot is not None
-            start = len(job.slot.tokens)
+            if len(slot.tokens) < len(job.tokens):
+                prefilling = True
+            elif job.pending is not None:
+                stream = job.stream()
+                if stream is not None and stream.backlog < MAX_BACKLOG:
+                    generating.append(job)
+        while not self._free_cells(len(generating)) and self._preempt_youngest():
+            generating = [job for job in generating if job.slot is not None]
+        batch = self._batch
+        batch.n_tokens = 0
+        budget = min(self.context.n_batch, self.n_ctx - self._cells_in_use())
+        chosen = generating[:budget]
+        add = lib.lcpp_batch_add
+        for i, job in enumerate(chosen):
+            slot = job.slot
+            assert slot is not None and job.pending is not None
+            job.output = i
+            job.in_batch, job.decodes_pending = (job.pending,), True
+            add(batch, job.pending, len(slot.tokens) - job.shift, slot.seq_id, True)
+        budget -= len(chosen)
+        if prefilling:
+            self._fill_prompts(jobs, budget, chosen)
+        return chosen
+
+    def _fill_prompts(self, jobs: list[_Job], budget: int, chosen: list[_Job]) -> None:
+        """Add the next prompt chunk of each job still prefilling, within ``budget`` tokens."""
+        batch = self._batch
+        for job in jobs:
+            slot = job.slot
+            if budget <= 0 or slot is None or len(slot.tokens) >= len(job.tokens):
+                continue
+            start = len(slot.tokens)
             end = start + budget
             if job.media:  # text runs only: a media chunk is decoded on its own (_decode_media)
                 end = min(end, _next_media(job, start))
@@ -722,14 +756,11 @@ class Engine:
             part = job.tokens[start:end]
             wants_logits = start + len(part) == len(job.tokens) and job.pending is None
             tokens = ffi.new("llama_token[]", part)
-            lib.lcpp_batch_add_run(
-                batch, tokens, len(part), _position(job, start), job.slot.seq_id, wants_logits
-            )
+            lib.lcpp_batch_add_run(batch, tokens, len(part), _position(job, start), slot.seq_id, wants_logits)
             job.output = batch.n_tokens - 1 if wants_logits else -1
             job.in_batch = part
             budget -= len(part)
             chosen.append(job)
-        return chosen
 
     def _decode_media(self, jobs: list[_Job]) -> bool:
         """Decode the next media chunk of one job whose prefill has reached it; False if none could be.
@@ -782,26 +813,15 @@ class Engine:
         slot.tokens.extend(chunk.placeholders)
         self._media_decoded += 1
 
-    def _ready_to_generate(self, job: _Job) -> bool:
-        """Holds its whole sequence and a sampled token, and its reader keeps up."""
-        stream = job.stream()
-        return (
-            job.slot is not None
-            and job.pending is not None
-            and not job.prefilling
-            and stream is not None
-            and stream.backlog < MAX_BACKLOG
-        )
-
     def _decode(self, batch: list[_Job]) -> None:
         """Decode the filled batch; on success every job's slot holds its new tokens."""
         context = self.context
         with self._schedule.cv:
             self._decoding = batch
         try:
-            status = lib.llama_decode(context.handle, context.batch[0])
+            status = lib.llama_decode(self._ctx, self._batch[0])
             while status == DECODE_NO_KV_SLOT and self._evict_idle():
-                status = lib.llama_decode(context.handle, context.batch[0])
+                status = lib.llama_decode(self._ctx, self._batch[0])
         finally:
             with self._schedule.cv:
                 self._decoding = []
@@ -814,7 +834,8 @@ class Engine:
             if not self._schedule.closing:
                 context.clear_abort()
             return
-        context.check_status(status, "decode")
+        if status:
+            context.check_status(status, "decode")
         for job in batch:
             assert job.slot is not None
             job.slot.tokens.extend(job.in_batch)
@@ -829,55 +850,66 @@ class Engine:
         self._forget(min(idle, key=lambda s: s.last_used))
         return True
 
-    def _sample(self, jobs: list[_Job]) -> None:
-        """Sample every job whose logits are ready (one native call), and hand the tokens out."""
-        plain = [j for j in jobs if j.request.logprobs is None]
-        results: list[tuple[_Job, int, bool, bytes, TokenLogprob | None]] = []
+    def _sample(self, batch: list[_Job]) -> None:
+        """Sample every job whose logits are ready (one native call), hand the tokens out, wake readers."""
+        plain: list[_Job] = []
+        scored: list[_Job] = []
+        for job in batch:
+            if job.output >= 0:
+                (plain if job.request.logprobs is None else scored).append(job)
+        woken: list[RequestStream] = []
         if plain:
             chains, grammars, indices = self._chains, self._grammars, self._indices
             tokens, eog, lengths = self._tokens, self._eog, self._lengths
             for i, job in enumerate(plain):
-                chains[i] = job.sampler.handle
-                grammars[i] = job.sampler.grammar_handle or ffi.NULL
-                indices[i] = job.output
-            lib.lcpp_sample_many(
-                self.context.handle, self.vocab.handle, len(plain), chains, grammars, indices,
+                chains[i], grammars[i], indices[i] = job.chain, job.grammar, job.output
+            failures = lib.lcpp_sample_many(
+                self._ctx, self._vocab_ptr, len(plain), chains, grammars, indices,
                 tokens, eog, self._pieces, self._piece_stride, lengths, self._error,
             )  # fmt: skip
-            message = take_message(self._error)
+            message = take_message(self._error) if failures else None
+            pieces, stride, buffer = self._pieces, self._piece_stride, ffi.buffer
             for i, job in enumerate(plain):
-                token = int(tokens[i])
+                token = tokens[i]
                 if token < 0:
                     self._fail([job], GrammarError(message or "sampling failed"))
                     continue
                 size = lengths[i]
                 piece = (
-                    ffi.buffer(self._pieces + i * self._piece_stride, size)[:]
-                    if size >= 0
-                    else self.vocab.token_to_piece(token)
+                    buffer(pieces + i * stride, size)[:] if size >= 0 else self.vocab.token_to_piece(token)
                 )
-                results.append((job, token, bool(eog[i]), piece, None))
-        for job in jobs:
-            if job.request.logprobs is not None:
-                token, scored = self._sample_with_logprobs(job.sampler, job.request.logprobs, job.output)
-                eog_token = bool(lib.llama_vocab_is_eog(self.vocab.handle, token))
-                results.append((job, token, eog_token, self.vocab.token_to_piece(token), scored))
-        for job, token, end, piece, logprob in results:
-            stream = job.stream()
-            if stream is None:
-                continue  # dropped by its reader: retired next step
-            if end:
-                stream.finish("stop")
-                self._retire_now(job)
-                continue
-            stream.push(token, piece, logprob)
-            job.generated += 1
-            if job.generated >= job.limit:
-                stream.finish("length")
-                self._retire_now(job)
-            else:
-                job.pending = token
-                stream.wake()
+                self._hand_out(job, token, eog[i], piece, None, woken)
+        for job in scored:
+            token, logprob = self._sample_with_logprobs(job.sampler, job.request.logprobs or 0, job.output)
+            end = bool(lib.llama_vocab_is_eog(self._vocab_ptr, token))
+            self._hand_out(job, token, end, self.vocab.token_to_piece(token), logprob, woken)
+        wake_all(woken)
+
+    def _hand_out(
+        self,
+        job: _Job,
+        token: int,
+        end: bool,
+        piece: bytes,
+        logprob: TokenLogprob | None,
+        woken: list[RequestStream],
+    ) -> None:
+        """Give a sampled token to its stream, or end the stream (end of generation, or its limit)."""
+        stream = job.stream()
+        if stream is None:
+            return  # dropped by its reader: retired next step
+        if end:
+            stream.finish("stop")
+            self._retire_now(job)
+            return
+        stream.push(token, piece, logprob)
+        job.generated += 1
+        if job.generated >= job.limit:
+            stream.finish("length")
+            self._retire_now(job)
+        else:
+            job.pending = token
+            woken.append(stream)
 
     def _sample_with_logprobs(
         self, sampler: SamplerChain, top_n: int, index: int

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, NamedTuple
 
 from llamacpp_native.errors import GenerationCancelled
@@ -59,13 +59,14 @@ class SequenceOutput:
         if logprob is not None:
             self._pending.append((self._produced, logprob))
         self._produced += len(decoded)
-        text = self.stops.push(decoded)
+        stops = self.stops
+        text = stops.push(decoded) if stops.stops else decoded
         self._emitted += len(text)
-        if self.stops.stopped:
+        if stops.stopped:
             self.finish_reason = "stop"
         elif len(self.tokens) >= self.limit:
             self.finish_reason = "length"
-        return text, self._release(final=False)
+        return text, self._release(final=False) if self._pending else []
 
     def end(self, reason: str) -> tuple[str, list[TokenLogprob]]:
         """Finish with ``reason`` (if not already finished); return held-back text and logprobs."""
@@ -85,6 +86,31 @@ class SequenceOutput:
         ready = [lp for start, lp in self._pending if start < self._emitted]
         self._pending = [] if final else [(s, lp) for s, lp in self._pending if s >= self._emitted]
         return ready
+
+
+def wake_all(streams: Iterable[RequestStream]) -> None:
+    """Wake the readers of ``streams``: each thread once, and each event loop once for all its streams.
+
+    The decode thread calls this once per step, so an asyncio server with many
+    streams gets one wake-up per step instead of one per token.
+    """
+    loops: dict[asyncio.AbstractEventLoop, list[asyncio.Event]] = {}
+    for stream in streams:
+        with stream._lock:
+            stream._lock.notify_all()
+        if stream.wakeup is not None:
+            stream.wakeup.set()
+        loop, event = stream._loop, stream._event
+        if loop is not None and event is not None:
+            loops.setdefault(loop, []).append(event)
+    for loop, events in loops.items():
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting
+            loop.call_soon_threadsafe(_set_all, events)
+
+
+def _set_all(events: list[asyncio.Event]) -> None:
+    for event in events:
+        event.set()
 
 
 class RequestStream:
@@ -153,14 +179,7 @@ class RequestStream:
 
     def wake(self) -> None:
         """Wake the consumer, whether it waits in a thread or in an event loop."""
-        with self._lock:
-            self._lock.notify_all()
-        if self.wakeup is not None:
-            self.wakeup.set()
-        loop, event = self._loop, self._event
-        if loop is not None and event is not None:
-            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting
-                loop.call_soon_threadsafe(event.set)
+        wake_all((self,))
 
     # -- the consumer's side --------------------------------------------------------------
     def cancel(self) -> None:
@@ -229,17 +248,15 @@ class RequestStream:
 
     def poll(self) -> Chunk | None:
         """The next chunk if one is ready, without waiting; None while waiting or once finished."""
-        while not self._ready and not self._finished:
-            with self._lock:
-                item = self._tokens.popleft() if self._tokens else None
-                end = self._end if item is None else None
-                was_full = len(self._tokens) + 1 >= MAX_BACKLOG
-            if item is not None:
-                if was_full:
+        ready, tokens = self._ready, self._tokens
+        while not ready and not self._finished:
+            if tokens:  # the decode thread only appends: popping needs no lock
+                item = tokens.popleft()
+                if len(tokens) + 1 >= MAX_BACKLOG:
                     self._on_change(self)  # a paused sequence may go on
                 self._take(item)
-            elif end is not None:
-                reason, error = end
+            elif self._end is not None:  # set after the last token was appended
+                reason, error = self._end
                 if error is not None:
                     self._finished = True
                     raise error
@@ -249,7 +266,7 @@ class RequestStream:
                 raise GenerationCancelled("generation was cancelled")
             else:
                 return None
-        return self._ready.popleft() if self._ready else None
+        return ready.popleft() if ready else None
 
     def _take(self, item: _Token) -> None:
         output = self._output

@@ -11,13 +11,22 @@ class Utf8Stream:
 
     def __init__(self) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._partial = False  # the decoder holds the first bytes of a character
 
     def push(self, data: bytes) -> str:
         """Decode the next bytes; incomplete trailing sequences wait for more."""
-        return self._decoder.decode(data)
+        if not self._partial:
+            try:
+                return data.decode()  # the common case: whole characters
+            except UnicodeDecodeError:
+                pass
+        text = self._decoder.decode(data)
+        self._partial = bool(self._decoder.getstate()[0])
+        return text
 
     def flush(self) -> str:
         """Emit whatever is pending (an incomplete sequence becomes U+FFFD)."""
+        self._partial = False
         return self._decoder.decode(b"", final=True)
 
 

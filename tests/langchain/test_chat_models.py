@@ -8,7 +8,7 @@ import contextlib
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import pytest
 from langchain_core.callbacks import AsyncCallbackHandler
@@ -170,6 +170,39 @@ def test_forced_tool_call_streams_tool_call_chunks(chat: ChatLlamaCpp) -> None:
     full = sum(chunks[1:], chunks[0])
     assert isinstance(full, AIMessageChunk)
     assert [call["name"] for call in full.tool_calls] == ["get_time"]
+
+
+class CityWeather(BaseModel):
+    """Get the weather in a city."""
+
+    city: Literal["Paris"]
+
+
+def test_a_streamed_call_arrives_in_fragments_that_add_up_to_the_whole_call(chat: ChatLlamaCpp) -> None:
+    chunks = list(chat.bind_tools([CityWeather], tool_choice="any").stream("Weather in Paris?"))
+    fragments = [f for c in chunks for f in c.tool_call_chunks]  # type: ignore[attr-defined]
+    assert len(fragments) > 1, "the arguments stream as they are generated"
+    assert fragments[0]["name"] == "CityWeather" and fragments[0]["id"]
+    assert all(f["name"] is None and f["id"] is None and f["index"] == 0 for f in fragments[1:])
+    full = sum(chunks[1:], chunks[0])
+    assert isinstance(full, AIMessageChunk)
+    assert [(c["name"], c["args"]) for c in full.tool_calls] == [("CityWeather", {"city": "Paris"})]
+    assert full.response_metadata["finish_reason"] == "tool_calls"
+
+
+def test_thinking_goes_to_reasoning_content_not_the_content(
+    lc_params: dict[str, Any], chat_templates_dir: Path
+) -> None:
+    qwen3 = (chat_templates_dir / "Qwen-Qwen3-0.6B.jinja").read_text()
+    chat = ChatLlamaCpp(**lc_params, model_kwargs={"chat_template": qwen3})
+    grammar = 'root ::= "<think>\\nIt is a greeting.\\n</think>\\n\\nHello"'
+    chunks = list(chat.stream("Hi", grammar=grammar, max_tokens=64))
+    assert sum(1 for c in chunks if c.additional_kwargs.get("reasoning_content")) > 1
+    full = sum(chunks[1:], chunks[0])
+    assert full.content == "Hello"
+    assert full.additional_kwargs["reasoning_content"].strip() == "It is a greeting."
+    shown = ChatLlamaCpp(**lc_params, model_kwargs={"chat_template": qwen3}, reasoning_format="none")
+    assert shown.invoke("Hi", grammar=grammar, max_tokens=64).content.startswith("<think>")
 
 
 def test_several_tool_calls_per_turn(chat: ChatLlamaCpp) -> None:

@@ -221,6 +221,22 @@ def test_chat_with_tools_forced_choice_calls_the_named_tool(llm: LlamaCPP, multi
     assert all(isinstance(value, int) for value in call.tool_kwargs.values())
 
 
+def test_stream_chat_with_tools_shows_the_call_growing_then_whole(
+    llm: LlamaCPP, multiply: RecordingTool
+) -> None:
+    responses = list(
+        llm.stream_chat_with_tools(
+            [multiply.tool()], user_msg=QUESTION, tool_choice="multiply", **TOOL_TOKENS
+        )
+    )
+    partial = [r for r in responses[:-1] if llm.get_tool_calls_from_response(r, error_on_no_tool_call=False)]
+    assert len(partial) > 1, "the call is visible while its arguments stream"
+    assert all(c.tool_name == "multiply" for r in partial for c in llm.get_tool_calls_from_response(r))
+    [call] = llm.get_tool_calls_from_response(responses[-1])
+    assert call.tool_name == "multiply" and set(call.tool_kwargs) == {"a", "b"}
+    assert responses[-1].raw["finish_reason"] == "tool_calls"
+
+
 def test_parallel_tool_calls_are_offered_when_allowed(llm: LlamaCPP, multiply: RecordingTool) -> None:
     def call(call_id: str, a: int, b: int) -> dict[str, Any]:
         arguments = json.dumps({"a": a, "b": b})

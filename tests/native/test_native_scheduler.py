@@ -144,7 +144,7 @@ def test_eight_threads_with_mixed_requests_are_served_at_once(
     calls = [call for c in results["tool"] for call in c["choices"][0]["delta"].get("tool_calls") or []]
     assert results["tool"][-1]["choices"][0]["finish_reason"] == "tool_calls"
     assert calls[0]["function"]["name"] == "get_weather"
-    assert isinstance(json.loads(calls[0]["function"]["arguments"]), dict)
+    assert isinstance(json.loads("".join(c["function"]["arguments"] for c in calls)), dict)
     tokens = [
         t
         for c in results["logprobs"]

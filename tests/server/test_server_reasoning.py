@@ -1,0 +1,93 @@
+"""Thinking over HTTP: ``reasoning_content`` in messages and deltas, the thinking controls, their 400s."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from server_support import RunningServer, assert_openai_error
+
+HELLO = [{"role": "user", "content": "Say hello."}]
+THINK_AND_GREET = {"grammar": 'root ::= "<think>\\nA greeting.\\n</think>\\n\\nHello"'}
+
+
+@pytest.fixture(scope="module")
+def thinking_server(
+    start_server: Callable[..., RunningServer], model_path: Path, chat_templates_dir: Path
+) -> Iterator[RunningServer]:
+    """The default model behind a thinking model's template (Qwen3's), from --chat_template_file."""
+    template = str(chat_templates_dir / "Qwen-Qwen3-0.6B.jinja")
+    server = start_server("--model", str(model_path), "--chat_template_file", template, "--n_ctx", "1024")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def thinking(thinking_server: RunningServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{thinking_server.url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def test_reasoning_streams_as_reasoning_content_deltas(thinking: openai.OpenAI) -> None:
+    stream = thinking.chat.completions.create(
+        model="any",
+        messages=HELLO,
+        max_tokens=40,
+        stream=True,
+        extra_body=THINK_AND_GREET,  # type: ignore[arg-type]
+    )
+    deltas: list[Any] = [c.choices[0].delta for c in stream if c.choices]
+    reasoning = [d.model_extra.get("reasoning_content") for d in deltas if d.model_extra]
+    assert len([r for r in reasoning if r]) > 1
+    assert "".join(r for r in reasoning if r).strip() == "A greeting."
+    assert "".join(d.content or "" for d in deltas) == "Hello"
+
+
+def test_the_whole_message_carries_reasoning_content(thinking: openai.OpenAI) -> None:
+    reply = thinking.chat.completions.create(
+        model="any",
+        messages=HELLO,
+        max_tokens=40,
+        extra_body=THINK_AND_GREET,  # type: ignore[arg-type]
+    )
+    message = reply.choices[0].message
+    assert message.content == "Hello"
+    assert (message.model_extra or {})["reasoning_content"].strip() == "A greeting."
+
+
+def test_reasoning_format_none_keeps_the_thinking_in_the_content(thinking: openai.OpenAI) -> None:
+    reply = thinking.chat.completions.create(
+        model="any",
+        messages=HELLO,  # type: ignore[arg-type]
+        max_tokens=40,
+        extra_body={**THINK_AND_GREET, "reasoning_format": "none"},
+    )
+    assert (reply.choices[0].message.content or "").startswith("<think>")
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"reasoning_format": "verbose"},
+        {"reasoning_budget": -2},
+        {"thinking_budget_tokens": "many"},
+        {"chat_template_kwargs": {"enable_thinking": "no"}},
+        {"chat_template_kwargs": ["enable_thinking"]},
+    ],
+)
+def test_bad_thinking_controls_are_400(thinking_server: RunningServer, extra: dict[str, Any]) -> None:
+    body = {"messages": HELLO, "max_tokens": 4, **extra}
+    response = httpx.post(f"{thinking_server.url}/v1/chat/completions", json=body, timeout=60)
+    assert_openai_error(response, 400)
+    ok = httpx.post(f"{thinking_server.url}/v1/chat/completions", json={**body, **{k: None for k in extra}})
+    assert ok.status_code == 200
+
+
+def test_a_missing_chat_template_file_stops_the_server_at_start(tmp_path: Path, model_path: Path) -> None:
+    from llamacpp_integrations.server.settings import parse_settings
+
+    with pytest.raises(SystemExit):
+        parse_settings(["--model", str(model_path), "--chat_template_file", str(tmp_path / "nope.jinja")])
