@@ -455,6 +455,25 @@ class Engine:
                 "media_decoded": self._media_decoded,
             }
 
+    def slot_stats(self) -> list[dict[str, int | bool]]:
+        """Per slot, for monitoring: its id, whether a request runs in it, the tokens its cache holds,
+        and that request's prompt length, tokens generated and tokens still allowed (0 when idle)."""
+        with self._schedule.cv:
+            found: list[dict[str, int | bool]] = []
+            for slot in self.slots:
+                job = slot.job
+                found.append(
+                    {
+                        "id": slot.seq_id,
+                        "is_processing": job is not None,
+                        "n_cached": len(slot.tokens),
+                        "n_prompt": len(job.request.prompt_tokens) if job is not None else 0,
+                        "n_decoded": job.generated if job is not None else 0,
+                        "n_remain": job.limit - job.generated if job is not None else 0,
+                    }
+                )
+            return found
+
     @property
     def idle(self) -> bool:
         """Whether no request is queued or running."""
