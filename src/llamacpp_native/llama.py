@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import math
 import os
@@ -262,10 +263,17 @@ class Llama:
         return self.model.offload_report(self._context_logs)
 
     def close(self) -> None:
-        """Free contexts and the model.  Safe to call twice."""
+        """Free the contexts, projector, chat templates and model.  Safe to call twice, from any thread.
+
+        New calls get ``ClosedError`` at once; calls in flight (an embedding, a
+        tokenization, a template render, an image encode) finish or fail with
+        ``ClosedError`` before anything is freed, and running generations end with
+        ``ClosedError``.  From inside one of this model's calls (a callback or signal
+        handler during it) it raises ``CloseInsideCallError`` and changes nothing.
+        """
+        self.model.close()  # closes the projector and the templates too, after their calls in flight
         if self._templates is not None:
             self._templates.close()
-        self.model.close()
         if self.multimodal is not None:
             self.multimodal.close()
 
@@ -442,12 +450,13 @@ class Llama:
         stream: bool = False,
         **kwargs: Any,
     ) -> dict[str, Any] | AsyncIterator[dict[str, Any]]:
-        """``create_completion`` for asyncio: awaits the engine without a worker thread.
+        """``create_completion`` for asyncio: the event loop is never blocked.
 
-        With ``stream=True`` it returns an async iterator; closing it or cancelling
-        the task frees the sequence at the engine's next step.
+        Tokenizing runs in a worker thread; the generation is then awaited without
+        one.  With ``stream=True`` it returns an async iterator; closing it or
+        cancelling the task frees the sequence at the engine's next step.
         """
-        request, shaper = self._completion(prompt, suffix, max_tokens, echo, kwargs)
+        request, shaper = await asyncio.to_thread(self._completion, prompt, suffix, max_tokens, echo, kwargs)
         chunks = _ashaped(self.engine.submit(request), shaper)
         if stream:
             return chunks
@@ -680,8 +689,8 @@ class Llama:
         chat_template_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> dict[str, Any] | AsyncIterator[dict[str, Any]]:
-        """``create_chat_completion`` for asyncio: awaits the engine without a worker thread."""
-        events = self.achat_events(
+        """``create_chat_completion`` for asyncio: the event loop is never blocked (see ``achat_events``)."""
+        events = await self.achat_events(
             messages,
             tools=tools,
             tool_choice=tool_choice,
@@ -712,11 +721,16 @@ class Llama:
         request, output = self._chat(messages, kwargs)
         return _events(self.engine.stream(request, cancellation), output)
 
-    def achat_events(
+    async def achat_events(
         self, messages: Sequence[Mapping[str, Any]], **kwargs: Any
     ) -> AsyncGenerator[list[Event], None]:
-        """``chat_events`` for asyncio (the request is queued before this returns)."""
-        request, output = self._chat(messages, kwargs)
+        """``chat_events`` for asyncio: ``await`` it for the events' async iterator.
+
+        Rendering the template, tokenizing and compiling the grammar run in a worker
+        thread, so the event loop is never blocked; bad input raises here, and the
+        request is queued before this returns.
+        """
+        request, output = await asyncio.to_thread(self._chat, messages, kwargs)
         return _aevents(self.engine.submit(request), output)
 
     def _chat(
@@ -794,12 +808,13 @@ class Llama:
 
     @staticmethod
     def _embed_group(context: Context, group: list[list[int]]) -> list[list[float]]:
-        context.kv_clear()
-        indices = context.decode_many(
-            [(tokens, 0, seq) for seq, tokens in enumerate(group)], all_outputs=True
-        )
-        vectors = [context.embedding(seq, index) for seq, index in enumerate(indices)]
-        context.kv_clear()
+        with context.gate:  # one call for close(): it waits for the whole group, or it fails first
+            context.kv_clear()
+            indices = context.decode_many(
+                [(tokens, 0, seq) for seq, tokens in enumerate(group)], all_outputs=True
+            )
+            vectors = [context.embedding(seq, index) for seq, index in enumerate(indices)]
+            context.kv_clear()
         return vectors
 
     def create_embedding(self, input: str | Sequence[str], model: str | None = None) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import warnings
@@ -196,7 +197,8 @@ class ChatLlamaCpp(LlamaCppGenerationSettings, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        events = self.llama.achat_events(_to_openai_messages(messages), **self._request(stop, kwargs))
+        llama = await asyncio.to_thread(getattr, self, "llama")  # the first call loads the model
+        events = await llama.achat_events(_to_openai_messages(messages), **self._request(stop, kwargs))
         model_name = self.model_name
         async with contextlib.aclosing(events):
             async for batch in events:

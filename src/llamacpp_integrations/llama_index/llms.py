@@ -8,6 +8,7 @@ native work off the event loop and stop decoding when their task is cancelled.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import warnings
@@ -254,7 +255,8 @@ class LlamaCPP(FunctionCallingLLM):
         self, prompt: str, formatted: bool, kwargs: Mapping[str, Any]
     ) -> AsyncGenerator[CompletionResponse, None]:
         prompt, options = self._completion_args(prompt, formatted, kwargs)
-        chunks = await self._model().acreate_completion(prompt, stream=True, **options)
+        model = await asyncio.to_thread(self._model)  # the first call loads the model
+        chunks = await model.acreate_completion(prompt, stream=True, **options)
         converter = _CompletionResponses()
         async for chunk in cast(AsyncIterator[dict[str, Any]], chunks):
             yield converter.feed(chunk)
@@ -275,9 +277,9 @@ class LlamaCPP(FunctionCallingLLM):
         self, messages: Sequence[ChatMessage], kwargs: Mapping[str, Any]
     ) -> AsyncGenerator[ChatResponse, None]:
         payload, options, converter = self._chat_args(messages, kwargs)
-        model = self._model()
+        model = await asyncio.to_thread(self._model)  # the first call loads the model
         if isinstance(converter, _ChatResponses):
-            async for batch in model.achat_events(payload, **options):
+            async for batch in await model.achat_events(payload, **options):
                 if (response := converter.feed(batch)) is not None:
                     yield response
             return

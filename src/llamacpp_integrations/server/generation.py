@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from functools import partial
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from sse_starlette import EventSourceResponse
 from starlette.requests import Request
@@ -23,6 +24,7 @@ from llamacpp_integrations.server.errors import CLIENT_CLOSED, APIError, api_err
 from llamacpp_integrations.server.middleware import RequestRecord
 from llamacpp_integrations.server.models import Lease
 from llamacpp_integrations.server.schemas import ChatCompletionRequest, CompletionRequest
+from llamacpp_integrations.server.timings import Timings
 from llamacpp_native import responses
 
 T = TypeVar("T")
@@ -49,10 +51,15 @@ class Generation:
         source: AsyncGenerator[dict[str, Any], None],
         body: CompletionRequest | ChatCompletionRequest,
         record: RequestRecord,
+        started: float | None = None,
     ) -> None:
         self.lease = lease
         self.chat = isinstance(body, ChatCompletionRequest)
         self.usage: dict[str, Any] = {}
+        self.timings = Timings(started)
+        # Chunks sent before any token: the chat's role chunk, an echoed prompt.
+        self._openers = 1 if self.chat or (isinstance(body, CompletionRequest) and body.echo) else 0
+        self._seen = 0
         self._source = source
         self._record = record
         self._include_usage = body.include_usage
@@ -68,6 +75,7 @@ class Generation:
         cls, lease: Lease, body: CompletionRequest | ChatCompletionRequest, record: RequestRecord
     ) -> Generation:
         """Check ``body`` and queue it on ``lease``'s model; raises (nothing sent yet) if it cannot run."""
+        started = time.perf_counter()
         try:
             if isinstance(body, ChatCompletionRequest):
                 _check_strict_schemas(body)
@@ -76,22 +84,29 @@ class Generation:
             llama = lease.llama
             chat = isinstance(body, ChatCompletionRequest)
             create = llama.acreate_chat_completion if chat else llama.acreate_completion
-            # Rendering and tokenizing a long prompt is CPU work: a worker thread does it
-            # (the queued request is then awaited here, on the event loop, like any stream).
-            source = await asyncio.to_thread(lambda: asyncio.run(create(stream=True, **kwargs)))
+            # Rendering and tokenizing run in a worker thread inside create(); the queued
+            # request is then awaited here, on the event loop, like any stream.
+            source = await create(stream=True, **kwargs)
         except BaseException:
             lease.release()
             raise
-        return cls(lease, cast(AsyncGenerator[dict[str, Any], None], source), body, record)
+        return cls(lease, cast(AsyncGenerator[dict[str, Any], None], source), body, record, started)
 
     def _take(self, chunk: dict[str, Any]) -> dict[str, Any]:
-        """One engine chunk as the client sees it: named after the alias, usage kept aside."""
+        """One engine chunk as the client sees it: named after the alias, usage kept aside, and
+        llama-server's ``timings`` on the chunk that finishes."""
         chunk["model"] = self.lease.alias
         usage = chunk.pop("usage", None)
         if usage is not None:
             self.usage = usage
             self._record.prompt_tokens = usage["prompt_tokens"]
             self._record.completion_tokens = usage["completion_tokens"]
+        self._seen += 1
+        if self._seen > self._openers:
+            self.timings.output()
+        if chunk["choices"] and chunk["choices"][0]["finish_reason"] is not None:
+            self.timings.end()
+            chunk["timings"] = self.timings_json()
         if self._check is not None:
             choice = chunk["choices"][0]
             self._text.append(choice["delta"].get("content") or "")
@@ -107,8 +122,17 @@ class Generation:
         finally:
             await self.close()
         if self.chat:
-            return responses.collect_chat(chunks, self.usage)
-        return responses.collect_completion(chunks, self._with_logprobs, self.usage)
+            result = responses.collect_chat(chunks, self.usage)
+        else:
+            result = responses.collect_completion(chunks, self._with_logprobs, self.usage)
+        result["timings"] = self.timings_json()
+        return result
+
+    def timings_json(self) -> dict[str, Any]:
+        """llama-server's ``timings`` of this generation (so far)."""
+        usage = self.usage
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+        return self.timings.as_json(usage.get("prompt_tokens", 0), cached, usage.get("completion_tokens", 0))
 
     async def events(self) -> AsyncIterator[str]:
         """SSE data: each chunk, a usage chunk if asked, then ``[DONE]``; a late error is the last event."""
@@ -139,10 +163,22 @@ class Generation:
             self.lease.release()
 
 
+class Streamable(Protocol):
+    """A started generation that can be sent as SSE ``data:`` events and closed (idempotently)."""
+
+    def events(self) -> AsyncIterator[str]:
+        """The ``data:`` payloads, in order."""
+        ...
+
+    async def close(self) -> None:
+        """Stop generating if still running and release the model."""
+        ...
+
+
 class EventStream(EventSourceResponse):
     """The SSE response of a generation; closes it however the response ends, even unstarted."""
 
-    def __init__(self, generation: Generation) -> None:
+    def __init__(self, generation: Streamable) -> None:
         super().__init__(generation.events(), sep="\n", shutdown_grace_period=SHUTDOWN_GRACE_S)
         self.generation = generation
 
