@@ -162,7 +162,7 @@ class Llama:
         set_verbose(verbose)
         self.reasoning_format = check_reasoning_format(reasoning_format)
         """How a thinking model's reasoning is returned: ``auto`` (as ``reasoning_content``) or ``none``."""
-        self.reasoning_budget = _check_budget(reasoning_budget)
+        self.reasoning_budget = _check_budget(reasoning_budget, unlimited=-1)
         """Thinking tokens a reply may spend before the end-of-thinking tag is forced (None: no limit)."""
         self.chat_template = chat_template
         if lora_base is not None:
@@ -894,14 +894,13 @@ async def _ashaped(stream: RequestStream, shaper: CompletionShaper) -> AsyncIter
         stream.cancel()
 
 
-def _check_budget(budget: int | None) -> int | None:
-    """A reasoning budget in tokens (None or -1: no limit), or a ``ValueError``."""
-    if budget is None or budget == -1:
+def _check_budget(budget: int | None, unlimited: int | None = None) -> int | None:
+    """A reasoning budget in tokens (None, or ``unlimited`` where allowed: no limit), or a ``ValueError``."""
+    if budget is None or (unlimited is not None and budget == unlimited):
         return None
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
-        raise ValueError(
-            f"reasoning_budget must be a number of tokens >= 0 (or -1 for no limit), got {budget!r}"
-        )
+        allowed = " (or -1 for no limit)" if unlimited is not None else " (or None for no limit)"
+        raise ValueError(f"reasoning_budget must be a number of tokens >= 0{allowed}, got {budget!r}")
     return budget
 
 

@@ -189,7 +189,7 @@ def test_events_are_the_one_stream_every_front_end_renders(qwen3: Llama) -> None
     ("options", "message"),
     [
         ({"reasoning_format": "verbose"}, "reasoning_format"),
-        ({"reasoning_budget": -2}, "reasoning_budget"),
+        ({"reasoning_budget": -1}, "reasoning_budget"),
         ({"chat_template_kwargs": {"enable_thinking": "no"}}, "enable_thinking"),
     ],
 )

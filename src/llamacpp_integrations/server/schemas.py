@@ -309,11 +309,11 @@ class ChatCompletionRequest(GenerationBody):
     )
     reasoning_budget: int | None = Field(
         default=None,
-        ge=-1,
+        ge=0,
         validation_alias=AliasChoices(
             "reasoning_budget", "reasoning_budget_tokens", "thinking_budget_tokens"
         ),
-        description="Most thinking tokens; then the end-of-thinking tag is forced (-1: no limit).",
+        description="Most thinking tokens; then the end-of-thinking tag is forced (default: the server's).",
     )
 
     def output_schema(self) -> dict[str, Any] | None:
