@@ -118,7 +118,10 @@ def langchain_structured(path: Path) -> None:
     """Structured output that is valid by construction (JSON-schema grammar)."""
     from llamacpp_integrations.langchain import ChatLlamaCpp
 
-    chat = ChatLlamaCpp(model_path=str(path), temperature=0, max_tokens=64, n_ctx=1024, verbose=False)
+    # room for the longest Person the schema allows (two 24-character strings of escaped
+    # characters, 6 bytes each, and each token at least one byte), so no CPU's greedy
+    # continuation can be cut off; a typical reply takes about 20 tokens
+    chat = ChatLlamaCpp(model_path=str(path), temperature=0, max_tokens=384, n_ctx=1024, verbose=False)
     person = chat.with_structured_output(Person).invoke("Invent a person who lives in Rome.")
     print(f"structured output: {person!r}")
 
