@@ -1,0 +1,56 @@
+"""llama-server's ``timings`` block of a generation, measured where the server sees the request.
+
+``prompt_ms`` runs from the moment the request is started (rendered, tokenized and
+queued) to its first generated output, so it includes any wait for a slot;
+``predicted_ms`` runs from that first output to the end.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+
+class Timings:
+    """Start, first output and end of one generation; ``as_json`` renders llama-server's fields."""
+
+    __slots__ = ("started", "first_output", "ended")
+
+    def __init__(self, started: float | None = None) -> None:
+        self.started = time.perf_counter() if started is None else started
+        self.first_output: float | None = None
+        self.ended: float | None = None
+
+    def output(self) -> None:
+        """Note generated output (only the first call counts)."""
+        if self.first_output is None:
+            self.first_output = time.perf_counter()
+
+    def end(self) -> None:
+        """Note the end of the generation (only the first call counts)."""
+        if self.ended is None:
+            self.ended = time.perf_counter()
+
+    def as_json(self, prompt_tokens: int, cached_tokens: int, predicted_tokens: int) -> dict[str, Any]:
+        """``{cache_n, prompt_n, prompt_ms, ..., predicted_per_second}`` as llama-server reports them.
+
+        ``prompt_n`` counts the prompt tokens decoded for this request (those not
+        taken from the prefix cache, which ``cache_n`` counts).
+        """
+        now = time.perf_counter()
+        ended = self.ended if self.ended is not None else now
+        first = self.first_output if self.first_output is not None else ended
+        prompt_n = max(prompt_tokens - cached_tokens, 0)
+        prompt_ms = (first - self.started) * 1000.0
+        predicted_ms = (ended - first) * 1000.0
+        return {
+            "cache_n": cached_tokens,
+            "prompt_n": prompt_n,
+            "prompt_ms": prompt_ms,
+            "prompt_per_token_ms": prompt_ms / prompt_n if prompt_n else 0.0,
+            "prompt_per_second": prompt_n * 1000.0 / prompt_ms if prompt_ms > 0 else 0.0,
+            "predicted_n": predicted_tokens,
+            "predicted_ms": predicted_ms,
+            "predicted_per_token_ms": predicted_ms / predicted_tokens if predicted_tokens else 0.0,
+            "predicted_per_second": predicted_tokens * 1000.0 / predicted_ms if predicted_ms > 0 else 0.0,
+        }
