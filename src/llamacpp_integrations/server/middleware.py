@@ -23,6 +23,15 @@ KNOWN_ENDPOINTS = frozenset(
         "/v1/completions",
         "/v1/chat/completions",
         "/v1/embeddings",
+        "/models",
+        "/chat/completions",
+        "/completion",
+        "/completions",
+        "/embedding",
+        "/embeddings",
+        "/apply-template",
+        "/props",
+        "/slots",
     }
 )
 

@@ -31,16 +31,10 @@ class StreamOptions(_Body):
     include_usage: bool = False
 
 
-class GenerationBody(_Body):
-    """What completions and chat share: model, streaming, limits, sampling and constraints."""
+class SamplingBody(_Body):
+    """The sampling fields every generation request takes (llama-server's names), and a grammar."""
 
-    model: str | None = Field(default=None, description="A served model's name; omitted = the default.")
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(default=None, ge=0, description="0 or null: until the context ends.")
-    stop: str | list[str] | None = None
     seed: int | None = None
-    n: int | None = Field(default=1, description="Choices to generate; only 1 is supported.")
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = Field(default=None, ge=0, le=INT32_MAX)
@@ -49,9 +43,39 @@ class GenerationBody(_Body):
     repeat_penalty: float | None = None
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
-    logit_bias: dict[int, float] | None = Field(default=None, description="Token id (as a string) -> bias.")
     ignore_eos: bool = Field(default=False, description="Never end at an end-of-generation token.")
     grammar: str | None = Field(default=None, description="A GBNF grammar the output must follow.")
+
+    def sampling_kwargs(self) -> dict[str, Any]:
+        """The sampling options and grammar given, as ``Llama`` takes them (seeds made 32-bit)."""
+        names = (
+            "temperature",
+            "top_p",
+            "top_k",
+            "min_p",
+            "typical_p",
+            "repeat_penalty",
+            "frequency_penalty",
+            "presence_penalty",
+            "grammar",
+        )
+        given = {name: getattr(self, name) for name in names}
+        options: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
+        if self.seed is not None:
+            options["seed"] = self.seed & SEED_MASK
+        return options
+
+
+class GenerationBody(SamplingBody):
+    """What completions and chat share: model, streaming, limits, sampling and constraints."""
+
+    model: str | None = Field(default=None, description="A served model's name; omitted = the default.")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(default=None, ge=0, description="0 or null: until the context ends.")
+    stop: str | list[str] | None = None
+    n: int | None = Field(default=1, description="Choices to generate; only 1 is supported.")
+    logit_bias: dict[int, float] | None = Field(default=None, description="Token id (as a string) -> bias.")
 
     @field_validator("n")
     @classmethod
@@ -70,22 +94,9 @@ class GenerationBody(_Body):
 
         ``end_tokens`` get a -inf bias when ``ignore_eos`` is set.
         """
-        names = (
-            "temperature",
-            "top_p",
-            "top_k",
-            "min_p",
-            "typical_p",
-            "repeat_penalty",
-            "frequency_penalty",
-            "presence_penalty",
-            "stop",
-            "grammar",
-        )
-        given = {name: getattr(self, name) for name in names}
-        options: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
-        if self.seed is not None:
-            options["seed"] = self.seed & SEED_MASK
+        options = self.sampling_kwargs()
+        if self.stop is not None:
+            options["stop"] = self.stop
         bias: dict[int, float] = dict(self.logit_bias or {})
         if self.ignore_eos:
             bias.update(dict.fromkeys(end_tokens, -math.inf))
@@ -377,3 +388,117 @@ class DetokenizeRequest(_Body):
 
     model: str | None = None
     tokens: list[int]
+
+
+NativePrompt = str | list[int | str]
+"""One llama-server prompt: text, token ids, or both mixed (each string tokenized where it stands)."""
+
+
+class NativeCompletionRequest(SamplingBody):
+    """``POST /completion`` (llama-server's native fields).
+
+    Fields of samplers this server does not have (DRY, XTC, Mirostat, ...) are ignored,
+    as are ``cache_prompt`` (the prefix cache is always used) and ``id_slot``.
+    """
+
+    model: str | None = Field(default=None, description="A served model's name; omitted = the default.")
+    prompt: str | list[int | str | list[int | str]] = Field(
+        description='Text, token ids, or both mixed ([12, 34, "text", 56]): one prompt per request.'
+    )
+    n_predict: int = Field(
+        default=-1,
+        ge=-1,
+        validation_alias=AliasChoices("n_predict", "max_tokens"),
+        description="Most tokens to generate: -1 until the context ends, 0 none.",
+    )
+    stream: bool = False
+    stop: str | list[str] | None = Field(
+        default=None, description="Strings that end the text (not returned)."
+    )
+    cache_prompt: bool = Field(default=True, description="Accepted; the prefix cache is always used.")
+    return_tokens: bool = Field(default=False, description="Return the generated token ids in 'tokens'.")
+    n_probs: int = Field(default=0, ge=0, le=INT32_MAX, description="Top alternatives per generated token.")
+    json_schema: dict[str, Any] | None = Field(default=None, description="A JSON schema the output follows.")
+    logit_bias: list[tuple[int | str, float | bool]] | dict[str, float | bool] | None = Field(
+        default=None,
+        description='[[token id or text, bias], ...] or {"id or text": bias}; a false bias bans the tokens.',
+    )
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, prompt: str | list[Any]) -> NativePrompt:
+        if isinstance(prompt, str):
+            return prompt
+        if any(isinstance(part, int) for part in prompt):  # token ids, maybe with text: one prompt
+            if any(isinstance(part, list) for part in prompt):
+                raise ValueError("a prompt of token ids holds ids and strings, not lists")
+            return prompt
+        if len(prompt) != 1:
+            raise ValueError(f"prompt must hold exactly one prompt, got {len(prompt)}; send one request each")
+        only = prompt[0]
+        if not only:
+            raise ValueError("the prompt is empty")
+        return list(only) if isinstance(only, list) else str(only)
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _no_true_bias(cls, bias: Any) -> Any:
+        values = bias.values() if isinstance(bias, dict) else [value for _, value in bias or ()]
+        if any(value is True for value in values):
+            raise ValueError("a bias is a number, or false to ban the token")
+        return bias
+
+    @model_validator(mode="after")
+    def _one_constraint(self) -> NativeCompletionRequest:
+        if self.grammar is not None and self.json_schema is not None:
+            raise ValueError("give either grammar or json_schema, not both")
+        return self
+
+    def one_prompt(self) -> NativePrompt:
+        """The prompt, checked to be one (text, ids, or both)."""
+        prompt = self.prompt
+        if isinstance(prompt, str):
+            return prompt
+        return [part for part in prompt if not isinstance(part, list)]  # the validator left no lists
+
+    def stops(self) -> list[str]:
+        """The stop strings, as a list (empty ones dropped)."""
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return [stop for stop in stops if stop]
+
+    def bias_entries(self) -> list[tuple[int | str, float]]:
+        """``logit_bias`` as (token id or text, bias) pairs; ``false`` is -inf, digit keys are ids."""
+        if self.logit_bias is None:
+            return []
+        if isinstance(self.logit_bias, dict):
+            pairs: list[tuple[int | str, float | bool]] = [
+                (int(key) if key.isdigit() else key, value) for key, value in self.logit_bias.items()
+            ]
+        else:
+            pairs = list(self.logit_bias)
+        return [(key, -math.inf if value is False else float(value)) for key, value in pairs]
+
+
+class NativeEmbeddingRequest(_Body):
+    """``POST /embedding`` and ``/embeddings`` (llama-server's native fields; ``input`` for ``content``)."""
+
+    model: str | None = None
+    content: str | list[str] = Field(
+        validation_alias=AliasChoices("content", "input"), description="A text, or a non-empty list of texts."
+    )
+    embd_normalize: int = Field(
+        default=2,
+        ge=-1,
+        description="-1 none, 0 max absolute (int16 scale), 1 taxicab, 2 Euclidean, >2 p-norm.",
+    )
+
+    @field_validator("content")
+    @classmethod
+    def _some_text(cls, content: str | list[str]) -> str | list[str]:
+        if isinstance(content, list) and not content:
+            raise ValueError("content must hold at least one text")
+        return content
+
+    def texts(self) -> list[str]:
+        """The content as a list of texts."""
+        return [self.content] if isinstance(self.content, str) else list(self.content)

@@ -3,8 +3,9 @@
 from llamacpp_integrations.server.routes.embeddings import router as embeddings
 from llamacpp_integrations.server.routes.generation import router as generation
 from llamacpp_integrations.server.routes.info import router as info
+from llamacpp_integrations.server.routes.native import router as native
 from llamacpp_integrations.server.routes.tokens import router as tokens
 
-ROUTERS = (info, generation, embeddings, tokens)
+ROUTERS = (info, generation, embeddings, tokens, native)
 
 __all__ = ["ROUTERS"]

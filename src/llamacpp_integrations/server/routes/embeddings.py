@@ -1,9 +1,13 @@
-"""``POST /v1/embeddings``: one vector per input text, in input order, as floats or base64."""
+"""``POST /v1/embeddings``: one unit vector per input text, in input order, as floats or base64.
+
+OpenAI and llama-server return vectors of length 1, so cosine similarity is a dot product.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import math
 import struct
 from typing import Any
 
@@ -15,10 +19,10 @@ from llamacpp_integrations.server.middleware import request_record
 from llamacpp_integrations.server.schemas import EmbeddingRequest
 from llamacpp_integrations.server.state import server_state
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], tags=["embeddings"])
+router = APIRouter(dependencies=[Depends(require_api_key)], tags=["embeddings"])
 
 
-@router.post("/embeddings", responses=ERROR_RESPONSES)
+@router.post("/v1/embeddings", responses=ERROR_RESPONSES)
 async def create_embedding(body: EmbeddingRequest, request: Request) -> dict[str, Any]:
     """Embed a text or a list of texts."""
     texts = body.texts()
@@ -28,10 +32,16 @@ async def create_embedding(body: EmbeddingRequest, request: Request) -> dict[str
     finally:
         lease.release()
     request_record(request.scope).prompt_tokens = result["usage"]["prompt_tokens"]
-    if body.encoding_format == "base64":
-        for item in result["data"]:
-            item["embedding"] = _base64_floats(item["embedding"])
+    for item in result["data"]:
+        vector = _unit(item["embedding"])
+        item["embedding"] = _base64_floats(vector) if body.encoding_format == "base64" else vector
     return result
+
+
+def _unit(vector: list[float]) -> list[float]:
+    """``vector`` scaled to length 1 (a zero vector stays zero)."""
+    norm = math.sqrt(math.fsum(x * x for x in vector))
+    return [x / norm for x in vector] if norm > 0 else vector
 
 
 def _base64_floats(vector: list[float]) -> str:

@@ -1,4 +1,8 @@
-"""``POST /v1/completions`` and ``POST /v1/chat/completions``: JSON, or SSE with ``stream: true``."""
+"""``POST /v1/completions`` and ``POST /v1/chat/completions``: JSON, or SSE with ``stream: true``.
+
+``/chat/completions`` is the chat route too, as in llama-server (whose ``/completions``
+is its native ``/completion``: see ``routes/native.py``).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from llamacpp_integrations.server.middleware import request_record
 from llamacpp_integrations.server.schemas import ChatCompletionRequest, CompletionRequest
 from llamacpp_integrations.server.state import server_state
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], tags=["generation"])
+router = APIRouter(dependencies=[Depends(require_api_key)], tags=["generation"])
 
 _ANSWERS = {
     **ERROR_RESPONSES,
@@ -23,13 +27,14 @@ _ANSWERS = {
 }
 
 
-@router.post("/completions", responses=_ANSWERS)
+@router.post("/v1/completions", responses=_ANSWERS)
 async def create_completion(body: CompletionRequest, request: Request) -> Response:
     """Continue a prompt (``text_completion``)."""
     return await _generate(body, request)
 
 
-@router.post("/chat/completions", responses=_ANSWERS)
+@router.post("/v1/chat/completions", responses=_ANSWERS)
+@router.post("/chat/completions", responses=_ANSWERS, include_in_schema=False)
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
     """Answer a conversation (``chat.completion``), with tools and structured output."""
     return await _generate(body, request)

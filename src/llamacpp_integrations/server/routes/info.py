@@ -1,4 +1,5 @@
-"""``GET /health``, ``GET /v1/models`` and ``GET /metrics``: answered at once, never behind generation."""
+"""``GET /health``, ``GET /v1/models`` (and ``/models``) and ``GET /metrics``: answered at once,
+never behind generation."""
 
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ async def health(request: Request) -> Response:
 
 
 @router.get("/v1/models", dependencies=_protected, responses=ERROR_RESPONSES)
+@router.get("/models", dependencies=_protected, responses=ERROR_RESPONSES, include_in_schema=False)
 async def list_models(request: Request) -> dict[str, Any]:
     """Every model served here, loaded or not."""
     entries = server_state(request).registry.entries

@@ -1,0 +1,352 @@
+"""llama-server's native shapes: ``/completion`` runs, generation settings, ``/props``, ``/slots``.
+
+These are what llama.cpp's own clients (its web UI, ``llama-cli``-style scripts,
+editors' completion plugins) send and read; the OpenAI routes are shaped in
+``generation.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import AsyncIterator
+from typing import Any
+
+from llamacpp_integrations import __version__
+from llamacpp_integrations.schema import schema_to_grammar
+from llamacpp_integrations.server.errors import api_error
+from llamacpp_integrations.server.middleware import RequestRecord
+from llamacpp_integrations.server.models import Lease
+from llamacpp_integrations.server.schemas import NativeCompletionRequest
+from llamacpp_integrations.server.timings import Timings
+from llamacpp_native import GenerationRequest, Llama, TokenLogprob
+from llamacpp_native.chat_formats import template_for
+from llamacpp_native.request_stream import RequestStream
+from llamacpp_native.text_stream import StopMatcher
+
+SAMPLERS = ["penalties", "top_k", "typ_p", "top_p", "min_p", "temperature"]
+"""The sampler chain's order (after logit bias and the grammar), in llama-server's names."""
+
+
+class NativeCompletion:
+    """One ``/completion`` request on a leased model: llama-server's JSON object, or its SSE events.
+
+    Stop strings are matched here, not in the engine, so that the answer names the one
+    that ended the text (``stop_type: "word"``, ``stopping_word``); the sequence is then
+    cancelled, which frees its slot at the engine's next step.
+    """
+
+    def __init__(
+        self,
+        lease: Lease,
+        body: NativeCompletionRequest,
+        request: GenerationRequest,
+        stream: RequestStream | None,
+        prompt_text: str,
+        record: RequestRecord,
+        timings: Timings,
+    ) -> None:
+        self.lease = lease
+        self.body = body
+        self.request = request
+        self.timings = timings
+        self.stop_type = "none"
+        self.stopping_word = ""
+        self.predicted = 0
+        self.cached = 0
+        self._stream = stream
+        self._prompt_text = prompt_text
+        self._stops = body.stops()
+        self._record = record
+        self._finished = self._failed = self._closed = False
+
+    @classmethod
+    async def start(
+        cls, lease: Lease, body: NativeCompletionRequest, record: RequestRecord
+    ) -> NativeCompletion:
+        """Check ``body`` and queue it on ``lease``'s model; raises (nothing sent yet) if it cannot run."""
+        try:
+            end_tokens = await lease.entry.end_tokens() if body.ignore_eos else []
+            llama = lease.llama
+
+            def begin() -> tuple[GenerationRequest, RequestStream | None, str, Timings]:
+                request = completion_request(llama, body, end_tokens)
+                prompt_text = llama.detokenize(request.prompt_tokens, special=True).decode("utf-8", "replace")
+                timings = Timings()
+                # n_predict 0 asks for no token: nothing is queued.
+                stream = llama.engine.submit(request) if body.n_predict != 0 else None
+                return request, stream, prompt_text, timings
+
+            request, stream, prompt_text, timings = await asyncio.to_thread(begin)
+        except BaseException:
+            lease.release()
+            raise
+        return cls(lease, body, request, stream, prompt_text, record, timings)
+
+    async def _pieces(self) -> AsyncIterator[tuple[str, list[int], list[TokenLogprob]]]:
+        """Each engine chunk's text (cut at a stop string), token ids and logprobs; notes how it ended."""
+        stream = self._stream
+        if stream is None:
+            self.stop_type = "limit"
+            return
+        matcher = StopMatcher(self._stops)
+        async for chunk in stream:
+            self.timings.output()
+            text = matcher.push(chunk.text)
+            self.predicted += len(chunk.tokens)
+            if matcher.stopped:
+                self.stop_type, self.stopping_word = "word", matcher.matched or ""
+                stream.cancel()
+                yield text, chunk.tokens, chunk.logprobs or []
+                break
+            if chunk.finish_reason is not None:
+                text += matcher.flush()
+                self.predicted = chunk.completion_tokens
+                self.stop_type = "limit" if chunk.finish_reason == "length" else "eos"
+            if text or chunk.tokens or chunk.logprobs:
+                yield text, chunk.tokens, chunk.logprobs or []
+        self.timings.end()
+        self.cached = stream.cached_tokens
+
+    async def response(self) -> dict[str, Any]:
+        """The whole answer as one llama-server completion object."""
+        texts: list[str] = []
+        tokens: list[int] = []
+        probs: list[TokenLogprob] = []
+        try:
+            async for text, ids, logprobs in self._pieces():
+                texts.append(text)
+                tokens.extend(ids)
+                probs.extend(logprobs)
+            self._finished = True
+        finally:
+            await self.close()
+        result = self._final("".join(texts), tokens if self.body.return_tokens else [])
+        if self.body.n_probs:
+            result["completion_probabilities"] = probabilities(probs)
+        return result
+
+    async def events(self) -> AsyncIterator[str]:
+        """SSE data: ``{"content", "tokens", "stop": false, ...}`` per piece, then the final object.
+
+        As in llama-server there is no ``[DONE]``; an error after the first event is the last event.
+        """
+        try:
+            async for text, ids, logprobs in self._pieces():
+                event: dict[str, Any] = {
+                    "index": 0,
+                    "content": text,
+                    "tokens": ids,
+                    "stop": False,
+                    "tokens_predicted": self.predicted,
+                    "tokens_evaluated": len(self.request.prompt_tokens),
+                }
+                if self.body.n_probs:
+                    event["completion_probabilities"] = probabilities(logprobs)
+                yield _json(event)
+            self._finished = True
+            yield _json(self._final("", []))
+        except Exception as error:  # the status line is sent: the error becomes the last event
+            self._failed = True
+            yield _json(api_error(error).body())
+        finally:
+            await self.close()
+
+    def _final(self, content: str, tokens: list[int]) -> dict[str, Any]:
+        prompt_n = len(self.request.prompt_tokens)
+        n_predict = self.body.n_predict
+        return {
+            "index": 0,
+            "content": content,
+            "tokens": tokens,
+            "stop": True,
+            "model": self.lease.alias,
+            "tokens_predicted": self.predicted,
+            "tokens_evaluated": prompt_n,
+            "generation_settings": generation_settings(self.request, self.body),
+            "prompt": self._prompt_text,
+            "has_new_line": "\n" in content,
+            "truncated": self.stop_type == "limit" and (n_predict < 0 or self.predicted < n_predict),
+            "stop_type": self.stop_type,
+            "stopping_word": self.stopping_word,
+            "tokens_cached": prompt_n + self.predicted,
+            "timings": self.timings.as_json(prompt_n, self.cached, self.predicted),
+        }
+
+    async def close(self) -> None:
+        """Stop generating if still running and release the model (safe to call again)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._record.prompt_tokens = len(self.request.prompt_tokens)
+        self._record.completion_tokens = self.predicted
+        self._record.cancelled = not (self._finished or self._failed)
+        try:
+            if self._stream is not None:
+                self._stream.cancel()
+        finally:
+            self.lease.release()
+
+
+def completion_request(
+    llama: Llama, body: NativeCompletionRequest, end_tokens: list[int]
+) -> GenerationRequest:
+    """The engine request for ``body`` (no stop strings: the caller matches them).
+
+    A mixed prompt's strings are tokenized where they stand, with BOS before a leading string.
+    """
+    parts = body.one_prompt()
+    prompt: str | list[int]
+    if isinstance(parts, str):
+        prompt = parts
+    else:
+        prompt = []
+        for index, part in enumerate(parts):
+            if isinstance(part, str):
+                prompt += llama.tokenize(part, add_bos=index == 0, special=True)
+            else:
+                prompt.append(part)
+    options = body.sampling_kwargs()
+    if body.json_schema is not None:
+        options["grammar"] = schema_to_grammar(body.json_schema)
+    bias: dict[int, float] = {}
+    for key, value in body.bias_entries():
+        ids = [key] if isinstance(key, int) else llama.tokenize(key, add_bos=False, special=False)
+        bias.update(dict.fromkeys(ids, value))
+    bias.update(dict.fromkeys(end_tokens, -math.inf))
+    if bias:
+        options["logit_bias"] = bias
+    return llama.completion_request(
+        prompt,
+        max_tokens=body.n_predict if body.n_predict > 0 else None,
+        logprobs=body.n_probs or None,
+        **options,
+    )
+
+
+def generation_settings(
+    request: GenerationRequest, body: NativeCompletionRequest | None = None
+) -> dict[str, Any]:
+    """llama-server's ``generation_settings``: what a request runs with (the defaults without ``body``)."""
+    sampling = request.sampling
+    n_predict = body.n_predict if body is not None else -1
+    return {
+        "n_predict": n_predict,
+        "seed": sampling.seed,
+        "temperature": sampling.temperature,
+        "top_k": sampling.top_k,
+        "top_p": sampling.top_p,
+        "min_p": sampling.min_p,
+        "typical_p": sampling.typical_p,
+        "repeat_last_n": sampling.penalty_last_n,
+        "repeat_penalty": sampling.repeat_penalty,
+        "presence_penalty": sampling.presence_penalty,
+        "frequency_penalty": sampling.frequency_penalty,
+        "stop": body.stops() if body is not None else [],
+        "max_tokens": n_predict,
+        "ignore_eos": body.ignore_eos if body is not None else False,
+        "stream": body.stream if body is not None else False,
+        "n_probs": body.n_probs if body is not None else 0,
+        "grammar": sampling.grammar.text if sampling.grammar is not None else "",
+        "samplers": SAMPLERS,
+    }
+
+
+def probabilities(items: list[TokenLogprob]) -> list[dict[str, Any]]:
+    """llama-server's ``completion_probabilities`` (the alternatives carry their text, not their id)."""
+    return [
+        {
+            "id": item.token,
+            "token": item.text,
+            "logprob": item.logprob,
+            "bytes": list(item.text.encode("utf-8")),
+            "top_logprobs": [
+                {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+                for text, logprob in item.top
+            ],
+        }
+        for item in items
+    ]
+
+
+def props(lease: Lease) -> dict[str, Any]:
+    """``GET /props``: the model's default generation settings, slots, chat template and build."""
+    llama = lease.llama
+    engine = llama.engine
+    vocab = llama.model.vocab
+    defaults = llama.completion_request([0], max_tokens=None)  # a request of no options: the defaults
+    multimodal = llama.multimodal
+    return {
+        "default_generation_settings": {
+            "id": 0,
+            "n_ctx": engine.n_ctx,
+            "speculative": False,
+            "is_processing": False,
+            "params": generation_settings(defaults),
+        },
+        "total_slots": len(engine.slots),
+        "model_alias": lease.alias,
+        "model_path": llama.model_path,
+        "modalities": {
+            "vision": multimodal is not None and multimodal.supports_vision,
+            "audio": multimodal is not None and multimodal.supports_audio,
+        },
+        "chat_template": chat_template(llama),
+        "bos_token": _token_text(llama, vocab.bos),
+        "eos_token": _token_text(llama, vocab.eos),
+        "build_info": f"llamacpp-integrations {__version__}",
+        "is_sleeping": False,
+    }
+
+
+def chat_template(llama: Llama) -> str:
+    """The Jinja chat template chat requests are rendered with."""
+    model_template = llama.model.chat_template
+    chosen = llama.chat_template or template_for(llama.chat_format, llama.model.architecture, model_template)
+    return chosen or model_template or ""
+
+
+def slots(lease: Lease) -> list[dict[str, Any]]:
+    """``GET /slots``: each slot of the model's engine, in llama-server's field names."""
+    engine = lease.llama.engine
+    return [
+        {
+            "id": slot["id"],
+            "n_ctx": engine.n_ctx,
+            "speculative": False,
+            "is_processing": slot["is_processing"],
+            "n_cached_tokens": slot["n_cached"],
+            "n_prompt_tokens": slot["n_prompt"],
+            "next_token": {
+                "has_next_token": slot["is_processing"],
+                "n_remain": slot["n_remain"],
+                "n_decoded": slot["n_decoded"],
+            },
+        }
+        for slot in engine.slot_stats()
+    ]
+
+
+def normalize(vector: list[float], norm: int) -> list[float]:
+    """``vector`` scaled as llama.cpp's ``embd_normalize`` says: -1 none, 0 max absolute on the int16
+    scale, 2 Euclidean (unit length), any other p the p-norm (1: taxicab)."""
+    if norm == -1:
+        return vector
+    if norm == 0:
+        size = max((abs(x) for x in vector), default=0.0) / 32760.0
+    elif norm == 2:
+        size = math.sqrt(math.fsum(x * x for x in vector))
+    else:
+        size = math.fsum(abs(x) ** norm for x in vector) ** (1.0 / norm)
+    return [x / size for x in vector] if size > 0 else [0.0] * len(vector)
+
+
+def _token_text(llama: Llama, token: int) -> str:
+    if token < 0:
+        return ""
+    return llama.detokenize([token], special=True).decode("utf-8", "replace")
+
+
+def _json(value: dict[str, Any]) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)

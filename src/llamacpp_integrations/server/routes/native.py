@@ -1,0 +1,116 @@
+"""llama-server's native endpoints: ``/completion``, ``/embedding``, ``/apply-template``, ``/props``
+and ``/slots``.
+
+As in llama-server, ``/completions`` is ``/completion`` and ``/embeddings`` is
+``/embedding`` (their OpenAI forms are under ``/v1``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+
+from llamacpp_integrations.server.auth import require_api_key
+from llamacpp_integrations.server.errors import ERROR_RESPONSES, APIError
+from llamacpp_integrations.server.generation import EventStream, until_disconnected
+from llamacpp_integrations.server.middleware import request_record
+from llamacpp_integrations.server.native import NativeCompletion, normalize, props, slots
+from llamacpp_integrations.server.schemas import (
+    ChatCompletionRequest,
+    NativeCompletionRequest,
+    NativeEmbeddingRequest,
+)
+from llamacpp_integrations.server.state import server_state
+
+router = APIRouter(dependencies=[Depends(require_api_key)], tags=["llama-server"])
+
+_ANSWERS = {
+    **ERROR_RESPONSES,
+    200: {
+        "description": "The completion; with stream=true, its pieces as server-sent events, the last "
+        "with stop=true (no [DONE]).",
+        "content": {"application/json": {}, "text/event-stream": {}},
+    },
+}
+
+_RENDER_OPTIONS = (
+    "tools",
+    "tool_choice",
+    "response_format",
+    "parallel_tool_calls",
+    "reasoning_format",
+    "chat_template_kwargs",
+)
+
+
+@router.post("/completion", responses=_ANSWERS)
+@router.post("/completions", responses=_ANSWERS, include_in_schema=False)
+async def completion(body: NativeCompletionRequest, request: Request) -> Response:
+    """Continue a prompt (text, token ids or both): ``content``, ``stop_type``, ``timings``, ..."""
+    lease = await server_state(request).registry.acquire(body.model, generation=True)
+    generation = await NativeCompletion.start(lease, body, request_record(request.scope))
+    if body.stream:
+        return EventStream(generation)
+    try:
+        return JSONResponse(await until_disconnected(request, generation.response()))
+    finally:
+        await generation.close()
+
+
+@router.post("/embedding", responses=ERROR_RESPONSES)
+@router.post("/embeddings", responses=ERROR_RESPONSES, include_in_schema=False)
+async def embedding(body: NativeEmbeddingRequest, request: Request) -> JSONResponse:
+    """``[{"index", "embedding": [vector]}, ...]``, each vector scaled as ``embd_normalize`` says."""
+    lease = await server_state(request).registry.acquire(body.model)
+    try:
+        result = await asyncio.to_thread(lease.llama.create_embedding, body.texts(), lease.alias)
+    finally:
+        lease.release()
+    request_record(request.scope).prompt_tokens = result["usage"]["prompt_tokens"]
+    items = [
+        {"index": item["index"], "embedding": [normalize(item["embedding"], body.embd_normalize)]}
+        for item in result["data"]
+    ]
+    return JSONResponse(items)
+
+
+@router.post("/apply-template", responses=ERROR_RESPONSES)
+async def apply_template(body: ChatCompletionRequest, request: Request) -> dict[str, str]:
+    """Chat messages (and tools) -> ``{"prompt": text}``, rendered with the model's chat template."""
+    lease = await server_state(request).registry.acquire(body.model)
+    try:
+        kwargs = body.llama_kwargs([])
+        options = {name: kwargs[name] for name in _RENDER_OPTIONS if name in kwargs}
+        rendered = await asyncio.to_thread(lease.llama.render_chat, kwargs["messages"], **options)
+    finally:
+        lease.release()
+    return {"prompt": rendered.prompt}
+
+
+@router.get("/props", responses=ERROR_RESPONSES)
+async def get_props(request: Request, model: str | None = None) -> dict[str, Any]:
+    """The model's default generation settings, slots, chat template and build (``?model=`` picks one)."""
+    lease = await server_state(request).registry.acquire(model)
+    try:
+        return await asyncio.to_thread(props, lease)
+    finally:
+        lease.release()
+
+
+@router.get("/slots", responses=ERROR_RESPONSES)
+async def get_slots(request: Request, model: str | None = None, fail_on_no_slot: bool = False) -> Response:
+    """Each slot of the model: whether it is processing, its cached tokens, its request's progress.
+
+    With ``?fail_on_no_slot=1``: 503 when every slot is busy.
+    """
+    lease = await server_state(request).registry.acquire(model)
+    try:
+        found = slots(lease)
+    finally:
+        lease.release()
+    if fail_on_no_slot and all(slot["is_processing"] for slot in found):
+        raise APIError(503, "Every slot is busy", "server_error", code="no_slot_available")
+    return JSONResponse(found)
