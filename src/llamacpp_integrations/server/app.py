@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from llamacpp_integrations import __version__
 from llamacpp_integrations.server.errors import install_handlers
-from llamacpp_integrations.server.middleware import BodyLimitMiddleware, RequestLogMiddleware
+from llamacpp_integrations.server.middleware import BodyLimitMiddleware, CorsMiddleware, RequestLogMiddleware
 from llamacpp_integrations.server.routes import ROUTERS
 from llamacpp_integrations.server.settings import ServerSettings
 from llamacpp_integrations.server.state import ServerState
@@ -56,6 +56,15 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.state.server = state
     install_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    origins = settings.origins_of(settings.cors_origins)
+    if origins:  # around every answer (errors, 413 and 401 included); preflights answered before auth
+        app.add_middleware(
+            CorsMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["*"],
+            expose_headers=["Retry-After"],
+        )
     app.add_middleware(RequestLogMiddleware, metrics=state.metrics)  # outermost: sees every answer
     for router in ROUTERS:
         app.include_router(router)

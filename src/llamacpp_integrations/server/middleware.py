@@ -1,4 +1,4 @@
-"""ASGI middleware: the request body limit (413) and one log line plus metrics per request."""
+"""ASGI middleware: the request body limit (413), CORS, and one log line plus metrics per request."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import logging
 import time
 from dataclasses import dataclass
 
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llamacpp_integrations.server.errors import CLIENT_CLOSED, APIError
@@ -141,3 +144,16 @@ class BodyLimitMiddleware:
             headers={"Connection": "close"},
         )
         await error.response()(scope, receive, send)
+
+
+class CorsMiddleware(CORSMiddleware):
+    """Starlette's CORS middleware, whose refused preflight has OpenAI's error shape (still 400)."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        """The preflight's answer: 200, or 400 naming what is not allowed (origin, method, headers)."""
+        response = super().preflight_response(request_headers)
+        if response.status_code != 400:
+            return response
+        kept = {k: v for k, v in response.headers.items() if k.startswith("access-control-") or k == "vary"}
+        message = bytes(response.body).decode()  # "Disallowed CORS origin, method"
+        return APIError(400, message, code="cors_not_allowed", headers=kept).response()

@@ -186,12 +186,30 @@ class ServerSettings(BaseSettings, ModelOptions):
         default=64, ge=0, description="Requests that may wait for a slot per model; more get 503."
     )
     max_body_bytes: int = Field(default=10_000_000, ge=1, description="Largest request body; more gets 413.")
+    cors_origins: str | None = Field(
+        default=None,
+        description="Comma-separated origins whose web pages may call the server (CORS), e.g. "
+        "https://app.example.com, or * for any (default: none, no CORS headers).",
+    )
     verbose: bool = Field(default=False, description="Debug logging, llama.cpp's log included.")
     strict_model_name: bool = Field(
         default=False,
         description="Answer 404 to a model name that is not served, as OpenAI does (by default a server "
         "of one model answers to any name, as llama-server does).",
     )
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_cors_origins(cls, value: str | None) -> str | None:
+        for origin in cls.origins_of(value):
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ValueError(f"a CORS origin is * or scheme://host[:port], not {origin!r}")
+        return value
+
+    @staticmethod
+    def origins_of(value: str | None) -> list[str]:
+        """The origins in a comma-separated ``cors_origins`` (trailing slashes dropped)."""
+        return [origin.strip().rstrip("/") for origin in (value or "").split(",") if origin.strip()]
 
     def model_list(self) -> list[ModelSettings]:
         """The models to serve: ``--model`` first (the default), then the config file's."""
