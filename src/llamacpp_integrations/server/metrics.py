@@ -1,4 +1,11 @@
-"""Counters and gauges for ``GET /metrics`` in Prometheus' text format (no client library needed)."""
+"""Counters and gauges for ``GET /metrics`` in Prometheus' text format (no client library needed).
+
+Besides our own ``llamacpp_*`` names, each model's load is exported under the names
+that the Gateway API Inference Extension's endpoint picker reads by default (vLLM's:
+``vllm:num_requests_waiting``, ``vllm:num_requests_running``, ``vllm:kv_cache_usage_perc``,
+``vllm:lora_requests_info``) and llama-server's (``llamacpp:requests_processing``,
+``llamacpp:requests_deferred``).
+"""
 
 from __future__ import annotations
 
@@ -21,6 +28,20 @@ class ModelGauges:
     busy_slots: int
     queued: int
     in_flight: int
+    n_ctx: int = 0
+    kv_cache_tokens: int = 0
+    """KV-cache cells held by running requests (an idle slot's cached prefix can be evicted: not counted)."""
+    lora_adapters: tuple[str, ...] = ()
+
+    @property
+    def waiting(self) -> int:
+        """Requests admitted but not running in a slot (in the engine's queue, or not queued yet)."""
+        return max(self.in_flight - self.busy_slots, self.queued, 0)
+
+    @property
+    def kv_cache_usage(self) -> float:
+        """The fraction (0..1) of the KV cache that running requests hold."""
+        return min(self.kv_cache_tokens / self.n_ctx, 1.0) if self.n_ctx > 0 else 0.0
 
 
 class Metrics:
@@ -104,6 +125,46 @@ class Metrics:
         ):
             samples = [({"model": g.model}, float(getattr(g, attribute))) for g in gauges]
             metric(name, "gauge", help_text, samples)
+        for name, label, help_text, attribute in (
+            ("llamacpp_requests_waiting", "model", "Requests waiting for a slot.", "waiting"),
+            (
+                "llamacpp_kv_cache_usage_ratio",
+                "model",
+                "Fraction of the KV cache held by running requests.",
+                "kv_cache_usage",
+            ),
+            ("llamacpp:requests_processing", "model", "Requests running in a slot.", "busy_slots"),
+            ("llamacpp:requests_deferred", "model", "Requests waiting for a slot.", "waiting"),
+            ("vllm:num_requests_running", "model_name", "Requests running in a slot.", "busy_slots"),
+            ("vllm:num_requests_waiting", "model_name", "Requests waiting for a slot.", "waiting"),
+            (
+                "vllm:kv_cache_usage_perc",
+                "model_name",
+                "Fraction (0..1) of the KV cache held by running requests.",
+                "kv_cache_usage",
+            ),
+        ):
+            samples = [({label: g.model}, float(getattr(g, attribute))) for g in gauges]
+            metric(name, "gauge", help_text, samples)
+        now = float(int(time.time()))
+        lora = [
+            (
+                {
+                    "model_name": g.model,
+                    "max_lora": str(len(g.lora_adapters)),
+                    "running_lora_adapters": ",".join(g.lora_adapters),
+                    "waiting_lora_adapters": "",
+                },
+                now,
+            )
+            for g in gauges
+        ]
+        metric(
+            "vllm:lora_requests_info",
+            "gauge",
+            "LoRA adapters loaded (running) and awaited (waiting); the value is when this was measured.",
+            lora,
+        )
         return "\n".join(lines) + "\n"
 
 

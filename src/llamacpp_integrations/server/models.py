@@ -58,14 +58,22 @@ class ModelEntry:
 
     def gauges(self) -> ModelGauges:
         """Current load, for /metrics."""
-        stats = self.llama.engine.stats() if self.llama is not None else {}
+        llama = self.llama
+        if llama is None:
+            return ModelGauges(self.alias, False, self.settings.n_parallel, 0, 0, self.in_flight)
+        engine = llama.engine
+        stats = engine.stats()
+        slots = engine.slot_stats()
         return ModelGauges(
             model=self.alias,
-            loaded=self.llama is not None,
-            slots=stats.get("slots", self.settings.n_parallel),
-            busy_slots=stats.get("busy_slots", 0),
-            queued=stats.get("queued", 0),
+            loaded=True,
+            slots=stats["slots"],
+            busy_slots=stats["busy_slots"],
+            queued=stats["queued"],
             in_flight=self.in_flight,
+            n_ctx=engine.n_ctx,
+            kv_cache_tokens=sum(int(slot["n_cached"]) for slot in slots if slot["is_processing"]),
+            lora_adapters=tuple(sorted(llama.lora_adapters)),
         )
 
 
