@@ -49,8 +49,10 @@ def test_props_default_settings_are_those_a_completion_runs_with(http: httpx.Cli
     }
 
 
-def test_slots_list_each_slot_idle(http: httpx.Client) -> None:
-    response = http.get("/slots")
+async def test_slots_list_each_slot_idle(server: RunningServer) -> None:
+    async with httpx.AsyncClient(base_url=server.url, timeout=120) as http:
+        await wait_for(lambda: _idle(http), "no request left running by an earlier test")
+        response = await http.get("/slots")
     assert response.status_code == 200
     slots = response.json()
     assert [slot["id"] for slot in slots] == list(range(8))
@@ -65,6 +67,7 @@ def test_slots_refuse_a_bad_query_parameter(http: httpx.Client) -> None:
 
 async def test_a_running_request_shows_in_slots_and_gauges(server: RunningServer) -> None:
     async with httpx.AsyncClient(base_url=server.url, timeout=120) as http:
+        await wait_for(lambda: _idle(http), "no request left running by an earlier test")
         body = {"prompt": "Once upon a time", **LONG}
         async with http.stream("POST", "/completion", json=body) as response:
             lines = response.aiter_lines()
