@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from llamacpp_native._library import ffi, lib, take_string
 from llamacpp_native.errors import ChatTemplateError, ClosedError, GrammarError
+from llamacpp_native.gate import Gate
 from llamacpp_native.json_schema import SchemaPreparer, for_prompt
 from llamacpp_native.media import MediaSource
 from llamacpp_native.model import Model
@@ -41,15 +43,23 @@ class RenderedChat:
 
 
 class ChatTemplates:
-    """The chat templates of a model (or an override), owned exactly once."""
+    """The chat templates of a model (or an override), owned exactly once.
+
+    Rendering runs inside ``gate``: ``close()`` (or closing the model) refuses new
+    renders with ``ClosedError`` and waits for those in flight before freeing.
+    """
 
     def __init__(self, model: Model, template: str | None = None) -> None:
+        self.gate = Gate("chat templates", "chat templates are closed")
+        self._close_lock = threading.Lock()
         out = ffi.new("lcpp_chat_templates **")
         err = ffi.new("char **")
-        status = lib.lcpp_chat_templates_init(model.handle, (template or "").encode("utf-8"), out, err)
-        if status != 0:
-            take_string(status, err, ChatTemplateError)
-        self._handle: Any = ffi.gc(out[0], lib.lcpp_chat_templates_free)
+        with model.gate:
+            status = lib.lcpp_chat_templates_init(model.handle, (template or "").encode("utf-8"), out, err)
+            if status != 0:
+                take_string(status, err, ChatTemplateError)
+            self._handle: Any = ffi.gc(out[0], lib.lcpp_chat_templates_free)
+            model._register_dependent(self)
 
     def render(
         self,
@@ -145,8 +155,6 @@ class ChatTemplates:
         grammar: str | None,
         options: dict[str, Any],
     ) -> dict[str, Any]:
-        if self._handle is None:
-            raise ClosedError("chat templates are closed")
         request: dict[str, Any] = {
             **options,
             "messages": messages,
@@ -161,15 +169,24 @@ class ChatTemplates:
         if grammar:
             request["grammar"] = grammar
         out = ffi.new("char **")
-        status = lib.lcpp_chat_apply(self._handle, json.dumps(request).encode("utf-8"), out)
+        encoded = json.dumps(request).encode("utf-8")
+        with self.gate:
+            if self._handle is None:
+                raise ClosedError("chat templates are closed")
+            status = lib.lcpp_chat_apply(self._handle, encoded, out)
         result: dict[str, Any] = json.loads(take_string(status, out, ChatTemplateError))
         return result
 
     def close(self) -> None:
-        """Free the templates.  Safe to call twice."""
-        if self._handle is not None:
-            handle, self._handle = self._handle, None
-            ffi.release(handle)
+        """Free the templates once the renders in flight have left.  Safe to call twice."""
+        if self._handle is None:
+            return
+        self.gate.check_close()
+        with self._close_lock:
+            self.gate.close()
+            if self._handle is not None:
+                handle, self._handle = self._handle, None
+                ffi.release(handle)
 
 
 REASONING_FORMATS = ("none", "auto", "deepseek", "deepseek-legacy")

@@ -16,6 +16,7 @@ from llamacpp_native.errors import (
     DecodeError,
     GenerationCancelled,
 )
+from llamacpp_native.gate import Gate
 from llamacpp_native.lora import LoraAdapter, LoraSet, normalise_lora
 from llamacpp_native.model import Model
 
@@ -75,8 +76,11 @@ class Context:
     """A llama.cpp context over a ``Model``: owns the KV cache and a decode batch.
 
     Freed exactly once (``close()``, ``with``, or garbage collection).  Keeps its
-    model alive.  Not thread-safe by itself: hold ``context.lock`` around a
-    sequence of calls that must not interleave (the generation engine does).
+    model alive.  Each call runs inside the context's ``gate``: ``close()`` (or
+    closing the model) refuses new calls with ``ClosedError``, aborts a decode in
+    progress and waits for the calls in flight before freeing anything.  Not
+    thread-safe by itself: hold ``context.lock`` around a sequence of calls that
+    must not interleave (the generation engine does).
     """
 
     def __init__(
@@ -139,25 +143,35 @@ class Context:
         params.abort_callback = lib.lcpp_abort_when_flag_set
         params.abort_callback_data = self._abort_flag
 
+        self.gate = Gate("context")
+        """Every native call on the context runs inside it (``with context.gate:``)."""
+        self._close_lock = threading.Lock()
+        with model.gate:  # registered before the model can start closing, so its close() closes this
+            self._create(model, params)
+
+    def _create(self, model: Model, params: Any) -> None:
+        """Create the native context and register it with ``model`` (inside the model's gate)."""
+        n_embd = model.n_embd
         recent_errors()
         raw = lib.llama_init_from_model(model.handle, params)
         if raw == ffi.NULL:
             reason = recent_errors() or "llama.cpp gave no reason"
             raise ContextError(
-                f"failed to create a context (n_ctx={params.n_ctx}, n_batch={n_batch}, "
-                f"n_seq_max={n_seq_max}): "
+                f"failed to create a context (n_ctx={params.n_ctx}, n_batch={params.n_batch}, "
+                f"n_seq_max={params.n_seq_max}): "
                 f"{reason}. Try a smaller n_ctx or n_seq_max."
             )
-        self.model = model
         self._handle: Any = ffi.gc(raw, lib.llama_free)
-        self._batch: Any = ffi.new("llama_batch *", lib.llama_batch_init(n_batch, 0, n_seq_max))
+        self.model = model
+        self._n_embd = n_embd
+        self._batch: Any = ffi.new("llama_batch *", lib.llama_batch_init(params.n_batch, 0, params.n_seq_max))
         self._free_batch = weakref.finalize(self, _free_batch, self._batch)
         self.lock = threading.RLock()
         self.n_ctx: int = int(lib.llama_n_ctx(raw))
         self.n_batch: int = int(lib.llama_n_batch(raw))
         self.n_seq_max: int = int(lib.llama_n_seq_max(raw))
-        self.n_threads = threads
-        self.embeddings_enabled = embeddings
+        self.n_threads = int(params.n_threads)
+        self.embeddings_enabled = bool(params.embeddings)
         self.pooling: int = int(lib.llama_pooling_type(raw))
         self._memory = lib.llama_get_memory(raw)
         self._lora: LoraSet = ()
@@ -168,8 +182,8 @@ class Context:
     # -- lifetime -----------------------------------------------------------------
     @property
     def handle(self) -> Any:
-        """The raw ``llama_context *`` (raises ``ClosedError`` after close)."""
-        if self._handle is None:
+        """The raw ``llama_context *`` (``ClosedError`` once closing); use it inside ``context.gate``."""
+        if self._handle is None or self.gate.closing:
             raise ClosedError("context is closed")
         return self._handle
 
@@ -185,16 +199,27 @@ class Context:
         return self._handle is None
 
     def close(self) -> None:
-        """Free the context and its batch.  Safe to call twice."""
+        """Free the context and its batch, once the calls in flight have left.  Safe to call twice.
+
+        ``before_close`` runs first (an engine stops its decode thread, which may
+        still call the context meanwhile); then new calls get ``ClosedError``, a
+        decode in progress is aborted (it raises ``ClosedError``), and the calls in
+        flight are waited for.  From inside a call on this context it raises
+        ``CloseInsideCallError`` and changes nothing.
+        """
         if self._handle is None:
             return
-        hook, self.before_close = self.before_close, None
-        if hook is not None:
-            hook()
-        self.request_abort()
-        handle, self._handle = self._handle, None
-        self._free_batch()
-        ffi.release(handle)
+        self.gate.check_close()
+        with self._close_lock:
+            if self._handle is None:
+                return
+            hook, self.before_close = self.before_close, None
+            if hook is not None:
+                hook()
+            self.gate.close(interrupt=self.request_abort)
+            handle, self._handle = self._handle, None
+            self._free_batch()
+            ffi.release(handle)
         with self.model._lora_lock:
             released, self._lora = self._lora, ()
             for adapter, _scale in released:
@@ -241,7 +266,7 @@ class Context:
         for adapter, _scale in lora:
             if adapter.model is not self.model:
                 raise ValueError(f"LoRA adapter {adapter.path.name} was loaded for another model")
-        with self.model._lora_lock:
+        with self.gate, self.model._lora_lock:
             handles = ffi.new("struct llama_adapter_lora *[]", [a.handle for a, _s in lora])
             scales = ffi.new("float[]", [s for _a, s in lora])
             lib.llama_set_adapters_lora(self.handle, handles, len(lora), scales)
@@ -255,6 +280,8 @@ class Context:
         if status == 0:
             return
         if status == DECODE_ABORTED:
+            if self.gate.closing:
+                raise ClosedError(f"the context was closed during the {what}")
             raise GenerationCancelled(f"{what} was cancelled")
         if status == DECODE_NO_KV_SLOT:
             raise ContextOverflowError(
@@ -270,10 +297,11 @@ class Context:
         self._check_fits(len(tokens), pos0)
         self.model.vocab.check_tokens(tokens)
         arr = ffi.new("llama_token[]", list(tokens))
-        status = lib.lcpp_decode_sequence(
-            self.handle, self._batch, self.n_batch, arr, len(tokens), pos0, seq_id
-        )
-        self.check_status(status)
+        with self.gate:
+            status = lib.lcpp_decode_sequence(
+                self.handle, self._batch, self.n_batch, arr, len(tokens), pos0, seq_id
+            )
+            self.check_status(status)
 
     def decode_many(
         self, sequences: Sequence[tuple[Sequence[int], int, int]], all_outputs: bool = False
@@ -293,17 +321,18 @@ class Context:
         for tokens, pos0, _seq in sequences:
             self._check_fits(len(tokens), pos0)
             self.model.vocab.check_tokens(tokens)
-        handle, batch = self.handle, self._batch
         last_index: dict[int, int] = {}
-        for start in range(0, len(flat), self.n_batch):
-            chunk = flat[start : start + self.n_batch]
-            batch.n_tokens = 0
-            last_index.clear()
-            for i, (token, pos, seq_id, last) in enumerate(chunk):
-                lib.lcpp_batch_add(batch, token, pos, seq_id, last or all_outputs)
-                if last:
-                    last_index[seq_id] = i
-            self.check_status(lib.llama_decode(handle, batch[0]))
+        with self.gate:
+            handle, batch = self.handle, self._batch
+            for start in range(0, len(flat), self.n_batch):
+                chunk = flat[start : start + self.n_batch]
+                batch.n_tokens = 0
+                last_index.clear()
+                for i, (token, pos, seq_id, last) in enumerate(chunk):
+                    lib.lcpp_batch_add(batch, token, pos, seq_id, last or all_outputs)
+                    if last:
+                        last_index[seq_id] = i
+                self.check_status(lib.llama_decode(handle, batch[0]))
         return [last_index.get(seq_id, -1) for _t, _p, seq_id in sequences]
 
     def _check_fits(self, n_tokens: int, pos0: int) -> None:
@@ -315,61 +344,68 @@ class Context:
 
     def logits(self, index: int = -1) -> list[float]:
         """Copy of the logits at batch output ``index`` (-1 = last)."""
-        ptr = lib.llama_get_logits_ith(self.handle, index)
-        if ptr == ffi.NULL:
-            raise DecodeError(f"no logits at output index {index}; decode something first")
-        return list(ffi.unpack(ptr, self.model.vocab.n_tokens))
+        with self.gate:
+            ptr = lib.llama_get_logits_ith(self.handle, index)
+            if ptr == ffi.NULL:
+                raise DecodeError(f"no logits at output index {index}; decode something first")
+            return list(ffi.unpack(ptr, self.model.vocab.n_tokens))
 
     def embedding(self, seq_id: int = 0, index: int = -1) -> list[float]:
         """Pooled embedding of sequence ``seq_id``; without pooling, the token's at batch ``index``."""
-        handle = self.handle
         if not self.embeddings_enabled:
             raise ContextError("this context was created without embeddings=True")
-        ptr = lib.llama_get_embeddings_seq(handle, seq_id) if self.pooling > 0 else ffi.NULL
-        if ptr == ffi.NULL:
-            ptr = lib.llama_get_embeddings_ith(handle, index)
-        if ptr == ffi.NULL:
-            raise DecodeError("no embeddings available; decode a sequence first")
-        return list(ffi.unpack(ptr, self.model.n_embd))
+        with self.gate:
+            handle = self.handle
+            ptr = lib.llama_get_embeddings_seq(handle, seq_id) if self.pooling > 0 else ffi.NULL
+            if ptr == ffi.NULL:
+                ptr = lib.llama_get_embeddings_ith(handle, index)
+            if ptr == ffi.NULL:
+                raise DecodeError("no embeddings available; decode a sequence first")
+            return list(ffi.unpack(ptr, self._n_embd))
 
     # -- KV cache -----------------------------------------------------------------
     def kv_clear(self) -> None:
         """Forget every sequence in the KV cache."""
-        lib.llama_memory_clear(lib.llama_get_memory(self.handle), True)
+        with self.gate:
+            lib.llama_memory_clear(lib.llama_get_memory(self.handle), True)
 
     def kv_remove(self, seq_id: int, p0: int = -1, p1: int = -1) -> bool:
         """Remove positions [p0, p1) of ``seq_id`` (-1: open end; seq -1: all sequences)."""
-        return bool(lib.llama_memory_seq_rm(lib.llama_get_memory(self.handle), seq_id, p0, p1))
+        with self.gate:
+            return bool(lib.llama_memory_seq_rm(lib.llama_get_memory(self.handle), seq_id, p0, p1))
 
     def kv_copy(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
         """Share positions [p0, p1) of sequence ``src`` with sequence ``dst``."""
-        lib.llama_memory_seq_cp(lib.llama_get_memory(self.handle), src, dst, p0, p1)
+        with self.gate:
+            lib.llama_memory_seq_cp(lib.llama_get_memory(self.handle), src, dst, p0, p1)
 
     def kv_keep(self, seq_id: int) -> None:
         """Remove every sequence except ``seq_id``."""
-        lib.llama_memory_seq_keep(lib.llama_get_memory(self.handle), seq_id)
+        with self.gate:
+            lib.llama_memory_seq_keep(lib.llama_get_memory(self.handle), seq_id)
 
     def kv_pos_max(self, seq_id: int) -> int:
         """Largest position stored for ``seq_id`` (-1 if empty)."""
-        return int(lib.llama_memory_seq_pos_max(lib.llama_get_memory(self.handle), seq_id))
+        with self.gate:
+            return int(lib.llama_memory_seq_pos_max(lib.llama_get_memory(self.handle), seq_id))
 
     # -- state ----------------------------------------------------------------------
     def save_state(self, seq_id: int | None = None) -> bytes:
         """Serialise the whole context state, or one sequence's."""
-        handle = self.handle
-        if seq_id is None:
-            size = lib.llama_state_get_size(handle)
-            buf = ffi.new("uint8_t[]", size)
-            written = lib.llama_state_get_data(handle, buf, size)
-        else:
-            size = lib.llama_state_seq_get_size(handle, seq_id)
-            buf = ffi.new("uint8_t[]", size)
-            written = lib.llama_state_seq_get_data(handle, buf, size, seq_id)
+        with self.gate:
+            handle = self.handle
+            if seq_id is None:
+                size = lib.llama_state_get_size(handle)
+                buf = ffi.new("uint8_t[]", size)
+                written = lib.llama_state_get_data(handle, buf, size)
+            else:
+                size = lib.llama_state_seq_get_size(handle, seq_id)
+                buf = ffi.new("uint8_t[]", size)
+                written = lib.llama_state_seq_get_data(handle, buf, size, seq_id)
         return bytes(ffi.buffer(buf, written))
 
     def load_state(self, state: bytes, seq_id: int | None = None) -> None:
         """Restore a state from ``save_state`` (into ``seq_id`` for a sequence state)."""
-        handle = self.handle
         if seq_id is None:
             # llama.cpp trusts the leading length field; refuse data whose field overruns it.
             if len(state) < 4 or int.from_bytes(state[:4], "little") > len(state):
@@ -377,15 +413,18 @@ class Context:
                     "state could not be restored: it is not a saved context state "
                     "(its size field does not match)"
                 )
-            read = lib.llama_state_set_data(handle, state, len(state))
+            with self.gate:
+                read = lib.llama_state_set_data(self.handle, state, len(state))
         else:
-            read = lib.llama_state_seq_set_data(handle, state, len(state), seq_id)
+            with self.gate:
+                read = lib.llama_state_seq_set_data(self.handle, state, len(state), seq_id)
         if read == 0:
             raise ContextError("state could not be restored (saved from another model or context size?)")
 
     def perf(self) -> dict[str, float]:
         """llama.cpp's timing counters for this context."""
-        data = lib.llama_perf_context(self.handle)
+        with self.gate:
+            data = lib.llama_perf_context(self.handle)
         return {
             "prompt_ms": data.t_p_eval_ms,
             "eval_ms": data.t_eval_ms,

@@ -91,7 +91,7 @@ class LoraAdapter:
         self.path = Path(path)
         self.model = model
         _check_adapter_file(self.path, model)
-        with model._lora_lock:
+        with model.gate, model._lora_lock:  # closing the model waits, then frees the adapter
             recent_errors()
             raw = lib.llama_adapter_lora_init(model.handle, os.fsencode(self.path))
             if raw == ffi.NULL:
@@ -102,12 +102,12 @@ class LoraAdapter:
             self._free = weakref.finalize(self, _free_adapter, model, raw)
             self._free.atexit = False  # at exit the process frees everything at once
             model._register_adapter(self)
-        self.metadata: dict[str, str] = read_metadata(
-            raw,
-            lib.llama_adapter_meta_count,
-            lib.llama_adapter_meta_key_by_index,
-            lib.llama_adapter_meta_val_str_by_index,
-        )
+            self.metadata: dict[str, str] = read_metadata(
+                raw,
+                lib.llama_adapter_meta_count,
+                lib.llama_adapter_meta_key_by_index,
+                lib.llama_adapter_meta_val_str_by_index,
+            )
         """The adapter's GGUF metadata (scalar keys), values rendered as strings by llama.cpp."""
         self.alpha: float = float(self.metadata.get("adapter.lora.alpha") or 0.0)
         """LoRA alpha: a scale s applies ``s * alpha / rank`` (just ``s`` when alpha is 0 or absent)."""

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from llamacpp_native import offload, rpc
 from llamacpp_native._library import capture_log, ensure_backend, ffi, lib, recent_errors
 from llamacpp_native.errors import ClosedError, ModelLoadError, ModelNotFoundError, RpcServerError
+from llamacpp_native.gate import Gate
 from llamacpp_native.gguf_header import GGUF_MAGIC
 from llamacpp_native.vocab import Vocab
 
@@ -94,9 +95,11 @@ class Model:
     """A loaded GGUF model: weights, metadata and vocabulary.
 
     Owns its ``llama_model`` handle and frees it exactly once, on ``close()``,
-    on leaving a ``with`` block, or when garbage-collected.  Contexts and LoRA
-    adapters created from it keep it alive; closing the model closes its
-    contexts, then its adapters, then frees the weights.
+    on leaving a ``with`` block, or when garbage-collected.  Contexts, LoRA
+    adapters, projectors and chat templates created from it keep it alive.
+    ``close()`` first refuses new calls (``ClosedError``) and waits for those in
+    flight on the model, its vocabulary and everything made from it, then closes
+    its contexts, projectors, chat templates and adapters, then frees the weights.
 
     Offloading: ``n_gpu_layers`` layers (-1: all) go to the offload devices, split
     between them as ``tensor_split`` says (default: by free memory), or all to
@@ -125,6 +128,8 @@ class Model:
         use_extra_bufts: bool = True,
     ) -> None:
         self.path = Path(path)
+        self.gate = Gate(f"model {self.path.name}")
+        """Every native call on the model or its vocabulary runs inside it (``with model.gate:``)."""
         _check_model_file(self.path)
         ensure_backend()
         if split_mode not in SPLIT_MODES:
@@ -198,21 +203,26 @@ class Model:
         self._adapters: weakref.WeakSet[LoraAdapter] = weakref.WeakSet()
         self._lora_lock = threading.RLock()
         """Serialises loading, freeing and applying this model's adapters."""
-        self._chat_templates: Any = None
+        self._dependents: weakref.WeakSet[Any] = weakref.WeakSet()
+        """Projectors and chat templates made from the model (each has ``gate`` and ``close()``)."""
+        self._close_lock = threading.Lock()
         self.vocab = Vocab(self, lib.llama_model_get_vocab(raw))
         if self._rpc_servers:
             _rpc_models.add(self)
 
     # -- lifetime -----------------------------------------------------------------
     def _check_open(self) -> None:
-        if self._handle is None:
+        if self._handle is None or self.gate.closing:
             raise ClosedError(f"model {self.path.name} is closed")
         if self._lost is not None:
             raise RpcServerError(self._lost)
 
     @property
     def handle(self) -> Any:
-        """The raw ``llama_model *`` (``ClosedError`` after close, ``RpcServerError`` once unusable)."""
+        """The raw ``llama_model *`` (``ClosedError`` once closing, ``RpcServerError`` once unusable).
+
+        Use it inside ``with model.gate:``, so that ``close()`` waits for the call.
+        """
         self._check_open()
         return self._handle
 
@@ -226,6 +236,10 @@ class Model:
 
     def _register_adapter(self, adapter: LoraAdapter) -> None:
         self._adapters.add(adapter)
+
+    def _register_dependent(self, dependent: Any) -> None:
+        """A projector or chat templates that ``close()`` closes before freeing the weights."""
+        self._dependents.add(dependent)
 
     def _lora_in_use(self, adapter: LoraAdapter) -> bool:
         """Whether an open context applies ``adapter`` (call with ``_lora_lock`` held)."""
@@ -243,7 +257,13 @@ class Model:
         return LoraAdapter(self, path)
 
     def close(self) -> None:
-        """Free the model (and any contexts and adapters still using it).  Safe to call twice.
+        """Free the model (and any contexts, projectors, templates and adapters still using it).
+
+        New calls get ``ClosedError`` at once; calls in flight are waited for, so no
+        memory is freed under them.  Safe to call twice, and from several threads
+        (one frees, the others wait for it).  Called from inside a call on the model
+        (a callback or signal handler during it), it raises ``CloseInsideCallError``
+        and changes nothing.
 
         If one of the model's RPC workers has gone away, its native memory is left
         allocated instead (with a warning): freeing it would need the worker, and
@@ -251,27 +271,38 @@ class Model:
         """
         if self._handle is None:
             return
-        if self._rpc_servers and self._lost is None:
-            with contextlib.suppress(RpcServerError):
-                self.check_rpc_servers()
-        if self._lost is not None:
-            warnings.warn(
-                f"{self._lost_reason}; not freeing model {self.path.name}'s memory (freeing it needs "
-                "that worker)",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        for context in list(self._contexts):
-            context.close()
-        with self._lora_lock:  # no adapter is freed by another thread meanwhile
-            for adapter in list(self._adapters):
-                adapter.close()
-            if self._chat_templates is not None:
-                self._chat_templates.close()
-            handle, self._handle = self._handle, None
-            ffi.release(handle)
-        self._release_rpc()
-        _rpc_models.discard(self)
+        self._check_closable()
+        with self._close_lock:
+            if self._handle is None:
+                return
+            if self._rpc_servers and self._lost is None:
+                with contextlib.suppress(RpcServerError):
+                    self.check_rpc_servers()
+            if self._lost is not None:
+                warnings.warn(
+                    f"{self._lost_reason}; not freeing model {self.path.name}'s memory (freeing it needs "
+                    "that worker)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            self.gate.close()  # from now on no context, projector or adapter is made from it
+            for context in list(self._contexts):
+                context.close()
+            for dependent in list(self._dependents):
+                dependent.close()
+            with self._lora_lock:  # no adapter is freed by another thread meanwhile
+                for adapter in list(self._adapters):
+                    adapter.close()
+                handle, self._handle = self._handle, None
+                ffi.release(handle)
+            self._release_rpc()
+            _rpc_models.discard(self)
+
+    def _check_closable(self) -> None:
+        """Raise ``CloseInsideCallError`` if this thread is inside a call on the model or on its parts."""
+        self.gate.check_close()
+        for owner in [*self._contexts, *self._dependents]:
+            owner.gate.check_close()
 
     def _abandon(self, lost: list[str], reason: str) -> None:
         """Make the model unusable and detach the native destructors of it, its contexts and adapters.
@@ -375,49 +406,57 @@ class Model:
     @property
     def n_ctx_train(self) -> int:
         """Context length the model was trained with."""
-        return int(lib.llama_model_n_ctx_train(self.handle))
+        with self.gate:
+            return int(lib.llama_model_n_ctx_train(self.handle))
 
     @property
     def n_embd(self) -> int:
         """Embedding width."""
-        return int(lib.llama_model_n_embd(self.handle))
+        with self.gate:
+            return int(lib.llama_model_n_embd(self.handle))
 
     @property
     def n_layer(self) -> int:
         """Number of layers."""
-        return int(lib.llama_model_n_layer(self.handle))
+        with self.gate:
+            return int(lib.llama_model_n_layer(self.handle))
 
     @property
     def n_params(self) -> int:
         """Number of parameters."""
-        return int(lib.llama_model_n_params(self.handle))
+        with self.gate:
+            return int(lib.llama_model_n_params(self.handle))
 
     @property
     def size_bytes(self) -> int:
         """Total size of the weights in bytes."""
-        return int(lib.llama_model_size(self.handle))
+        with self.gate:
+            return int(lib.llama_model_size(self.handle))
 
     @property
     def has_encoder(self) -> bool:
         """Whether the model has an encoder (encoder-decoder models)."""
-        return bool(lib.llama_model_has_encoder(self.handle))
+        with self.gate:
+            return bool(lib.llama_model_has_encoder(self.handle))
 
     @property
     def description(self) -> str:
         """llama.cpp's one-line description, e.g. ``gemma3 270M Q4_K - Medium``."""
         buf = ffi.new("char[]", 256)
-        lib.llama_model_desc(self.handle, buf, len(buf))
+        with self.gate:
+            lib.llama_model_desc(self.handle, buf, len(buf))
         return ffi.string(buf).decode("utf-8", "replace")
 
     @cached_property
     def metadata(self) -> dict[str, str]:
         """All GGUF key/value pairs, values rendered as strings by llama.cpp."""
-        return read_metadata(
-            self.handle,
-            lib.llama_model_meta_count,
-            lib.llama_model_meta_key_by_index,
-            lib.llama_model_meta_val_str_by_index,
-        )
+        with self.gate:
+            return read_metadata(
+                self.handle,
+                lib.llama_model_meta_count,
+                lib.llama_model_meta_key_by_index,
+                lib.llama_model_meta_val_str_by_index,
+            )
 
     @property
     def architecture(self) -> str:
@@ -432,5 +471,6 @@ class Model:
     @property
     def chat_template(self) -> str | None:
         """The chat template stored in the GGUF, if any."""
-        raw = lib.llama_model_chat_template(self.handle, ffi.NULL)
-        return None if raw == ffi.NULL else ffi.string(raw).decode("utf-8", "replace")
+        with self.gate:
+            raw = lib.llama_model_chat_template(self.handle, ffi.NULL)
+            return None if raw == ffi.NULL else ffi.string(raw).decode("utf-8", "replace")

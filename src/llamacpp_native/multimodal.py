@@ -37,6 +37,7 @@ from llamacpp_native.errors import (
     MultimodalError,
     ProjectorLoadError,
 )
+from llamacpp_native.gate import Gate
 from llamacpp_native.gguf_header import GGUFFormatError, GGUFTensor, GGUFType, GGUFValue, read_gguf_tensors
 from llamacpp_native.model import Model
 
@@ -208,7 +209,9 @@ def _check_output_width(path: Path, projector: str, tensors: dict[str, GGUFTenso
     tensor = tensors.get(name)
     if tensor is None or len(tensor.shape) <= dim:
         raise ProjectorLoadError(f"bad {projector} projector {path}: tensor {name} is missing or malformed")
-    width, expected = tensor.shape[dim], int(lib.llama_model_n_embd_inp(model.handle))
+    with model.gate:
+        expected = int(lib.llama_model_n_embd_inp(model.handle))
+    width = tensor.shape[dim]
     if width != expected:
         raise ProjectorLoadError(
             f"projector {path} outputs embeddings of width {width}, but model {model.path.name} takes "
@@ -327,7 +330,8 @@ class MediaChunk:
     @property
     def non_causal(self) -> bool:
         """Whether its embeddings are decoded with full (non-causal) attention: in one micro-batch."""
-        return bool(lib.mtmd_decode_use_non_causal(self.multimodal.handle, self._handle))
+        with self.multimodal.gate:
+            return bool(lib.mtmd_decode_use_non_causal(self.multimodal.handle, self._handle))
 
     def __repr__(self) -> str:
         return f"<MediaChunk {self.kind}, {self.n_tokens} tokens, id {self.id[:12]}>"
@@ -381,7 +385,9 @@ class Multimodal:
     wrong, including a projector made for another model).  Owns its
     ``mtmd_context`` and frees it exactly once (``close()``, ``with``, or garbage
     collection); keeps the model alive, and is unusable once the model is closed.
-    Encoding is serialised per projector; tokenizing may run on any thread.
+    Encoding is serialised per projector; tokenizing may run on any thread.  Each
+    call runs inside ``gate``: ``close()`` (or closing the model) refuses new
+    calls with ``ClosedError`` and waits for those in flight before freeing.
 
     ``marker`` is the text that stands for a medium in a prompt given to
     ``tokenize``.  It is random per instance unless given, so text that merely
@@ -412,12 +418,18 @@ class Multimodal:
         params.warmup = warmup
         marker_c = ffi.new("char[]", self.marker.encode())
         params.media_marker = marker_c
-        recent_errors()
-        raw = lib.mtmd_init_from_file(os.fsencode(self.path), model.handle, params)
-        if raw == ffi.NULL:
-            reason = recent_errors() or "llama.cpp gave no reason"
-            raise ProjectorLoadError(f"failed to load projector {self.path}: {reason}")
-        self._handle: Any = ffi.gc(raw, lib.mtmd_free)
+        self.gate = Gate(f"projector {self.path.name}")
+        """Every native call on the projector runs inside it (``with multimodal.gate:``)."""
+        self._close_lock = threading.Lock()
+        with model.gate:  # registered before the model can start closing, so its close() closes this
+            self._n_embd_inp = int(lib.llama_model_n_embd_inp(model.handle))
+            recent_errors()
+            raw = lib.mtmd_init_from_file(os.fsencode(self.path), model.handle, params)
+            if raw == ffi.NULL:
+                reason = recent_errors() or "llama.cpp gave no reason"
+                raise ProjectorLoadError(f"failed to load projector {self.path}: {reason}")
+            self._handle: Any = ffi.gc(raw, lib.mtmd_free)
+            model._register_dependent(self)
         self._lock = threading.RLock()
         stat = self.path.stat()
         self.key = f"{os.path.realpath(self.path)}:{stat.st_size}:{stat.st_mtime_ns}"
@@ -435,8 +447,8 @@ class Multimodal:
     # -- lifetime -------------------------------------------------------------------------
     @property
     def handle(self) -> Any:
-        """The raw ``mtmd_context *`` (raises ``ClosedError`` after close, or once the model is closed)."""
-        if self._handle is None:
+        """The raw ``mtmd_context *`` (``ClosedError`` once it or its model closes); use inside ``gate``."""
+        if self._handle is None or self.gate.closing:
             raise ClosedError(f"projector {self.path.name} is closed")
         if self.model.closed:
             raise ClosedError(f"projector {self.path.name}: its model is closed")
@@ -448,8 +460,15 @@ class Multimodal:
         return self._handle is None
 
     def close(self) -> None:
-        """Free the projector (waits for an encode in progress).  Safe to call twice."""
-        with self._lock:
+        """Free the projector once the calls in flight have left.  Safe to call twice.
+
+        From inside a call on the projector it raises ``CloseInsideCallError`` and changes nothing.
+        """
+        if self._handle is None:
+            return
+        self.gate.check_close()
+        with self._close_lock:
+            self.gate.close()
             if self._handle is not None:
                 handle, self._handle = self._handle, None
                 ffi.release(handle)
@@ -489,10 +508,11 @@ class Multimodal:
                 f"({self.max_image_pixels}); scale it down first"
             )
         buf = ffi.from_buffer("unsigned char[]", data)
-        recent_errors()
-        result = lib.mtmd_helper_bitmap_init_from_buf(
-            self.handle, buf, len(buf), False, lib.mtmd_helper_init_opt_default()
-        )
+        with self.gate:
+            recent_errors()
+            result = lib.mtmd_helper_bitmap_init_from_buf(
+                self.handle, buf, len(buf), False, lib.mtmd_helper_init_opt_default()
+            )
         if result.video_ctx != ffi.NULL:
             lib.mtmd_helper_video_free(result.video_ctx)
             if result.bitmap != ffi.NULL:
@@ -583,8 +603,9 @@ class Multimodal:
         inp.add_special, inp.parse_special = add_special, parse_special
         bitmaps = ffi.new("mtmd_bitmap *[]", [item.handle for item in media])
         chunks = ffi.gc(lib.mtmd_input_chunks_init(), lib.mtmd_input_chunks_free)
-        recent_errors()
-        status = lib.mtmd_tokenize(self.handle, chunks, inp, bitmaps, len(media))
+        with self.gate:
+            recent_errors()
+            status = lib.mtmd_tokenize(self.handle, chunks, inp, bitmaps, len(media))
         if status == 1:
             raise MediaMarkerError(f"media markers and media differ in number: {recent_errors()}")
         if status != 0:
@@ -610,13 +631,13 @@ class Multimodal:
     # -- encoding ---------------------------------------------------------------------------
     def encode(self, chunk: MediaChunk) -> Any:
         """Run the encoder on ``chunk``: its embeddings, ``n_tokens * n_embd`` floats (a cffi array)."""
-        with self._lock:
+        with self.gate, self._lock:
             handle = self.handle
             recent_errors()
             if lib.mtmd_encode_chunk(handle, chunk.handle) != 0:
                 reason = recent_errors() or "llama.cpp gave no reason"
                 raise MediaDecodeError(f"encoding the {chunk.kind} failed: {reason}")
-            count = chunk.n_tokens * int(lib.llama_model_n_embd_inp(self.model.handle))
+            count = chunk.n_tokens * self._n_embd_inp
             embeddings = ffi.new("float[]", count)
             ffi.memmove(embeddings, lib.mtmd_get_output_embd(handle), count * ffi.sizeof("float"))
             return embeddings
@@ -629,7 +650,7 @@ class Multimodal:
         checks).  Not thread-safe with other decodes on ``context``.
         """
         new_pos = ffi.new("llama_pos *")
-        with self._lock:
+        with self.gate, context.gate, self._lock:
             return int(
                 lib.mtmd_helper_decode_image_chunk(
                     self.handle, context.handle, chunk.handle, embeddings, pos, seq_id,

@@ -13,48 +13,56 @@ class Vocab:
     """The vocabulary of a model; valid while its model is open.
 
     Obtained as ``Model.vocab``; it holds a reference to its model so the model
-    cannot be freed underneath it.
+    cannot be freed underneath it, and each call runs inside the model's gate,
+    so closing the model waits for it.
     """
 
     def __init__(self, owner: Any, handle: Any) -> None:
         self._owner = owner  # keeps the model alive
+        self._gate = owner.gate
         self._handle = handle
         self.n_tokens: int = lib.llama_vocab_n_tokens(handle)
         self._piece_buf = ffi.new("char[]", 256)
 
     @property
     def handle(self) -> Any:
-        """The raw ``const llama_vocab *`` (checked to be still open)."""
+        """The raw ``const llama_vocab *`` (checked to be still open; use it inside ``model.gate``)."""
         self._owner._check_open()
         return self._handle
 
     @property
     def bos(self) -> int:
         """Beginning-of-sequence token id (-1 if none)."""
-        return int(lib.llama_vocab_bos(self.handle))
+        with self._gate:
+            return int(lib.llama_vocab_bos(self.handle))
 
     @property
     def eos(self) -> int:
         """End-of-sequence token id (-1 if none)."""
-        return int(lib.llama_vocab_eos(self.handle))
+        with self._gate:
+            return int(lib.llama_vocab_eos(self.handle))
 
     @property
     def eot(self) -> int:
         """End-of-turn token id (-1 if none)."""
-        return int(lib.llama_vocab_eot(self.handle))
+        with self._gate:
+            return int(lib.llama_vocab_eot(self.handle))
 
     @property
     def add_bos(self) -> bool:
         """Whether tokenizing with ``add_special`` prepends BOS."""
-        return bool(lib.llama_vocab_get_add_bos(self.handle))
+        with self._gate:
+            return bool(lib.llama_vocab_get_add_bos(self.handle))
 
     def is_eog(self, token: int) -> bool:
         """Whether ``token`` ends generation (EOS, EOT and similar)."""
-        return bool(lib.llama_vocab_is_eog(self.handle, token))
+        with self._gate:
+            return bool(lib.llama_vocab_is_eog(self.handle, token))
 
     def is_control(self, token: int) -> bool:
         """Whether ``token`` is a control (special) token."""
-        return bool(lib.llama_vocab_is_control(self.handle, token))
+        with self._gate:
+            return bool(lib.llama_vocab_is_control(self.handle, token))
 
     def tokenize(self, text: str | bytes, add_special: bool = True, parse_special: bool = False) -> list[int]:
         """Turn text into token ids.
@@ -74,9 +82,10 @@ class Vocab:
             data = bytes(text)  # any byte sequence, as llama.cpp's tokenizer takes it
         else:
             raise TokenizeError(f"text must be str or bytes, not {type(text).__name__}")
-        count, tokens = self._tokenize_into(data, len(data) + 8, add_special, parse_special)
-        if count < 0:
-            count, tokens = self._tokenize_into(data, -count, add_special, parse_special)
+        with self._gate:
+            count, tokens = self._tokenize_into(data, len(data) + 8, add_special, parse_special)
+            if count < 0:
+                count, tokens = self._tokenize_into(data, -count, add_special, parse_special)
         if count < 0:
             raise TokenizeError(f"tokenization of {len(data)} bytes failed")
         return list(ffi.unpack(tokens, count))
@@ -84,7 +93,7 @@ class Vocab:
     def _tokenize_into(
         self, data: bytes, capacity: int, add_special: bool, parse_special: bool
     ) -> tuple[int, Any]:
-        """One guarded ``llama_tokenize`` call: (count or -needed, token buffer)."""
+        """One guarded ``llama_tokenize`` call: (count or -needed, token buffer); inside the gate."""
         tokens = ffi.new("llama_token[]", capacity)
         error = ffi.new("char **")
         count = lib.lcpp_tokenize(
@@ -106,12 +115,14 @@ class Vocab:
     def token_to_piece(self, token: int, special: bool = False) -> bytes:
         """The raw bytes of one token (may be part of a multi-byte character)."""
         self.check_tokens((token,))
-        n = lib.llama_token_to_piece(self.handle, token, self._piece_buf, len(self._piece_buf), 0, special)
-        if n < 0:
-            buf = ffi.new("char[]", -n)
-            n = lib.llama_token_to_piece(self.handle, token, buf, -n, 0, special)
-            return bytes(ffi.buffer(buf, n))
-        return bytes(ffi.buffer(self._piece_buf, n))
+        with self._gate:
+            handle = self.handle
+            n = lib.llama_token_to_piece(handle, token, self._piece_buf, len(self._piece_buf), 0, special)
+            if n < 0:
+                buf = ffi.new("char[]", -n)
+                n = lib.llama_token_to_piece(handle, token, buf, -n, 0, special)
+                return bytes(ffi.buffer(buf, n))
+            return bytes(ffi.buffer(self._piece_buf, n))
 
     def detokenize_bytes(self, tokens: Sequence[int], special: bool = False) -> bytes:
         """Turn token ids back into raw bytes (``special`` renders special tokens as text)."""
@@ -121,11 +132,13 @@ class Vocab:
         arr = ffi.new("llama_token[]", list(tokens))
         capacity = len(tokens) * 8 + 16
         buf = ffi.new("char[]", capacity)
-        n = lib.llama_detokenize(self.handle, arr, len(tokens), buf, capacity, not special, special)
-        if n < 0:
-            capacity = -n
-            buf = ffi.new("char[]", capacity)
-            n = lib.llama_detokenize(self.handle, arr, len(tokens), buf, capacity, not special, special)
+        with self._gate:
+            handle = self.handle
+            n = lib.llama_detokenize(handle, arr, len(tokens), buf, capacity, not special, special)
+            if n < 0:
+                capacity = -n
+                buf = ffi.new("char[]", capacity)
+                n = lib.llama_detokenize(handle, arr, len(tokens), buf, capacity, not special, special)
         return bytes(ffi.buffer(buf, n))
 
     def detokenize(self, tokens: Sequence[int], special: bool = False) -> str:
@@ -135,4 +148,5 @@ class Vocab:
     def token_text(self, token: int) -> str:
         """The vocabulary's stored text for ``token`` (for special tokens, their name)."""
         self.check_tokens((token,))
-        return ffi.string(lib.llama_vocab_get_text(self.handle, token)).decode("utf-8", "replace")
+        with self._gate:
+            return ffi.string(lib.llama_vocab_get_text(self.handle, token)).decode("utf-8", "replace")
