@@ -141,6 +141,7 @@ class RequestStream:
         self._tokens: deque[_Token] = deque()
         self._end: tuple[str, BaseException | None] | None = None
         self._ready: deque[Chunk] = deque()
+        self._held: list[int] = []  # ids of tokens whose text is still held back
         self._cancelled = False
         self._stopped = False  # the text ended (stop string or length): no more tokens wanted
         self._finished = False  # the final chunk has been produced
@@ -275,21 +276,33 @@ class RequestStream:
         text, logprobs = output.feed(item.token, item.piece, item.logprob)
         if output.finish_reason is None:
             if text or logprobs:
-                self._ready.append(self._chunk(text, [item.token], logprobs or None))
+                self._ready.append(self._chunk(text, self._tokens_with(item.token), logprobs or None))
+            else:
+                self._held.append(item.token)  # its text is held back (half a character, a stop's start)
             return
         self._stopped = True
         self._on_change(self)
         self._close(output.finish_reason, text, [item.token], logprobs)
 
+    def _tokens_with(self, token: int) -> list[int]:
+        """``token`` after the ids whose text was held back, so every id reaches a chunk."""
+        if not self._held:
+            return [token]
+        tokens, self._held = self._held, []
+        tokens.append(token)
+        return tokens
+
     def _close(self, reason: str, text: str, tokens: list[int], logprobs: list[TokenLogprob]) -> None:
         output = self._output
+        tokens, self._held = self._held + tokens, []
         if text or logprobs:
             self._ready.append(self._chunk(text, tokens, logprobs or None))
+            tokens = []
         tail, more = output.end(reason)
         self._ready.append(
             self._chunk(
                 tail,
-                [],
+                tokens,
                 more or None,
                 output.finish_reason,
                 len(self.request.prompt_tokens),

@@ -297,3 +297,16 @@ def test_cancelling_parallel_generation_stops_every_sequence(llama: Llama) -> No
 def test_invalid_requests_are_value_errors(engine: Engine, kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         engine.generate(GenerationRequest(**kwargs))
+
+
+def test_every_generated_token_id_reaches_a_chunk_even_when_its_text_was_held_back(llama: Llama) -> None:
+    # "ab" could start the stop string "abz", so its text waits for the next token each time
+    vocab = llama.model.vocab
+    no_end = {token: float("-inf") for token in range(vocab.n_tokens) if vocab.is_eog(token)}
+    request = llama.completion_request(
+        "Letters:", max_tokens=16, stop=["abz"], grammar='root ::= ("ab" "c ")+', logit_bias=no_end
+    )
+    chunks = list(llama.engine.stream(request))
+    ids = [token for chunk in chunks for token in chunk.tokens]
+    assert len(ids) == chunks[-1].completion_tokens == 16
+    assert llama.detokenize(ids).decode().startswith("abc abc")
