@@ -1,9 +1,10 @@
 """The model registry: names -> models, loaded on first use, at most ``models_max`` resident (LRU).
 
 A request holds a ``Lease`` on its model while it runs, so a model in use is
-never unloaded under it.  Generation leases also count against the model's
-queue bound: ``n_parallel`` running plus ``max_queue`` waiting, beyond which
-a request is refused with 503 and ``Retry-After``.
+never unloaded under it, nor closed at shutdown before the request lets go.
+Generation leases also count against the model's queue bound: ``n_parallel``
+running plus ``max_queue`` waiting, beyond which a request is refused with 503
+and ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ from llamacpp_integrations.server.errors import model_not_found, server_overload
 from llamacpp_integrations.server.metrics import ModelGauges
 from llamacpp_integrations.server.settings import ModelSettings
 from llamacpp_native import Llama
-from llamacpp_native.errors import ModelNotFoundError
+from llamacpp_native.errors import LlamaError, ModelNotFoundError
 
 logger = logging.getLogger(__name__)
+
+LEASE_GRACE_S = 30.0
+"""Seconds ``ModelRegistry.close`` waits for requests to give their models back before closing them anyway."""
 
 
 class ModelEntry:
@@ -128,6 +132,8 @@ class ModelRegistry:
         for entry in reversed(self.entries):  # the first model wins a name two models share
             self._names.update(dict.fromkeys(entry.settings.names(), entry))
         self._closes: set[asyncio.Future[None]] = set()
+        self._leases_returned = asyncio.Event()
+        """Set once closing and no lease is held."""
 
     @property
     def default(self) -> ModelEntry:
@@ -174,6 +180,7 @@ class ModelRegistry:
         except BaseException:
             entry.users -= 1
             entry.in_flight -= generation
+            self._note_returned()
             raise
         entry.last_used = time.monotonic()
         return Lease(self, entry, llama, generation)
@@ -203,7 +210,13 @@ class ModelRegistry:
         entry.users -= 1
         entry.in_flight -= lease.generation
         entry.last_used = time.monotonic()
+        self._note_returned()
         self._unload_idle()
+
+    def _note_returned(self) -> None:
+        """Wake ``close()`` once the last lease is given back."""
+        if self.closing and not any(entry.users for entry in self.entries):
+            self._leases_returned.set()
 
     def _unload_idle(self, keep: ModelEntry | None = None, room_for_one: bool = False) -> None:
         """Unload least recently used idle models while more than ``models_max`` are resident."""
@@ -221,9 +234,30 @@ class ModelRegistry:
             self._closes.add(future)
             future.add_done_callback(self._closes.discard)
 
-    async def close(self) -> None:
-        """Stop admitting and close every model; requests still running get ``ClosedError``."""
+    async def close(self, grace: float = LEASE_GRACE_S) -> None:
+        """Stop admitting, end running generations, and close each model once no request holds it.
+
+        New requests get 503 at once.  Running generations end with ``ClosedError``
+        (a stream's last event says the server is shutting down); other requests
+        finish.  A model is closed when its last lease is released, or after
+        ``grace`` seconds for a lease never released (the native layer then fails
+        that request's further calls with ``ClosedError``; it never frees memory
+        under a call in flight).
+        """
         self.closing = True
+        held = [entry for entry in self.entries if entry.users]
+        for entry in self.entries:
+            if not entry.users:
+                self._close_in_background(entry)
+        stops = [asyncio.to_thread(_stop_generating, e.llama) for e in held if e.llama is not None]
+        await asyncio.gather(*stops, return_exceptions=True)
+        self._note_returned()
+        if held:
+            try:
+                await asyncio.wait_for(self._leases_returned.wait(), grace)
+            except asyncio.TimeoutError:
+                busy = ", ".join(f"{e.alias} ({e.users})" for e in self.entries if e.users)
+                logger.warning("closing models still leased after %.0f s: %s", grace, busy)
         for entry in self.entries:
             self._close_in_background(entry)
         if self._closes:
@@ -232,3 +266,12 @@ class ModelRegistry:
     def gauges(self) -> list[ModelGauges]:
         """Every model's current load, for /metrics."""
         return [entry.gauges() for entry in self.entries]
+
+
+def _stop_generating(llama: Llama) -> None:
+    """End ``llama``'s queued and running generations with ``ClosedError``; the model stays loaded."""
+    try:
+        engine = llama.engine
+    except (ValueError, LlamaError):  # vocab-only, closed, or an RPC worker stopped: nothing to stop
+        return
+    engine.close()
