@@ -23,6 +23,7 @@ from llamacpp_native.engine import (
 from llamacpp_native.errors import (
     ChatTemplateError,
     ClosedError,
+    CloseInsideCallError,
     ContextError,
     ContextOverflowError,
     DecodeError,
@@ -85,6 +86,7 @@ __all__ = [
     "ChatTemplates",
     "Chunk",
     "ClosedError",
+    "CloseInsideCallError",
     "Context",
     "ContextError",
     "ContextOverflowError",

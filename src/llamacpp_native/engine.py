@@ -364,13 +364,14 @@ class Engine:
         if limit <= 0:  # the prompt fills the context: nothing can be generated
             stream.finish("length")
             return stream
-        sampler = SamplerChain(self.vocab, request.sampling)
-        try:
-            if request.grammar_prefill:
-                sampler.prefill(request.grammar_prefill)
-        except BaseException:
-            sampler.close()
-            raise
+        with self.model.gate:  # grammar and budget samplers read the vocabulary: never under close()
+            sampler = SamplerChain(self.vocab, request.sampling)
+            try:
+                if request.grammar_prefill:
+                    sampler.prefill(request.grammar_prefill)
+            except BaseException:
+                sampler.close()
+                raise
         job = _Job(request, weakref.ref(stream), sampler, limit, lora, list(request.prompt_tokens))
         job.chain, job.grammar = sampler.handle, sampler.grammar_handle
         if request.media:

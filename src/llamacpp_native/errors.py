@@ -91,3 +91,7 @@ class MediaMarkerError(MultimodalError):
 
 class MediaTooLargeError(MultimodalError, ContextOverflowError):
     """An image (or audio clip) needs more tokens than the context window, or than one micro-batch."""
+
+
+class CloseInsideCallError(LlamaError, RuntimeError):
+    """``close()`` was called by a thread inside a call on the object it closes (it would wait forever)."""

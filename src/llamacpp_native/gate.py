@@ -12,11 +12,7 @@ import threading
 from collections.abc import Callable
 from types import TracebackType
 
-from llamacpp_native.errors import ClosedError, LlamaError
-
-
-class CloseInsideCallError(LlamaError, RuntimeError):
-    """``close()`` was called by a thread inside a call on the object it closes (it would wait forever)."""
+from llamacpp_native.errors import ClosedError, CloseInsideCallError
 
 
 class Gate:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from llamacpp_native import ClosedError, Llama
-from llamacpp_native.gate import CloseInsideCallError, Gate
+from llamacpp_native import ClosedError, CloseInsideCallError, Llama
+from llamacpp_native.gate import Gate
 
 RunPython = Callable[[str], subprocess.CompletedProcess[str]]
 
