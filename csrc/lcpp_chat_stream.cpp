@@ -8,6 +8,8 @@
 // text) is passed through without parsing at all.
 #include "lcpp_shim.h"
 
+#include <algorithm>
+#include <cctype>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
@@ -30,6 +32,7 @@ struct lcpp_chat_stream {
     std::set<size_t> named;        // tool calls whose id and name have been sent
     std::vector<common_chat_msg_diff> diffs;
     std::vector<lcpp_chat_delta> deltas;
+    std::string sent;   // the content sent so far
     int32_t tail = -1;  // the delta kind that runs to the end of the text, or -1
     std::mt19937_64 random{std::random_device{}()};
 };
@@ -161,6 +164,33 @@ void fall_back_to_text(lcpp_chat_stream & s) {
     }
 }
 
+// The content delta is what the content adds to what was sent.  Mid-reply, trailing
+// whitespace waits for what follows it: the parser trims it from a finished reply, and
+// a delta once sent cannot be taken back.
+void settle_content(lcpp_chat_stream & s, bool final) {
+    const auto is_content = [](const common_chat_msg_diff & d) {
+        return d.tool_call_index == std::string::npos && d.reasoning_content_delta.empty();
+    };
+    const auto first = std::find_if(s.diffs.begin(), s.diffs.end(), is_content);
+    const size_t at = static_cast<size_t>(first - s.diffs.begin());
+    s.diffs.erase(std::remove_if(s.diffs.begin(), s.diffs.end(), is_content), s.diffs.end());
+    const std::string & content = s.msg.content;
+    if (content.size() <= s.sent.size() || content.compare(0, s.sent.size(), s.sent) != 0) {
+        return;
+    }
+    size_t end = content.size();
+    while (!final && end > s.sent.size() && std::isspace(static_cast<unsigned char>(content[end - 1]))) {
+        --end;
+    }
+    if (end == s.sent.size()) {
+        return;
+    }
+    common_chat_msg_diff d;
+    d.content_delta = content.substr(s.sent.size(), end - s.sent.size());
+    s.sent += d.content_delta;
+    s.diffs.insert(s.diffs.begin() + static_cast<std::ptrdiff_t>(std::min(at, s.diffs.size())), std::move(d));
+}
+
 void export_deltas(lcpp_chat_stream & s) {
     s.deltas.clear();
     for (const auto & d : s.diffs) {
@@ -248,6 +278,7 @@ int32_t lcpp_chat_stream_feed(lcpp_chat_stream * s, const char * text, int32_t l
             }
             s->tail = tail_of(*s);
         }
+        settle_content(*s, mode != LCPP_FEED_MORE);
         export_deltas(*s);
         *deltas = s->deltas.data();
         return static_cast<int32_t>(s->deltas.size());
