@@ -19,6 +19,9 @@ Targets, all on the same model, threads, batch sizes and context per slot:
 * **llama-server** (the ceiling): ``llama-server -np N -c N x per-slot --cont-batching
   -kvu``, built from the same pinned llama.cpp (``reference.py``), on 127.0.0.1, driven by
   N threads doing streaming ``POST /completion`` (``ignore_eos``) with the standard library;
+* **llama-batched-bench** (the ceiling for N sequences in one process): ``-npl N -kvu``,
+  8 prompt tokens and ``--tokens`` generated per sequence, its generation rate S_TG
+  (prompt processing left out, so it flatters the ceiling slightly; no TTFT);
 * **llama-cpp-python** (the peer), on our ``libllama.so``: one ``Llama`` is not
   thread-safe, so its N threads take turns under a lock, as its users must.
 
@@ -52,8 +55,14 @@ import reference  # noqa: E402
 from _serving import LOOPBACK, cpu_model, percentile  # noqa: E402
 
 RESULTS = HERE / "results"
-TARGETS = ("ours", "langchain", "server", "peer")
-LABELS = {"ours": "ours", "langchain": "LangChain", "server": "llama-server", "peer": "llama-cpp-python"}
+TARGETS = ("ours", "langchain", "server", "batched", "peer")
+LABELS = {
+    "ours": "ours",
+    "langchain": "LangChain",
+    "server": "llama-server",
+    "batched": "llama-batched-bench",
+    "peer": "llama-cpp-python",
+}
 WORKER_ENGINES = {"ours": "ours", "langchain": "langchain-ours", "peer": "peer"}
 PROMPT = "Story {number}:"
 WARMUP_PROMPT = "Warm-up {number}:"
@@ -115,6 +124,23 @@ def run_server(
     return dict(_worker.client_figures(records, args.tokens), load_s=load_s)
 
 
+# -- llama-batched-bench: the ceiling for N sequences in one process ------------------------------------
+def run_batched(binary: Path, args: argparse.Namespace, clients: int) -> dict[str, Any]:
+    """``llama-batched-bench -npl clients -kvu``: its generation rate S_TG as the t/s (no TTFT)."""
+    options = {
+        "-m": args.model, "-c": clients * args.ctx_per_slot, "-t": args.threads, "-tb": args.threads,
+        "-b": args.n_batch, "-ub": args.n_ubatch, "-fa": args.flash_attn, "-npp": 8,
+        "-ntg": args.tokens, "-npl": clients, "--output-format": "jsonl",
+    }  # fmt: skip
+    started = time.perf_counter()
+    out = bench._check_output([str(binary), *bench._options(options), "-kvu", "--swa-full"], timeout=600)
+    for line in out.splitlines():
+        if line.strip().startswith("{") and '"speed_tg"' in line:
+            data = json.loads(line)
+            return {"tps": float(data["speed_tg"]), "ttft_s": [], "wall_s": time.perf_counter() - started}
+    raise RuntimeError(f"no result line in llama-batched-bench's output:\n{out[-1500:]}")
+
+
 # -- the Python targets ----------------------------------------------------------------------------------
 def run_python(
     target: str,
@@ -145,7 +171,7 @@ def summarise(samples: dict[str, dict[int, list[dict[str, Any]]]]) -> dict[str, 
             if not rounds:
                 continue
             rates = [r["tps"] for r in rounds]
-            ttft_ms = [1000 * t for r in rounds for t in r["ttft_s"]]
+            ttft_ms = [1000 * t for r in rounds for t in r["ttft_s"]] or [float("nan")]
             median = statistics.median(rates)
             out.setdefault(target, {})[clients] = {
                 "tps": median,
@@ -188,15 +214,16 @@ def _ttft(summary: dict[str, dict[int, dict[str, float]]], target: str, clients:
 def render_table(summary: dict[str, dict[int, dict[str, float]]], clients_list: Sequence[int]) -> str:
     """Markdown: t/s per target, ours/server and ours/peer, TTFT p50 / p95 (ms) of ours and the server."""
     header = [
-        "clients", "ours t/s", "LangChain t/s", "llama-server t/s", "llama-cpp-python t/s",
-        "ours/server", "ours/peer", "TTFT p50/p95 ours (ms)", "TTFT p50/p95 server (ms)",
-        "TTFT p95 ours/server",
+        "clients", "ours t/s", "LangChain t/s", "llama-server t/s", "llama-batched-bench S_TG",
+        "llama-cpp-python t/s", "ours/server", "ours/batched-bench", "ours/peer", "TTFT p50/p95 ours (ms)",
+        "TTFT p50/p95 server (ms)", "TTFT p95 ours/server",
     ]  # fmt: skip
     body = [
         [
             str(n),
-            *(_rate(summary, target, n) for target in ("ours", "langchain", "server", "peer")),
+            *(_rate(summary, target, n) for target in ("ours", "langchain", "server", "batched", "peer")),
             _ratio(summary, n, "ours", "server", "tps"),
+            _ratio(summary, n, "ours", "batched", "tps"),
             _ratio(summary, n, "ours", "peer", "tps"),
             _ttft(summary, "ours", n),
             _ttft(summary, "server", n),
@@ -213,7 +240,13 @@ def plot(
     """Aggregate t/s against clients (left) and TTFT p50 / p95 against clients (right)."""
     plt = _serving.pyplot()
 
-    colours = {"ours": "#1f77b4", "langchain": "#2ca02c", "server": "#7f7f7f", "peer": "#ff7f0e"}
+    colours = {
+        "ours": "#1f77b4",
+        "langchain": "#2ca02c",
+        "server": "#7f7f7f",
+        "batched": "#9467bd",
+        "peer": "#ff7f0e",
+    }
     fig, (rates, ttft) = plt.subplots(1, 2, figsize=(11, 4.2))
     for target in TARGETS:
         points = [(n, summary[target][n]) for n in clients_list if n in summary.get(target, {})]
@@ -311,14 +344,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # References first, so that a missing one is reported before any timing.
     server_binary: Path | None = None
+    batched_binary: Path | None = None
     peer_python: Path | None = None
-    if "server" in args.targets:
-        try:
-            server_binary = reference.native_tools(build=not args.no_build, names=("llama-server",))[
-                "llama-server"
-            ]
-        except reference.ReferenceError as error:
-            notes.append(f"llama-server skipped: {error}")
+    for target, name in (("server", "llama-server"), ("batched", "llama-batched-bench")):
+        if target in args.targets:
+            try:
+                binary = reference.native_tools(build=not args.no_build, names=(name,))[name]
+            except reference.ReferenceError as error:
+                notes.append(f"{name} skipped: {error}")
+                continue
+            if target == "server":
+                server_binary = binary
+            else:
+                batched_binary = binary
     if "peer" in args.targets:
         try:
             peer_python = reference.peer_python(install=not args.no_build)
@@ -327,7 +365,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     jobs = [
         t
         for t in args.targets
-        if (t != "server" or server_binary is not None) and (t != "peer" or peer_python is not None)
+        if (t != "server" or server_binary is not None)
+        and (t != "batched" or batched_binary is not None)
+        and (t != "peer" or peer_python is not None)
     ]
 
     samples: dict[str, dict[int, list[dict[str, Any]]]] = {t: {n: [] for n in args.clients} for t in jobs}
@@ -350,6 +390,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     if target == "server":
                         assert server_binary is not None
                         figures = run_server(server_binary, args, clients, inputs)
+                    elif target == "batched":
+                        assert batched_binary is not None
+                        figures = run_batched(batched_binary, args, clients)
                     else:
                         figures = run_python(target, args, clients, inputs, base_config, peer_python)
                 except (RuntimeError, OSError, subprocess.TimeoutExpired, json.JSONDecodeError) as error:
@@ -357,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     say(f"  failed: {error}")
                     continue
                 samples[target][clients].append(figures)
-                ttft = sorted(figures["ttft_s"])
+                ttft = sorted(figures["ttft_s"]) or [float("nan")]
                 say(
                     f"  {figures['tps']:.1f} t/s, TTFT {1000 * ttft[0]:.0f}-{1000 * ttft[-1]:.0f} ms, "
                     f"{figures['wall_s']:.2f} s"
