@@ -996,23 +996,6 @@ int lcpp_json_schema_to_grammar_ex(const char * schema_json, char ** out, char *
     return 0;
 }
 
-int lcpp_grammar_check(const struct llama_vocab * vocab, const char * grammar, const char * root, char ** error) {
-    *error = nullptr;
-    try {
-        const std::string problem = grammar_problem(vocab, grammar, root);
-        if (!problem.empty()) {
-            *error = dup_string(problem);
-            return 1;
-        }
-        return 0;
-    } catch (const std::exception & e) {
-        *error = dup_string(e.what());
-    } catch (...) {
-        *error = dup_string("unknown C++ exception while checking the grammar");
-    }
-    return 1;
-}
-
 int32_t lcpp_grammar_admitted(struct llama_sampler * smpl, bool reference, llama_token * out, int32_t cap) {
     grammar_sampler * g = as_grammar(smpl);
     if (g == nullptr || g->grammar == nullptr) {

@@ -37,15 +37,11 @@ struct llama_sampler * lcpp_grammar_init(const struct llama_vocab * vocab, lcpp_
                                          const llama_token * trigger_tokens, size_t n_trigger_tokens, int32_t need,
                                          char ** error);
 
-/* 0 when llama.cpp's parser accepts the grammar with a rule named `root`; else
- * 1 with *error naming the problem and where it is. */
-/* JSON schema (text) -> GBNF like lcpp_json_schema_to_grammar, with the
+/* JSON schema (text) -> GBNF with llama.cpp's converter, with the
  * converter's warnings (which llama.cpp prints to stderr: "pattern ... is not
  * supported, accepting any string") in *warnings (NULL when there are none).
  * 0 with the grammar in *out; else 1 with the reason in *out. */
 int lcpp_json_schema_to_grammar_ex(const char * schema_json, char ** out, char ** warnings);
-
-int lcpp_grammar_check(const struct llama_vocab * vocab, const char * grammar, const char * root, char ** error);
 
 /* The tokens the grammar admits in its current state, ascending, into
  * out[0..cap); returns how many there are (-1 when `smpl` is not an lcpp

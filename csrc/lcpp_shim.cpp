@@ -165,10 +165,6 @@ const char * lcpp_package_version(void) { return LCPP_PACKAGE_VERSION; }
 
 void lcpp_string_free(char * s) { std::free(s); }
 
-int lcpp_json_schema_to_grammar(const char * schema_json, char ** out) {
-    return guarded(out, [&] { return json_schema_to_grammar(common_json::parse(schema_json), true); });
-}
-
 int lcpp_chat_templates_init(const struct llama_model * model, const char * template_override,
                              lcpp_chat_templates ** out, char ** err) {
     *out = nullptr;
@@ -396,27 +392,6 @@ int lcpp_sampler_accept(struct llama_sampler * smpl, llama_token token, char ** 
         *error = copy_string("unknown C++ exception while accepting a token");
     }
     return 1;
-}
-
-llama_token lcpp_step(struct llama_context * ctx, struct llama_sampler * chain, struct llama_sampler * grammar,
-                      const struct llama_vocab * vocab, struct llama_batch * batch, int32_t idx, llama_pos pos,
-                      llama_seq_id seq_id, bool decode, bool special, char * piece, int32_t piece_cap,
-                      int32_t * piece_len, bool * end_of_generation, int32_t * decode_status, char ** error) {
-    *decode_status = 0;
-    *piece_len = 0;
-    *end_of_generation = false;
-    const llama_token token = lcpp_sample(chain, grammar, ctx, idx, error);
-    if (token < 0) {
-        return token;
-    }
-    *piece_len = llama_token_to_piece(vocab, token, piece, piece_cap, 0, special);
-    *end_of_generation = llama_vocab_is_eog(vocab, token);
-    if (decode && !*end_of_generation) {
-        batch->n_tokens = 0;
-        lcpp_batch_add(batch, token, pos, seq_id, true);
-        *decode_status = llama_decode(ctx, *batch);
-    }
-    return token;
 }
 
 float lcpp_logprobs(struct llama_context * ctx, int32_t idx, int32_t n_vocab, llama_token token, int32_t k,

@@ -25,9 +25,6 @@ const char * lcpp_package_version(void);
 /* Release a string returned by the shim (NULL is accepted). */
 void lcpp_string_free(char * s);
 
-/* JSON schema (text) -> GBNF grammar.  0 on success; else *out holds the reason. */
-int lcpp_json_schema_to_grammar(const char * schema_json, char ** out);
-
 /* Load the model's chat templates, or `template_override` when non-empty.
  * 0 on success with *out set; else *err holds the reason. */
 int lcpp_chat_templates_init(const struct llama_model * model, const char * template_override,
@@ -102,19 +99,6 @@ struct llama_sampler * lcpp_sampler_init_penalties(int32_t n_vocab, int32_t last
 
 /* Accept a token already in the sequence; 0, or 1 with *error set. */
 int lcpp_sampler_accept(struct llama_sampler * smpl, llama_token token, char ** error);
-
-/* One generation step for one sequence: lcpp_sample at logits index `idx`, write
- * the token's text piece, and (unless it ends generation or `decode` is false)
- * decode it at `pos`.  Returns the token (-1 with *error set on failure);
- * *end_of_generation tells whether the token ends generation;
- * *decode_status receives llama_decode's status (0 when nothing was decoded);
- * *piece_len the piece length, or the negative size needed when `piece_cap` was
- * too small. */
-llama_token lcpp_step(struct llama_context * ctx, struct llama_sampler * chain, struct llama_sampler * grammar,
-                      const struct llama_vocab * vocab, struct llama_batch * batch,
-                      int32_t idx, llama_pos pos, llama_seq_id seq_id, bool decode, bool special,
-                      char * piece, int32_t piece_cap, int32_t * piece_len, bool * end_of_generation,
-                      int32_t * decode_status, char ** error);
 
 /* Log-probability of `token` and the k most likely tokens at logits index `idx`.
  * Writes k ids and log-probs (descending) and returns the token's log-prob. */

@@ -114,12 +114,8 @@ const char * llama_print_system_info(void);
 void llama_backend_init(void);
 void llama_log_set(ggml_log_callback log_callback, void * user_data);
 size_t llama_max_devices(void);
-size_t llama_max_parallel_sequences(void);
 bool llama_supports_gpu_offload(void);
-bool llama_supports_mmap(void);
-bool llama_supports_mlock(void);
 int64_t llama_time_us(void);
-bool llama_supports_rpc(void);
 
 /* backend devices, and the RPC backend (ggml-rpc.h) */
 size_t ggml_backend_dev_count(void);
@@ -153,7 +149,6 @@ uint64_t llama_model_n_params(const struct llama_model * model);
 int32_t llama_model_desc(const struct llama_model * model, char * buf, size_t buf_size);
 const char * llama_model_chat_template(const struct llama_model * model, const char * name);
 bool llama_model_has_encoder(const struct llama_model * model);
-bool llama_model_has_decoder(const struct llama_model * model);
 int32_t llama_model_meta_count(const struct llama_model * model);
 int32_t llama_model_meta_key_by_index(const struct llama_model * model, int32_t i, char * buf, size_t buf_size);
 int32_t llama_model_meta_val_str_by_index(const struct llama_model * model, int32_t i, char * buf, size_t buf_size);
@@ -174,9 +169,7 @@ int32_t llama_vocab_n_tokens(const struct llama_vocab * vocab);
 llama_token llama_vocab_bos(const struct llama_vocab * vocab);
 llama_token llama_vocab_eos(const struct llama_vocab * vocab);
 llama_token llama_vocab_eot(const struct llama_vocab * vocab);
-llama_token llama_vocab_nl(const struct llama_vocab * vocab);
 bool llama_vocab_get_add_bos(const struct llama_vocab * vocab);
-bool llama_vocab_get_add_eos(const struct llama_vocab * vocab);
 bool llama_vocab_is_eog(const struct llama_vocab * vocab, llama_token token);
 bool llama_vocab_is_control(const struct llama_vocab * vocab, llama_token token);
 const char * llama_vocab_get_text(const struct llama_vocab * vocab, llama_token token);
@@ -196,27 +189,21 @@ uint32_t llama_n_batch(const struct llama_context * ctx);
 uint32_t llama_n_ubatch(const struct llama_context * ctx);
 uint32_t llama_n_seq_max(const struct llama_context * ctx);
 enum llama_pooling_type llama_pooling_type(const struct llama_context * ctx);
-void llama_set_n_threads(struct llama_context * ctx, int32_t n_threads, int32_t n_threads_batch);
-void llama_set_abort_callback(struct llama_context * ctx, ggml_abort_callback abort_callback, void * abort_callback_data);
-void llama_set_embeddings(struct llama_context * ctx, bool embeddings);
 llama_memory_t llama_get_memory(const struct llama_context * ctx);
 struct llama_batch llama_batch_init(int32_t n_tokens, int32_t embd, int32_t n_seq_max);
 void llama_batch_free(struct llama_batch batch);
 int32_t llama_encode(struct llama_context * ctx, struct llama_batch batch);
 int32_t llama_decode(struct llama_context * ctx, struct llama_batch batch);
-void llama_synchronize(struct llama_context * ctx);
 float * llama_get_logits_ith(struct llama_context * ctx, int32_t i);
 float * llama_get_embeddings_ith(struct llama_context * ctx, int32_t i);
 float * llama_get_embeddings_seq(struct llama_context * ctx, llama_seq_id seq_id);
 struct llama_perf_context_data llama_perf_context(const struct llama_context * ctx);
-void llama_perf_context_reset(struct llama_context * ctx);
 
 /* KV cache (memory) */
 void llama_memory_clear(llama_memory_t mem, bool data);
 bool llama_memory_seq_rm(llama_memory_t mem, llama_seq_id seq_id, llama_pos p0, llama_pos p1);
 void llama_memory_seq_cp(llama_memory_t mem, llama_seq_id seq_id_src, llama_seq_id seq_id_dst, llama_pos p0, llama_pos p1);
 void llama_memory_seq_keep(llama_memory_t mem, llama_seq_id seq_id);
-llama_pos llama_memory_seq_pos_min(llama_memory_t mem, llama_seq_id seq_id);
 llama_pos llama_memory_seq_pos_max(llama_memory_t mem, llama_seq_id seq_id);
 
 /* state */
@@ -234,9 +221,6 @@ void llama_sampler_chain_add(struct llama_sampler * chain, struct llama_sampler 
 int32_t llama_sampler_chain_n(const struct llama_sampler * chain);
 void llama_sampler_free(struct llama_sampler * smpl);
 void llama_sampler_reset(struct llama_sampler * smpl);
-void llama_sampler_accept(struct llama_sampler * smpl, llama_token token);
-llama_token llama_sampler_sample(struct llama_sampler * smpl, struct llama_context * ctx, int32_t idx);
-struct llama_sampler * llama_sampler_clone(const struct llama_sampler * smpl);
 struct llama_sampler * llama_sampler_init_greedy(void);
 struct llama_sampler * llama_sampler_init_dist(uint32_t seed);
 struct llama_sampler * llama_sampler_init_top_k(int32_t k);
@@ -244,8 +228,6 @@ struct llama_sampler * llama_sampler_init_top_p(float p, size_t min_keep);
 struct llama_sampler * llama_sampler_init_min_p(float p, size_t min_keep);
 struct llama_sampler * llama_sampler_init_typical(float p, size_t min_keep);
 struct llama_sampler * llama_sampler_init_temp(float t);
-struct llama_sampler * llama_sampler_init_penalties(int32_t n_vocab, int32_t penalty_last_n, float penalty_repeat, float penalty_freq,
-                                                    float penalty_present);
 struct llama_sampler * llama_sampler_init_logit_bias(int32_t n_vocab, int32_t n_logit_bias,
                                                      const llama_logit_bias * logit_bias);
 struct llama_sampler * llama_sampler_init_grammar(const struct llama_vocab * vocab, const char * grammar_str,
@@ -300,7 +282,6 @@ mtmd_bitmap * mtmd_bitmap_init(uint32_t nx, uint32_t ny, const unsigned char * d
 mtmd_bitmap * mtmd_bitmap_init_from_audio(size_t n_samples, const float * data);
 uint32_t mtmd_bitmap_get_nx(const mtmd_bitmap * bitmap);
 uint32_t mtmd_bitmap_get_ny(const mtmd_bitmap * bitmap);
-size_t mtmd_bitmap_get_n_bytes(const mtmd_bitmap * bitmap);
 bool mtmd_bitmap_is_audio(const mtmd_bitmap * bitmap);
 void mtmd_bitmap_free(mtmd_bitmap * bitmap);
 const char * mtmd_bitmap_get_id(const mtmd_bitmap * bitmap);
@@ -335,7 +316,6 @@ int32_t mtmd_helper_decode_image_chunk(mtmd_context * ctx, struct llama_context 
 typedef struct lcpp_chat_templates lcpp_chat_templates;
 const char * lcpp_package_version(void);
 void lcpp_string_free(char * s);
-int lcpp_json_schema_to_grammar(const char * schema_json, char ** out);
 int lcpp_chat_templates_init(const struct llama_model * model, const char * template_override,
                              lcpp_chat_templates ** out, char ** err);
 void lcpp_chat_templates_free(lcpp_chat_templates * tmpls);
@@ -360,10 +340,6 @@ int32_t lcpp_sample_many(struct llama_context * ctx, const struct llama_vocab * 
 int lcpp_sampler_accept(struct llama_sampler * smpl, llama_token token, char ** error);
 struct llama_sampler * lcpp_sampler_init_penalties(int32_t n_vocab, int32_t last_n, float repeat, float freq,
                                                    float present);
-llama_token lcpp_step(struct llama_context * ctx, struct llama_sampler * chain, struct llama_sampler * grammar,
-                      const struct llama_vocab * vocab, struct llama_batch * batch, int32_t idx, llama_pos pos,
-                      llama_seq_id seq_id, bool decode, bool special, char * piece, int32_t piece_cap,
-                      int32_t * piece_len, bool * end_of_generation, int32_t * decode_status, char ** error);
 float lcpp_logprobs(struct llama_context * ctx, int32_t idx, int32_t n_vocab, llama_token token, int32_t k,
                     llama_token * top_ids, float * top_logprobs);
 
@@ -402,5 +378,4 @@ struct llama_sampler * lcpp_grammar_init(const struct llama_vocab * vocab, lcpp_
                                          const llama_token * trigger_tokens, size_t n_trigger_tokens, int32_t need,
                                          char ** error);
 int lcpp_json_schema_to_grammar_ex(const char * schema_json, char ** out, char ** warnings);
-int lcpp_grammar_check(const struct llama_vocab * vocab, const char * grammar, const char * root, char ** error);
 int32_t lcpp_grammar_admitted(struct llama_sampler * smpl, bool reference, llama_token * out, int32_t cap);
