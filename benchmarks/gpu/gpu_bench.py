@@ -66,9 +66,14 @@ def say(text: str) -> None:
 
 # -- the tools, with every layer on the GPU ----------------------------------------------------------
 def offloading_shim(tool: Path, folder: Path) -> Path:
-    """A script that runs ``tool`` with ``-ngl 999`` appended, for bench.py's command builders."""
+    """A script that runs ``tool`` with ``-ngl 999`` appended, for bench.py's command builders.
+
+    llama-bench's log (stderr) goes to a file beside the shim: bench.py reads its JSON
+    from stdout and stderr together, and a ']' in a CUDA log line would end it early.
+    """
     shim = folder / tool.name
-    shim.write_text(f'#!/bin/sh\nexec "{tool}" "$@" -ngl {NGL}\n')
+    quiet = f' 2>>"{folder / tool.name}.stderr"' if tool.name == "llama-bench" else ""
+    shim.write_text(f'#!/bin/sh\nexec "{tool}" "$@" -ngl {NGL}{quiet}\n')
     shim.chmod(0o755)
     return shim
 
@@ -141,7 +146,7 @@ def round_jobs(
                 return {
                     f"batched S {n}": figures["batched-bench S"],
                     f"batched S_TG {n}": figures["batched-bench S_TG"],
-                }  # noqa: E501
+                }
 
             jobs.append((f"llama-batched-bench -npl {n}", batched))
         prompts = bench.random_prompts(ordinary, n, args.parallel_prompt, rng)

@@ -118,11 +118,20 @@ st_site() {
 }
 st_unpack() {
   set -e
+  local commit
+  commit=$(grep -m1 '^commit' "$carry/MANIFEST" || echo "commit ?")
+  echo "$commit"
+  # KIT_REUSE=1 keeps an earlier unpack of the same commit, and so its build folder
+  # (an interrupted dry run then resumes its build); a fresh device machine has none
+  if [[ "${KIT_REUSE:-0}" == 1 && "$(cat "$work/project/.kit-commit" 2>/dev/null)" == "$commit" ]]; then
+    echo "reusing $work/project and $work/llama.cpp"
+    return 0
+  fi
   rm -rf "$work/llama.cpp" "$work/project"
   tar xzf "$carry/llama.cpp.tar.gz" -C "$work"
   tar xzf "$carry/project.tar.gz" -C "$work"
   test -f "$LLAMA_CPP_SOURCE_DIR/include/llama.h"
-  grep -m1 '^commit' "$carry/MANIFEST" || true
+  echo "$commit" >"$work/project/.kit-commit"
 }
 st_objects() {
   set -e
@@ -155,6 +164,9 @@ st_build() {
 }
 st_tools() {
   set -e
+  # configured again (a no-op when the background step did it): it may have failed early
+  cmake -S "$repo/benchmarks/gpu/tools" -B "$work/tools-build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DLLAMA_DIR="$LLAMA_CPP_SOURCE_DIR" -DLIB_DIR="$site/llamacpp_native" >>"$OUT/tools.log" 2>&1
   cmake --build "$work/tools-build" -j "$jobs" >>"$OUT/tools.log" 2>&1 || { tail -n 30 "$OUT/tools.log"; exit 1; }
   mkdir -p "$tools"
   cp "$work/tools-build/llama-bench" "$work/tools-build/llama-batched-bench" "$work/tools-build/llama-server" "$tools/"
@@ -204,7 +216,7 @@ objects_pid=$!
   printf 'model (background)\t%s\t%s\n' "$([[ $rc == 0 ]] && echo ok || echo "failed($rc)")" "$(( $(date +%s) - s ))" >>"$OUT/stages.tsv" ) &
 model_pid=$!
 
-stage build 460 st_build
+stage build 500 st_build
 wait "$objects_pid" 2>/dev/null
 stage tools 90 st_tools
 wait "$model_pid" 2>/dev/null
@@ -215,4 +227,5 @@ stage report 60 st_report
 say "== done in $(( $(date +%s) - kit_start )) s"
 column -t -s $'\t' "$OUT/stages.tsv" 2>/dev/null || cat "$OUT/stages.tsv"
 [[ -f "$OUT/table.md" ]] && { echo; cat "$OUT/table.md"; }
+sleep 1   # let tee write the last lines to kit.log
 exit 0
