@@ -116,6 +116,10 @@ def api_error(error: BaseException) -> APIError:
     """The OpenAI-shaped error for any exception (typed engine errors first)."""
     if isinstance(error, APIError):
         return error
+    if isinstance(error, RequestValidationError):  # 400 naming the field, as the handler answers it
+        return _validation_error(error)
+    if isinstance(error, HTTPException):  # a body that cannot be read, ...
+        return _http_error(error)
     if isinstance(error, ContextOverflowError):
         return APIError(400, str(error), code="context_length_exceeded")
     if isinstance(error, ClosedError):
@@ -165,12 +169,15 @@ async def _handle_validation(_: Request, error: Exception) -> JSONResponse:
     return _validation_error(error).response()
 
 
-async def _handle_http(_: Request, error: Exception) -> JSONResponse:
-    assert isinstance(error, HTTPException)
+def _http_error(error: HTTPException) -> APIError:
     kind = "invalid_request_error" if error.status_code < 500 else "server_error"
     code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code)
-    result = APIError(error.status_code, str(error.detail), kind, code=code, headers=error.headers)
-    return result.response()
+    return APIError(error.status_code, str(error.detail), kind, code=code, headers=error.headers)
+
+
+async def _handle_http(_: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, HTTPException)
+    return _http_error(error).response()
 
 
 async def _handle_any(_: Request, error: Exception) -> JSONResponse:

@@ -15,7 +15,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import Any, Protocol, TypeVar, cast
 
-from sse_starlette import EventSourceResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
@@ -40,6 +40,14 @@ def _check_strict_schemas(body: ChatCompletionRequest) -> None:
     for tool in body.tools or []:
         if tool.function.strict:
             check_strict(tool.function.parameters or {}, f"tool {tool.function.name!r}")
+
+
+async def llama_kwargs(lease: Lease, body: CompletionRequest | ChatCompletionRequest) -> dict[str, Any]:
+    """The keyword arguments of ``Llama`` for ``body``: strict schemas checked, ``ignore_eos`` applied."""
+    if isinstance(body, ChatCompletionRequest):
+        _check_strict_schemas(body)
+    end_tokens = await lease.entry.end_tokens() if body.ignore_eos else []
+    return body.llama_kwargs(end_tokens)
 
 
 class Generation:
@@ -77,10 +85,7 @@ class Generation:
         """Check ``body`` and queue it on ``lease``'s model; raises (nothing sent yet) if it cannot run."""
         started = time.perf_counter()
         try:
-            if isinstance(body, ChatCompletionRequest):
-                _check_strict_schemas(body)
-            end_tokens = await lease.entry.end_tokens() if body.ignore_eos else []
-            kwargs = body.llama_kwargs(end_tokens)
+            kwargs = await llama_kwargs(lease, body)
             llama = lease.llama
             chat = isinstance(body, ChatCompletionRequest)
             create = llama.acreate_chat_completion if chat else llama.acreate_completion
@@ -164,10 +169,10 @@ class Generation:
 
 
 class Streamable(Protocol):
-    """A started generation that can be sent as SSE ``data:`` events and closed (idempotently)."""
+    """A started generation that can be sent as SSE events and closed (idempotently)."""
 
-    def events(self) -> AsyncIterator[str]:
-        """The ``data:`` payloads, in order."""
+    def events(self) -> AsyncIterator[str | ServerSentEvent]:
+        """The ``data:`` payloads (or whole events, where they are named), in order."""
         ...
 
     async def close(self) -> None:
