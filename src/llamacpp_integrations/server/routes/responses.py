@@ -1,0 +1,57 @@
+"""``POST /v1/responses`` (OpenAI's Responses API) and ``GET /v1/responses/{id}``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from llamacpp_integrations.server.auth import require_api_key
+from llamacpp_integrations.server.chat_events import ChatEvents, answer
+from llamacpp_integrations.server.errors import ERROR_RESPONSES, APIError
+from llamacpp_integrations.server.middleware import request_record
+from llamacpp_integrations.server.openai_responses import ResponseRun, ResponsesRequest, ResponseStore
+from llamacpp_integrations.server.state import server_state
+
+router = APIRouter(dependencies=[Depends(require_api_key)], tags=["responses"])
+
+_ANSWERS = {
+    **ERROR_RESPONSES,
+    200: {
+        "description": "The response; with stream=true, its events (response.created, ..., "
+        "response.completed) as server-sent events.",
+        "content": {"application/json": {}, "text/event-stream": {}},
+    },
+}
+
+
+def response_store(request: Request) -> ResponseStore:
+    """The application's store of recent responses (created on first use)."""
+    state = request.app.state
+    store = getattr(state, "response_store", None)
+    if store is None:
+        store = state.response_store = ResponseStore()
+    return store
+
+
+Store = Annotated[ResponseStore, Depends(response_store)]
+
+
+@router.post("/v1/responses", responses=_ANSWERS)
+async def create_response(body: ResponsesRequest, request: Request, store: Store) -> Response:
+    """Answer ``input`` (after ``previous_response_id``'s conversation), with tools and structured output."""
+    conversation = store.history(body.previous_response_id) + body.input_messages()
+    chat = body.chat_request(conversation)
+    lease = await server_state(request).registry.acquire(chat.model, generation=True)
+    events = await ChatEvents.start(lease, chat, request_record(request.scope))
+    return await answer(request, ResponseRun(events, body, conversation, store), body.stream)
+
+
+@router.get("/v1/responses/{response_id}", responses=ERROR_RESPONSES)
+async def get_response(response_id: str, store: Store) -> dict[str, object]:
+    """A response this server still keeps (the last ones only: see ``RESPONSE_STORE_SIZE``)."""
+    stored = store.get(response_id)
+    if stored is None:
+        raise APIError(404, f"Response with id {response_id!r} not found", code="not_found")
+    return stored.response
