@@ -1,7 +1,7 @@
 """What streaming tool calls and thinking cost over plain streaming, and whether long replies slow down.
 
 Every mode streams a chat reply through ``Llama.create_chat_completion(stream=True)``
-with the same user grammar shape (a fixed opening, then ``[a-z ]+``), end-of-generation
+with the same user grammar shape (a fixed opening, then nearly free text), end-of-generation
 tokens suppressed, so each generates exactly ``--tokens`` tokens and only the output
 processing differs:
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -41,13 +42,18 @@ TOOL = {
         "parameters": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
     },
 }
-WORDS = "[a-z ]+"
+BODY = "[^<]+"  # nearly anything: the model's own choice is almost always admitted
+ARGUMENT = '[^"\\\\<\\n]+'  # the characters of a JSON string that need no escaping
 MODES: dict[str, tuple[bool, str, bool]] = {
-    # name: (Qwen3 template, grammar opening, tool offered)
-    "plain": (False, '"x"', False),
-    "plain, parsed": (True, '"x"', False),
-    "reasoning": (True, '"<think>\\n"', False),
-    "tool call": (True, '"<tool_call>\\n{\\"name\\": \\"write\\", \\"arguments\\": {\\"text\\": \\""', True),
+    # name: (Qwen3 template, grammar, tool offered)
+    "plain": (False, f'root ::= "x" {BODY}', False),
+    "plain, parsed": (True, f'root ::= "x" {BODY}', False),
+    "reasoning": (True, f'root ::= "<think>\\n" {BODY}', False),
+    "tool call": (
+        True,
+        'root ::= "<tool_call>\\n{\\"name\\": \\"write\\", \\"arguments\\": {\\"text\\": \\"" ' + ARGUMENT,
+        True,
+    ),
 }
 
 
@@ -61,13 +67,13 @@ class Result:
 
 
 def _stream(llama: Any, mode: str, tokens: int, bias: dict[int, float], out: list[tuple[int, float]]) -> None:
-    _qwen, opening, tool = MODES[mode]
+    _qwen, grammar, tool = MODES[mode]
     kwargs: dict[str, Any] = {"tools": [TOOL]} if tool else {}
     first = last = 0.0
     made = 0
     for chunk in llama.create_chat_completion(
         [{"role": "user", "content": "Write a long story."}],
-        grammar=f"root ::= {opening} {WORDS}",
+        grammar=grammar,
         max_tokens=tokens,
         logit_bias=bias,
         temperature=0.0,
@@ -157,6 +163,18 @@ def main() -> None:
             f"{row.tokens_per_s / base.tokens_per_s:>8.3f} {row.cpu_ms_per_token:>11.2f} "
             f"{row.cpu_ms_per_token / base.cpu_ms_per_token:>8.3f}"
         )
+    print(f"\noutput processing alone, replayed (us per token; {args.long or args.tokens}-token replies):")
+    print(f"{'mode':<14} {'first 100':>10} {'whole reply':>12}")
+    for mode in MODES:
+        first, whole = processing_cost(llamas[MODES[mode][0]], mode, args.long or args.tokens, bias)
+        print(f"{mode:<14} {first:>10.1f} {whole:>12.1f}")
+    if args.long:
+        ceiling = _depth_ratio(args.model, args.threads, args.long // 2)
+        if ceiling is not None:
+            print(
+                f"llama-bench: generation at depth {args.long // 2} (the long reply's mean context) runs at "
+                f"{ceiling:.3f}x its rate at depth 0: the slowdown llama.cpp itself has"
+            )
     for i in range(0, len(longs), 2):
         short, long = longs[i], longs[i + 1]
         print(
@@ -172,6 +190,51 @@ def main() -> None:
         print(f"written to {path}")
     for llama in llamas.values():
         llama.close()
+
+
+def processing_cost(llama: Any, mode: str, tokens: int, bias: dict[int, float]) -> tuple[float, float]:
+    """Output processing alone, replayed: microseconds per token to turn a ``tokens``-token reply of
+    ``mode`` into events and OpenAI chunks (parser, events, shaper), over its first 100 tokens and
+    over all of it.  The reply is generated once; the replay runs without the model, so the figure
+    is free of decode noise."""
+    from llamacpp_native.chat_output import ChatOutput, ReplyParser
+    from llamacpp_native.chunk_shapers import ChatShaper
+    from llamacpp_native.engine import Chunk
+
+    _qwen, grammar, tool = MODES[mode]
+    messages = [{"role": "user", "content": "Write a long story."}]
+    rendered = llama.render_chat(messages, tools=[TOOL] if tool else None)
+    request = llama.chat_request(
+        rendered, grammar=grammar, max_tokens=tokens, logit_bias=bias, temperature=0.0
+    )
+    ids = llama.engine.generate(request).tokens
+    pieces = [llama.detokenize([t]).decode("utf-8", "replace") for t in ids]
+    chunks = [Chunk(p, [t]) for p, t in zip(pieces, ids, strict=True)]
+    chunks.append(Chunk("", [], None, "length", len(request.prompt_tokens), len(ids)))
+
+    def replay(upto: int) -> float:
+        output = ChatOutput(ReplyParser(rendered.parser_params) if rendered.needs_parser else None)
+        shaper = ChatShaper("bench")
+        started = time.perf_counter()
+        for chunk in chunks[:upto] + chunks[-1:]:
+            shaper.feed(output.feed(chunk))
+        return 1e6 * (time.perf_counter() - started) / (upto + 1)
+
+    return min(replay(100) for _ in range(5)), min(replay(len(ids)) for _ in range(3))
+
+
+def _depth_ratio(model: str, threads: int, depth: int) -> float | None:
+    """llama-bench's generation rate at ``depth`` tokens of context over its rate at 0 (None if unbuilt)."""
+    import reference
+
+    try:
+        tool = reference.native_tools(build=False, names=("llama-bench",))["llama-bench"]
+    except reference.ReferenceError:
+        return None
+    command = [str(tool), "-m", model, "-p", "0", "-n", "64", "-d", f"0,{depth}", "-t", str(threads)]
+    out = subprocess.run([*command, "-fa", "1", "-o", "json"], capture_output=True, text=True, timeout=600)
+    rates = {row["n_depth"]: row["avg_ts"] for row in json.loads(out.stdout)}
+    return float(rates[depth] / rates[0])
 
 
 def _pinned_templates() -> Path:

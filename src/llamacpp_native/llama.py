@@ -10,7 +10,7 @@ import threading
 import warnings
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeAlias, TypedDict
+from typing import Any, TypeAlias, TypedDict, TypeVar
 
 from typing_extensions import Unpack
 
@@ -452,11 +452,19 @@ class Llama:
     ) -> dict[str, Any] | AsyncIterator[dict[str, Any]]:
         """``create_completion`` for asyncio: the event loop is never blocked.
 
-        Tokenizing runs in a worker thread; the generation is then awaited without
-        one.  With ``stream=True`` it returns an async iterator; closing it or
+        Tokenizing a long prompt runs in a worker thread; the generation is then
+        awaited without one.  With ``stream=True`` it returns an async iterator; closing it or
         cancelling the task frees the sequence at the engine's next step.
         """
-        request, shaper = await asyncio.to_thread(self._completion, prompt, suffix, max_tokens, echo, kwargs)
+        request, shaper = await _off_loop(
+            isinstance(prompt, str) and len(prompt) > INLINE_CHARS,
+            self._completion,
+            prompt,
+            suffix,
+            max_tokens,
+            echo,
+            kwargs,
+        )
         chunks = _ashaped(self.engine.submit(request), shaper)
         if stream:
             return chunks
@@ -727,10 +735,11 @@ class Llama:
         """``chat_events`` for asyncio: ``await`` it for the events' async iterator.
 
         Rendering the template, tokenizing and compiling the grammar run in a worker
-        thread, so the event loop is never blocked; bad input raises here, and the
-        request is queued before this returns.
+        thread (a short plain chat is prepared at once: less work than the hop), so the
+        event loop is never blocked; bad input raises here, and the request is queued
+        before this returns.
         """
-        request, output = await asyncio.to_thread(self._chat, messages, kwargs)
+        request, output = await _off_loop(_heavy_chat(messages, kwargs), self._chat, messages, kwargs)
         return _aevents(self.engine.submit(request), output)
 
     def _chat(
@@ -822,6 +831,31 @@ class Llama:
         texts = [input] if isinstance(input, str) else list(input)
         vectors, n_tokens = self._embed_texts(texts, False, True)
         return responses.embedding_response(model or self.model_path, vectors, n_tokens)
+
+
+INLINE_CHARS = 2000
+"""Prompts up to this many characters are tokenized (and short plain chats rendered) on the event
+loop itself: well under a millisecond, less than the hop to a worker thread costs under load."""
+
+T = TypeVar("T")
+
+
+async def _off_loop(heavy: bool, work: Callable[..., T], *args: Any) -> T:
+    """``work(*args)`` in a worker thread when ``heavy``, else right here (it is too short to matter)."""
+    return await asyncio.to_thread(work, *args) if heavy else work(*args)
+
+
+def _heavy_chat(messages: Sequence[Mapping[str, Any]], kwargs: Mapping[str, Any]) -> bool:
+    """Whether preparing a chat is real work: tools or a schema (grammar), media, or long text."""
+    if kwargs.get("tools") or kwargs.get("response_format") or kwargs.get("grammar"):
+        return True
+    size = 0
+    for message in messages:
+        content = message.get("content")
+        if not isinstance(content, str | None):
+            return True  # content parts: images, audio, or text to join
+        size += len(content or "")
+    return size > INLINE_CHARS
 
 
 def _events(chunks: Iterator[Chunk], output: ChatOutput) -> Generator[list[Event], None, None]:

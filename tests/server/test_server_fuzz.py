@@ -1,7 +1,8 @@
 """Fuzzing the server with requests generated from its own OpenAPI schema: never a 5xx.
 
 Schemathesis generates valid and invalid requests for every operation; each
-answer must be below 500, and every error must have OpenAI's shape.  Generation
+answer must be below 500, and every error must have its API's shape (OpenAI's,
+or Anthropic's on ``/v1/messages``).  Generation
 lengths are capped so the run stays short; derandomized, so a failure reproduces.
 """
 
@@ -18,14 +19,33 @@ schemathesis = pytest.importorskip("schemathesis")
 
 MAX_EXAMPLES = 100
 CAPPED_TOKENS = 4
+LENGTH_FIELDS = {
+    "/v1/chat/completions": "max_tokens",
+    "/v1/completions": "max_tokens",
+    "/chat/completions": "max_tokens",
+    "/completion": "n_predict",
+    "/completions": "n_predict",
+    "/v1/responses": "max_output_tokens",
+    "/v1/messages": "max_tokens",
+}
+"""The field that bounds each generating route's reply."""
+ANTHROPIC_PREFIX = "/v1/messages"
 
 
-def _capped(body: Any) -> Any:
+def _capped(body: Any, field: str) -> Any:
     """The generated body with a short generation, so no example decodes for long."""
     if isinstance(body, dict):
         body = {k: v for k, v in body.items() if k != "max_completion_tokens"}
-        body["max_tokens"] = CAPPED_TOKENS
+        body[field] = CAPPED_TOKENS
     return body
+
+
+def _check_error_shape(path: str, body: Any) -> None:
+    """OpenAI's error shape everywhere, Anthropic's on the Anthropic routes."""
+    if path.startswith(ANTHROPIC_PREFIX):
+        assert body["type"] == "error" and {"type", "message"} <= set(body["error"]), body
+    else:
+        assert set(body["error"]) == {"message", "type", "param", "code"}, body
 
 
 def test_fuzzed_requests_never_get_a_server_error(server: RunningServer) -> None:
@@ -42,11 +62,12 @@ def test_fuzzed_requests_never_get_a_server_error(server: RunningServer) -> None
     )
     @given(case=cases)
     def check(case: Any) -> None:
-        if case.operation.method.upper() == "POST" and "completions" in case.operation.path:
-            case.body = _capped(case.body)
+        field = LENGTH_FIELDS.get(case.operation.path)
+        if case.operation.method.upper() == "POST" and field is not None:
+            case.body = _capped(case.body, field)
         response = case.call(base_url=server.url, timeout=120)
         assert response.status_code < 500, (case.operation.label, case.body, response.text)
         if response.status_code >= 400:
-            assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+            _check_error_shape(case.operation.path, response.json())
 
     check()

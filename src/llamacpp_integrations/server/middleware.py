@@ -35,6 +35,9 @@ KNOWN_ENDPOINTS = frozenset(
         "/apply-template",
         "/props",
         "/slots",
+        "/v1/responses",
+        "/v1/messages",
+        "/v1/messages/count_tokens",
     }
 )
 

@@ -337,8 +337,13 @@ def normalize(vector: list[float], norm: int) -> list[float]:
         size = max((abs(x) for x in vector), default=0.0) / 32760.0
     elif norm == 2:
         size = math.sqrt(math.fsum(x * x for x in vector))
-    else:
-        size = math.fsum(abs(x) ** norm for x in vector) ** (1.0 / norm)
+    else:  # scaled by the largest |x| first, so a large p cannot overflow
+        largest = max((abs(x) for x in vector), default=0.0)
+        size = (
+            largest * math.fsum((abs(x) / largest) ** norm for x in vector) ** (1.0 / norm)
+            if largest
+            else 0.0
+        )
     return [x / size for x in vector] if size > 0 else [0.0] * len(vector)
 
 
