@@ -2,7 +2,7 @@
 # The GPU kit, on a CUDA machine with no network (the device tool's H200), in one go:
 #
 #   benchmarks/gpu/run_kit.sh [--layers 16] [--embd 2048] [--budget 575] [--no-bench] [--no-tests]
-#                             [--jobs 16] [--cpu]
+#                             [--jobs 16] [--build-limit 500] [--cpu]
 #
 # from the repository root, with benchmarks/gpu/carry/ made by prepare.sh.  --cpu builds
 # without CUDA: a dry run of the kit itself on a machine with no GPU (the GPU tests skip).  Stages,
@@ -35,6 +35,7 @@ run_bench=1
 run_tests=1
 jobs=16
 cpu_only=0
+build_limit=500
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --layers) layers="$2"; shift 2 ;;
@@ -44,6 +45,7 @@ while [[ $# -gt 0 ]]; do
     --no-tests) run_tests=0; shift ;;
     --jobs) jobs="$2"; shift 2 ;;
     --cpu) cpu_only=1; shift ;;
+    --build-limit) build_limit="$2"; shift 2 ;;
     -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run_kit.sh: unknown argument: $1" >&2; exit 2 ;;
   esac
@@ -216,7 +218,7 @@ objects_pid=$!
   printf 'model (background)\t%s\t%s\n' "$([[ $rc == 0 ]] && echo ok || echo "failed($rc)")" "$(( $(date +%s) - s ))" >>"$OUT/stages.tsv" ) &
 model_pid=$!
 
-stage build 500 st_build
+stage build "$build_limit" st_build
 wait "$objects_pid" 2>/dev/null
 stage tools 90 st_tools
 wait "$model_pid" 2>/dev/null
