@@ -44,9 +44,10 @@ from llama_index.core.types import Model, PydanticProgramMode
 
 from llamacpp_integrations._runtime import shared_llama
 from llamacpp_integrations.schema import parse_and_validate, schema_to_grammar, to_json_schema
-from llamacpp_native import Llama, responses
-from llamacpp_native.events import Event, Finish, ReasoningDelta, TextDelta, ToolCallDelta, Usage
-from llamacpp_native.openai_requests import schema_from_response_format
+from llamacpp_native import Llama
+from llamacpp_native.api import openai_shapes
+from llamacpp_native.api.openai_requests import schema_from_response_format
+from llamacpp_native.engine.events import Event, Finish, ReasoningDelta, TextDelta, ToolCallDelta, Usage
 
 if TYPE_CHECKING:
     from llama_index.core.tools.types import BaseTool
@@ -535,7 +536,7 @@ class _ChatResponses:
                 if finish == "stop":
                     self.calls.clear()  # the call's text was malformed: it came back as content
             elif isinstance(event, Usage):
-                usage = responses.usage(event.prompt_tokens, event.completion_tokens, event.cached_tokens)
+                usage = openai_shapes.usage(event.prompt_tokens, event.completion_tokens, event.cached_tokens)
         if not delta and not events:
             return None
         self.text += delta

@@ -14,10 +14,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from llamacpp_native._library import ffi, lib, recent_errors
+from llamacpp_native.binding._library import ffi, lib, recent_errors
+from llamacpp_native.binding.gguf_header import GGUFFormatError, GGUFType, GGUFValue, read_gguf_metadata
+from llamacpp_native.binding.model import Model, read_metadata
 from llamacpp_native.errors import ClosedError, LoraError
-from llamacpp_native.gguf_header import GGUFFormatError, GGUFType, GGUFValue, read_gguf_metadata
-from llamacpp_native.model import Model, read_metadata
 
 STRING_KEYS = ("general.type", "general.architecture", "adapter.type")
 """Keys llama.cpp's loader reads as strings (any other type would abort the process)."""

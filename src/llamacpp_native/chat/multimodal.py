@@ -28,8 +28,17 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from llamacpp_native._library import ensure_backend, ffi, lib, recent_errors
-from llamacpp_native.context import Context, default_threads
+from llamacpp_native.binding._library import ensure_backend, ffi, lib, recent_errors
+from llamacpp_native.binding.context import Context, default_threads
+from llamacpp_native.binding.gate import Gate
+from llamacpp_native.binding.gguf_header import (
+    GGUFFormatError,
+    GGUFTensor,
+    GGUFType,
+    GGUFValue,
+    read_gguf_tensors,
+)
+from llamacpp_native.binding.model import Model
 from llamacpp_native.errors import (
     ClosedError,
     MediaDecodeError,
@@ -37,9 +46,6 @@ from llamacpp_native.errors import (
     MultimodalError,
     ProjectorLoadError,
 )
-from llamacpp_native.gate import Gate
-from llamacpp_native.gguf_header import GGUFFormatError, GGUFTensor, GGUFType, GGUFValue, read_gguf_tensors
-from llamacpp_native.model import Model
 
 _U32, _I32, _F32 = GGUFType.UINT32, GGUFType.INT32, GGUFType.FLOAT32
 _BOOL, _STR = GGUFType.BOOL, GGUFType.STRING

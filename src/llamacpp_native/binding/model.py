@@ -12,15 +12,15 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llamacpp_native import offload, rpc
-from llamacpp_native._library import capture_log, ensure_backend, ffi, lib, recent_errors
+from llamacpp_native.binding import offload, rpc
+from llamacpp_native.binding._library import capture_log, ensure_backend, ffi, lib, recent_errors
+from llamacpp_native.binding.gate import Gate
+from llamacpp_native.binding.gguf_header import GGUF_MAGIC
+from llamacpp_native.binding.vocab import Vocab
 from llamacpp_native.errors import ClosedError, ModelLoadError, ModelNotFoundError, RpcServerError
-from llamacpp_native.gate import Gate
-from llamacpp_native.gguf_header import GGUF_MAGIC
-from llamacpp_native.vocab import Vocab
 
 if TYPE_CHECKING:
-    from llamacpp_native.lora import LoraAdapter
+    from llamacpp_native.binding.lora import LoraAdapter
 
 ProgressCallback = Callable[[float], object]
 """Called with load progress in [0, 1]; returning ``False`` aborts the load."""
@@ -252,7 +252,7 @@ class Model:
         ``general.type = adapter`` and ``adapter.type = lora`` and name this model's
         architecture; llama.cpp then checks every tensor against the model's shapes.
         """
-        from llamacpp_native.lora import LoraAdapter
+        from llamacpp_native.binding.lora import LoraAdapter
 
         return LoraAdapter(self, path)
 

@@ -19,8 +19,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from llamacpp_native._library import ffi, lib, take_message
-from llamacpp_native.context import DECODE_ABORTED, DECODE_NO_KV_SLOT, Context
+from llamacpp_native.binding._library import ffi, lib, take_message
+from llamacpp_native.binding.context import DECODE_ABORTED, DECODE_NO_KV_SLOT, Context
+from llamacpp_native.binding.lora import LoraAdapter, LoraSet, normalise_lora
+from llamacpp_native.binding.model import Model
+from llamacpp_native.binding.sampling import SamplerChain, SamplingParams
+from llamacpp_native.chat.multimodal import MediaChunk, PromptMedia
+from llamacpp_native.engine.request_stream import MAX_BACKLOG, RequestStream, wake_all
 from llamacpp_native.errors import (
     ClosedError,
     ContextOverflowError,
@@ -28,11 +33,6 @@ from llamacpp_native.errors import (
     MediaTooLargeError,
     MultimodalError,
 )
-from llamacpp_native.lora import LoraAdapter, LoraSet, normalise_lora
-from llamacpp_native.model import Model
-from llamacpp_native.multimodal import MediaChunk, PromptMedia
-from llamacpp_native.request_stream import MAX_BACKLOG, RequestStream, wake_all
-from llamacpp_native.sampling import SamplerChain, SamplingParams
 
 PIECE_CAPACITY = 256
 MIN_COPIED_PREFIX = 16

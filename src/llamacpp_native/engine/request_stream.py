@@ -16,11 +16,11 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, NamedTuple
 
+from llamacpp_native.engine.text_stream import StopMatcher, Utf8Stream
 from llamacpp_native.errors import GenerationCancelled
-from llamacpp_native.text_stream import StopMatcher, Utf8Stream
 
 if TYPE_CHECKING:
-    from llamacpp_native.engine import Chunk, GenerationRequest, TokenLogprob
+    from llamacpp_native.engine.loop import Chunk, GenerationRequest, TokenLogprob
 
 MAX_BACKLOG = 64
 """Raw tokens a request may hold unread before the engine pauses it (others go on)."""

@@ -14,11 +14,23 @@ from typing import Any, TypeAlias, TypedDict, TypeVar
 
 from typing_extensions import Unpack
 
-from llamacpp_native import responses
-from llamacpp_native._library import capture_log, set_verbose
-from llamacpp_native.chat_formats import template_for
-from llamacpp_native.chat_output import ChatOutput, ReplyParser
-from llamacpp_native.chat_template import (
+from llamacpp_native.api import openai_shapes
+from llamacpp_native.api.chunk_shapers import ChatShaper, CompletionShaper
+from llamacpp_native.api.openai_requests import (
+    check_tools,
+    normalise_tool_choice,
+    schema_from_response_format,
+)
+from llamacpp_native.binding._library import capture_log, set_verbose
+from llamacpp_native.binding.context import Context
+from llamacpp_native.binding.lora import LoraAdapter, LoraSet, normalise_lora
+from llamacpp_native.binding.model import Model, ProgressCallback
+from llamacpp_native.binding.offload import OffloadReport
+from llamacpp_native.binding.sampling import DEFAULT_SEED, GrammarSpec, ReasoningBudget, SamplingParams
+from llamacpp_native.chat.formats import template_for
+from llamacpp_native.chat.media import LOCAL, MediaPolicy, MediaSource, has_media, split_media
+from llamacpp_native.chat.multimodal import Bitmap, Multimodal, PromptMedia
+from llamacpp_native.chat.templates import (
     TRIGGER_PATTERN,
     TRIGGER_PATTERN_FULL,
     TRIGGER_TOKEN,
@@ -26,31 +38,23 @@ from llamacpp_native.chat_template import (
     RenderedChat,
     check_reasoning_format,
 )
-from llamacpp_native.chunk_shapers import ChatShaper, CompletionShaper
-from llamacpp_native.context import Context
-from llamacpp_native.engine import (
+from llamacpp_native.engine.events import Event
+from llamacpp_native.engine.loop import (
     Cancellation,
     Chunk,
     Engine,
     GenerationRequest,
     GenerationResult,
 )
+from llamacpp_native.engine.output import ChatOutput, ReplyParser
+from llamacpp_native.engine.request_stream import RequestStream
 from llamacpp_native.errors import (
     ContextOverflowError,
     LoraError,
     MediaDecodeError,
     MultimodalError,
 )
-from llamacpp_native.events import Event
-from llamacpp_native.grammar import LlamaGrammar, json_schema_to_grammar, tighten_grammar
-from llamacpp_native.lora import LoraAdapter, LoraSet, normalise_lora
-from llamacpp_native.media import LOCAL, MediaPolicy, MediaSource, has_media, split_media
-from llamacpp_native.model import Model, ProgressCallback
-from llamacpp_native.multimodal import Bitmap, Multimodal, PromptMedia
-from llamacpp_native.offload import OffloadReport
-from llamacpp_native.openai_requests import check_tools, normalise_tool_choice, schema_from_response_format
-from llamacpp_native.request_stream import RequestStream
-from llamacpp_native.sampling import DEFAULT_SEED, GrammarSpec, ReasoningBudget, SamplingParams
+from llamacpp_native.grammar.gbnf import LlamaGrammar, json_schema_to_grammar, tighten_grammar
 
 GrammarLike: TypeAlias = LlamaGrammar | str | None
 LoraSpec: TypeAlias = Mapping[str | os.PathLike[str] | LoraAdapter, float]
@@ -437,7 +441,7 @@ class Llama:
         """
         request, shaper = self._completion(prompt, suffix, max_tokens, echo, kwargs)
         chunks = _shaped(self.engine.stream(request, cancellation), shaper)
-        return chunks if stream else responses.collect_completion(chunks, request.logprobs is not None)
+        return chunks if stream else openai_shapes.collect_completion(chunks, request.logprobs is not None)
 
     __call__ = create_completion
 
@@ -468,7 +472,7 @@ class Llama:
         chunks = _ashaped(self.engine.submit(request), shaper)
         if stream:
             return chunks
-        return responses.collect_completion([c async for c in chunks], request.logprobs is not None)
+        return openai_shapes.collect_completion([c async for c in chunks], request.logprobs is not None)
 
     def _completion(
         self, prompt: str | Sequence[int], suffix: str | None, max_tokens: int | None, echo: bool, kwargs: Any
@@ -682,7 +686,7 @@ class Llama:
             **kwargs,
         )
         chunks = _shaped_chat(events, ChatShaper(self.model_path))
-        return chunks if stream else responses.collect_chat(chunks)
+        return chunks if stream else openai_shapes.collect_chat(chunks)
 
     async def acreate_chat_completion(
         self,
@@ -711,7 +715,7 @@ class Llama:
         chunks = _ashaped_chat(events, ChatShaper(self.model_path))
         if stream:
             return chunks
-        return responses.collect_chat([c async for c in chunks])
+        return openai_shapes.collect_chat([c async for c in chunks])
 
     def chat_events(
         self,
@@ -830,7 +834,7 @@ class Llama:
         """OpenAI-shaped embeddings response."""
         texts = [input] if isinstance(input, str) else list(input)
         vectors, n_tokens = self._embed_texts(texts, False, True)
-        return responses.embedding_response(model or self.model_path, vectors, n_tokens)
+        return openai_shapes.embedding_response(model or self.model_path, vectors, n_tokens)
 
 
 INLINE_CHARS = 2000

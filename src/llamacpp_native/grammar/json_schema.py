@@ -6,7 +6,7 @@ grammar can, and splices its own rules into the result:
 
 * ``minimum`` / ``maximum`` / ``exclusiveMinimum`` / ``exclusiveMaximum`` on
   ``"type": "number"`` (the converter bounds only integers): see
-  :mod:`llamacpp_native.number_range`;
+  :mod:`llamacpp_native.grammar.number_range`;
 * ``minProperties`` / ``maxProperties`` on objects whose keys are all listed in
   ``properties`` (no ``additionalProperties`` / ``patternProperties``);
 * closed tuples (``prefixItems`` with ``items: false``, which the converter
@@ -35,8 +35,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from llamacpp_native import number_range
 from llamacpp_native.errors import GrammarError
+from llamacpp_native.grammar import number_range
 
 DEPTH_KEYWORD = "x-max-depth"
 """Root keyword bounding the nesting of recursive definitions (like the ``max_depth`` argument)."""
@@ -631,7 +631,7 @@ def _object_rules(
 
 def convert(schema: Any) -> tuple[str, list[str]]:
     """llama.cpp's converter alone: (grammar, warnings)."""
-    from llamacpp_native._library import ensure_backend, ffi, lib, take_message
+    from llamacpp_native.binding._library import ensure_backend, ffi, lib, take_message
 
     ensure_backend()
     text = schema if isinstance(schema, str) else json.dumps(schema)
