@@ -20,10 +20,10 @@ from llamacpp_native.binding.vocab import Vocab
 from llamacpp_native.chat.media import MediaPolicy
 from llamacpp_native.chat.multimodal import Bitmap, MediaChunk, Multimodal, MultimodalPrompt
 from llamacpp_native.chat.templates import ChatTemplates, RenderedChat, parse_chat_output
-from llamacpp_native.engine.loop import (
+from llamacpp_native.engine.loop import Engine
+from llamacpp_native.engine.types import (
     Cancellation,
     Chunk,
-    Engine,
     GenerationRequest,
     GenerationResult,
     TokenLogprob,

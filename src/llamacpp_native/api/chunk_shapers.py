@@ -20,7 +20,7 @@ from llamacpp_native.engine.events import (
     ToolCallDelta,
     Usage,
 )
-from llamacpp_native.engine.loop import Chunk, TokenLogprob
+from llamacpp_native.engine.types import Chunk, TokenLogprob
 
 
 class CompletionShaper:

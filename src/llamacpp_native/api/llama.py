@@ -39,15 +39,15 @@ from llamacpp_native.chat.templates import (
     check_reasoning_format,
 )
 from llamacpp_native.engine.events import Event
-from llamacpp_native.engine.loop import (
+from llamacpp_native.engine.loop import Engine
+from llamacpp_native.engine.output import ChatOutput, ReplyParser
+from llamacpp_native.engine.request_stream import RequestStream
+from llamacpp_native.engine.types import (
     Cancellation,
     Chunk,
-    Engine,
     GenerationRequest,
     GenerationResult,
 )
-from llamacpp_native.engine.output import ChatOutput, ReplyParser
-from llamacpp_native.engine.request_stream import RequestStream
 from llamacpp_native.errors import (
     ContextOverflowError,
     LoraError,

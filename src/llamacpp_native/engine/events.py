@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from llamacpp_native.engine.loop import TokenLogprob
+from llamacpp_native.engine.types import TokenLogprob
 
 
 @dataclass(slots=True)

@@ -23,12 +23,19 @@ from llamacpp_native.binding._library import ffi, lib, take_message
 from llamacpp_native.binding.context import DECODE_ABORTED, DECODE_NO_KV_SLOT, Context
 from llamacpp_native.binding.lora import LoraAdapter, LoraSet, normalise_lora
 from llamacpp_native.binding.model import Model
-from llamacpp_native.binding.sampling import SamplerChain, SamplingParams
-from llamacpp_native.chat.multimodal import MediaChunk, PromptMedia
+from llamacpp_native.binding.sampling import SamplerChain
+from llamacpp_native.chat.multimodal import MediaChunk
 from llamacpp_native.engine.request_stream import MAX_BACKLOG, RequestStream, wake_all
+from llamacpp_native.engine.types import (
+    Cancellation,
+    Chunk,
+    GenerationRequest,
+    GenerationResult,
+    TokenLogprob,
+    aggregate,
+)
 from llamacpp_native.errors import (
     ClosedError,
-    ContextOverflowError,
     GrammarError,
     MediaTooLargeError,
     MultimodalError,
@@ -38,119 +45,6 @@ PIECE_CAPACITY = 256
 MIN_COPIED_PREFIX = 16
 """Shortest prefix worth copying from another slot; shorter prompts are decoded afresh,
 which keeps a short seeded request independent of what the cache held before."""
-
-
-@dataclass
-class TokenLogprob:
-    """Log-probability of one generated token and its most likely alternatives."""
-
-    token: int
-    text: str
-    logprob: float
-    top: list[tuple[str, float]]
-
-
-@dataclass
-class GenerationRequest:
-    """What to generate: prompt tokens, sampling, limits and stop strings.
-
-    ``max_tokens=None`` (or 0) generates until an end-of-generation token or
-    the end of the context.  ``lora`` is the set of LoRA adapters (with scales)
-    this request runs under: None for the engine's default set, ``()`` for the
-    base model.
-
-    ``media`` are the images (or audio clips) of a multimodal prompt, each with
-    the index of its first placeholder in ``prompt_tokens`` (as
-    ``MultimodalPrompt.media`` gives them); the engine encodes and decodes each
-    as part of the prompt's prefill.
-    """
-
-    prompt_tokens: list[int]
-    sampling: SamplingParams = field(default_factory=SamplingParams)
-    max_tokens: int | None = 256
-    stop: Sequence[str] = ()
-    logprobs: int | None = None
-    grammar_prefill: list[int] = field(default_factory=list)
-    """Tokens already in the prompt that the sampler's grammar must accept first."""
-    lora: LoraSet | None = None
-    media: PromptMedia = ()
-
-    def validate(self, n_ctx: int, n_vocab: int) -> None:
-        """Raise a clear error for requests that cannot run."""
-        if self.max_tokens is not None and self.max_tokens < 0:
-            raise ValueError(f"max_tokens must be >= 0 or None (no limit), got {self.max_tokens}")
-        if not self.prompt_tokens:
-            raise ValueError("the prompt is empty: give at least one token (or enable BOS)")
-        if len(self.prompt_tokens) > n_ctx:
-            raise ContextOverflowError(
-                f"the prompt has {len(self.prompt_tokens)} tokens but the context window is {n_ctx} tokens; "
-                "shorten the prompt or load the model with a larger n_ctx"
-            )
-        if self.logprobs is not None and not 0 <= self.logprobs <= n_vocab:
-            raise ValueError(
-                f"logprobs must be between 0 and the vocabulary size {n_vocab}, got {self.logprobs}"
-            )
-
-
-@dataclass
-class Chunk:
-    """A piece of streamed output.  The last chunk carries ``finish_reason``."""
-
-    text: str
-    tokens: list[int]
-    logprobs: list[TokenLogprob] | None = None
-    finish_reason: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-    """Prompt tokens served from the prefix cache (on the last chunk)."""
-
-
-@dataclass
-class GenerationResult:
-    """A whole generation, aggregated."""
-
-    text: str
-    tokens: list[int]
-    finish_reason: str
-    prompt_tokens: int
-    completion_tokens: int
-    logprobs: list[TokenLogprob] | None = None
-    seconds: float = 0.0
-    cached_tokens: int = 0
-
-
-class Cancellation:
-    """A handle to stop generations from any thread (stream close, task cancel).
-
-    Every stream attached to it is cancelled by ``cancel()``; a stream attached
-    after that is cancelled at once.
-    """
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self._lock = threading.Lock()
-        self._streams: weakref.WeakSet[RequestStream] = weakref.WeakSet()
-
-    def attach(self, stream: RequestStream) -> None:
-        """Cancel ``stream`` together with this handle."""
-        with self._lock:
-            self._streams.add(stream)
-        if self.cancelled:
-            stream.cancel()
-
-    def cancel(self) -> None:
-        """Stop every attached generation as soon as possible."""
-        self._event.set()
-        with self._lock:
-            streams = list(self._streams)
-        for stream in streams:
-            stream.cancel()
-
-    @property
-    def cancelled(self) -> bool:
-        """Whether ``cancel()`` was called."""
-        return self._event.is_set()
 
 
 @dataclass
@@ -360,7 +254,7 @@ class Engine:
         """Queue ``request`` and return its stream; raises at once if it can never run."""
         lora = self._check(request)
         limit = self._limit(request)
-        stream = RequestStream(request, limit, self._on_stream_change, Chunk)
+        stream = RequestStream(request, limit, self._on_stream_change)
         if limit <= 0:  # the prompt fills the context: nothing can be generated
             stream.finish("length")
             return stream
@@ -980,28 +874,3 @@ def _chunks_of(stream: RequestStream) -> Iterator[Chunk]:
         yield from stream
     finally:
         stream.cancel()
-
-
-def aggregate(chunks: Iterator[Chunk]) -> GenerationResult:
-    """Collect a chunk stream into a ``GenerationResult``."""
-    started = time.perf_counter()
-    texts: list[str] = []
-    tokens: list[int] = []
-    logprobs: list[TokenLogprob] = []
-    last = Chunk("", [])
-    for chunk in chunks:
-        texts.append(chunk.text)
-        tokens.extend(chunk.tokens)
-        if chunk.logprobs:
-            logprobs.extend(chunk.logprobs)
-        last = chunk
-    return GenerationResult(
-        "".join(texts),
-        tokens,
-        last.finish_reason or "stop",
-        last.prompt_tokens,
-        last.completion_tokens,
-        logprobs or None,
-        time.perf_counter() - started,
-        last.cached_tokens,
-    )

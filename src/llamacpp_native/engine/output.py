@@ -22,7 +22,7 @@ from llamacpp_native.engine.events import (
     ToolCallDelta,
     Usage,
 )
-from llamacpp_native.engine.loop import Chunk
+from llamacpp_native.engine.types import Chunk
 from llamacpp_native.errors import ChatTemplateError
 
 
