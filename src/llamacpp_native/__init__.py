@@ -8,8 +8,9 @@ import json
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from llamacpp_native.api.base import LoraSpec, SamplingOptions
 from llamacpp_native.api.chat_handlers import Llava15ChatHandler, MultimodalChatHandler
-from llamacpp_native.api.llama import Llama, LoraSpec, SamplingOptions
+from llamacpp_native.api.llama import Llama
 from llamacpp_native.binding._library import NATIVE_DIR, ffi, lib
 from llamacpp_native.binding.context import Context
 from llamacpp_native.binding.lora import LoraAdapter
@@ -20,7 +21,7 @@ from llamacpp_native.binding.vocab import Vocab
 from llamacpp_native.chat.media import MediaPolicy
 from llamacpp_native.chat.multimodal import Bitmap, MediaChunk, Multimodal, MultimodalPrompt
 from llamacpp_native.chat.templates import ChatTemplates, RenderedChat, parse_chat_output
-from llamacpp_native.engine.loop import Engine
+from llamacpp_native.engine.core import Engine
 from llamacpp_native.engine.types import (
     Cancellation,
     Chunk,
