@@ -23,7 +23,7 @@ import jsonschema
 import pydantic
 
 from llamacpp_native import GrammarError, OutputTruncatedError, SchemaValidationError, json_schema_to_grammar
-from llamacpp_native.grammar.json_schema import unenforced
+from llamacpp_native.grammar.post_validation import unenforced
 
 __all__ = [
     "check_schema",
