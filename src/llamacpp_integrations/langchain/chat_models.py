@@ -31,7 +31,7 @@ from llamacpp_integrations.langchain._settings import CHAT_SETTINGS, PROVIDER, L
 from llamacpp_integrations.schema import check_strict, parse_and_validate, to_json_schema, truncation_error
 from llamacpp_native import GrammarError
 from llamacpp_native.api import openai_shapes
-from llamacpp_native.engine.events import (
+from llamacpp_native.events import (
     Event,
     Finish,
     LogprobsDelta,
