@@ -202,7 +202,7 @@ def flatten(engine: str, result: dict[str, Any]) -> dict[str, float]:
 def model_facts(model: str) -> tuple[list[int], list[int]]:
     """(end-of-generation token ids, ordinary token ids usable for random prompts)."""
     from llamacpp_native import Llama
-    from llamacpp_native._library import lib
+    from llamacpp_native.binding._library import lib
 
     llm = Llama(model, vocab_only=True)
     try:

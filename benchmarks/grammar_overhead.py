@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from llamacpp_integrations.schema import schema_to_grammar
-    from llamacpp_native import Llama, LlamaGrammar, sampling
+    from llamacpp_native import Llama, LlamaGrammar
+    from llamacpp_native.binding import sampling
 
     if args.model is None:
         from llamacpp_integrations.models import default_model_path

@@ -50,14 +50,15 @@ def free_port() -> int:
 @contextlib.contextmanager
 def workers(count: int, threads: int) -> Iterator[tuple[list[str], list[int]]]:
     """``count`` loopback workers, as (``host:port`` addresses, process ids); stopped on exit."""
-    from llamacpp_native import RpcServerError, rpc
+    from llamacpp_native import RpcServerError
+    from llamacpp_native.binding import rpc
 
     processes: list[subprocess.Popen[bytes]] = []
     addresses: list[str] = []
     try:
         for _ in range(count):
             port = free_port()
-            command = [sys.executable, "-m", "llamacpp_native.rpc_server", "--port", str(port)]
+            command = [sys.executable, "-m", "llamacpp_native.cli.rpc_server", "--port", str(port)]
             processes.append(
                 subprocess.Popen([*command, "--threads", str(threads)], stdout=subprocess.DEVNULL)
             )

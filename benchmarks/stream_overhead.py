@@ -197,9 +197,9 @@ def processing_cost(llama: Any, mode: str, tokens: int, bias: dict[int, float]) 
     ``mode`` into events and OpenAI chunks (parser, events, shaper), over its first 100 tokens and
     over all of it.  The reply is generated once; the replay runs without the model, so the figure
     is free of decode noise."""
-    from llamacpp_native.chat_output import ChatOutput, ReplyParser
-    from llamacpp_native.chunk_shapers import ChatShaper
-    from llamacpp_native.engine import Chunk
+    from llamacpp_native.api.chunk_shapers import ChatShaper
+    from llamacpp_native.engine.output import ChatOutput, ReplyParser
+    from llamacpp_native.engine.types import Chunk
 
     _qwen, grammar, tool = MODES[mode]
     messages = [{"role": "user", "content": "Write a long story."}]

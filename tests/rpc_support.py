@@ -1,6 +1,6 @@
 """RPC workers for tests: ``llamacpp-rpc-server`` processes on free loopback ports.
 
-A worker is a child process (``python -m llamacpp_native.rpc_server``) serving
+A worker is a child process (``python -m llamacpp_native.cli.rpc_server``) serving
 the CPU device with one thread; ``worker()`` waits until it answers the
 handshake and always stops it afterwards.  A test process must not lose a
 worker while one of its models uses it (ggml would abort the process), so tests
@@ -22,7 +22,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from llamacpp_native import RpcServerError, rpc
+from llamacpp_native import RpcServerError
+from llamacpp_native.binding import rpc
 
 
 def free_port() -> int:
@@ -35,7 +36,16 @@ def free_port() -> int:
 def start_worker(port: int, *extra: str) -> subprocess.Popen[bytes]:
     """Start a worker on 127.0.0.1:``port`` and wait until it answers the handshake."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "llamacpp_native.rpc_server", "--port", str(port), "--threads", "1", *extra],
+        [
+            sys.executable,
+            "-m",
+            "llamacpp_native.cli.rpc_server",
+            "--port",
+            str(port),
+            "--threads",
+            "1",
+            *extra,
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -41,11 +41,3 @@ def _hashable(value: Any) -> Any:
     if isinstance(value, dict):
         return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
     return value
-
-
-def release_shared_models() -> None:
-    """Close every shared model (for tests and long-running apps that reload)."""
-    with _cache_lock:
-        for llama in _cache.values():
-            llama.close()
-        _cache.clear()

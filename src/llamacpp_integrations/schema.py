@@ -1,7 +1,7 @@
 """Structured output: anything schema-like -> JSON schema -> GBNF, and validation.
 
 The grammar comes from llama.cpp's own JSON-schema converter plus this package's
-additions (``llamacpp_native.json_schema``), so output is valid by construction
+additions (``llamacpp_native.grammar.json_schema``), so output is valid by construction
 for everything they express ($ref/$defs, anyOf, allOf of objects, enum, const,
 required/optional, additionalProperties, prefixItems and closed tuples, item
 counts, string lengths, patterns and the date/time/uuid formats, integer and
@@ -23,7 +23,7 @@ import jsonschema
 import pydantic
 
 from llamacpp_native import GrammarError, OutputTruncatedError, SchemaValidationError, json_schema_to_grammar
-from llamacpp_native.json_schema import unenforced
+from llamacpp_native.grammar.post_validation import unenforced
 
 __all__ = [
     "check_schema",

@@ -8,14 +8,23 @@ import json
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from llamacpp_native._library import NATIVE_DIR, ffi, lib
-from llamacpp_native.chat_handlers import Llava15ChatHandler, MultimodalChatHandler
-from llamacpp_native.chat_template import ChatTemplates, RenderedChat, parse_chat_output
-from llamacpp_native.context import Context
-from llamacpp_native.engine import (
+from llamacpp_native.api.base import LoraSpec, SamplingOptions
+from llamacpp_native.api.chat_handlers import Llava15ChatHandler, MultimodalChatHandler
+from llamacpp_native.api.llama import Llama
+from llamacpp_native.binding._library import NATIVE_DIR, ffi, lib
+from llamacpp_native.binding.context import Context
+from llamacpp_native.binding.lora import LoraAdapter
+from llamacpp_native.binding.model import Model
+from llamacpp_native.binding.offload import BufferInfo, DeviceInfo, OffloadReport
+from llamacpp_native.binding.sampling import GrammarSpec, SamplerChain, SamplingParams
+from llamacpp_native.binding.vocab import Vocab
+from llamacpp_native.chat.media import MediaPolicy
+from llamacpp_native.chat.multimodal import Bitmap, MediaChunk, Multimodal, MultimodalPrompt
+from llamacpp_native.chat.templates import ChatTemplates, RenderedChat, parse_chat_output
+from llamacpp_native.engine.core import Engine
+from llamacpp_native.engine.types import (
     Cancellation,
     Chunk,
-    Engine,
     GenerationRequest,
     GenerationResult,
     TokenLogprob,
@@ -53,15 +62,7 @@ from llamacpp_native.events import (
     ToolCallDelta,
     Usage,
 )
-from llamacpp_native.grammar import LlamaGrammar, json_schema_to_grammar, read_grammar
-from llamacpp_native.llama import Llama, LoraSpec, SamplingOptions
-from llamacpp_native.lora import LoraAdapter
-from llamacpp_native.media import MediaPolicy
-from llamacpp_native.model import Model
-from llamacpp_native.multimodal import Bitmap, MediaChunk, Multimodal, MultimodalPrompt
-from llamacpp_native.offload import BufferInfo, DeviceInfo, OffloadReport
-from llamacpp_native.sampling import GrammarSpec, SamplerChain, SamplingParams
-from llamacpp_native.vocab import Vocab
+from llamacpp_native.grammar.gbnf import LlamaGrammar, json_schema_to_grammar, read_grammar
 
 try:
     __version__ = version("llamacpp-integrations")

@@ -27,7 +27,7 @@ TEST_EMBD = 512
 def cuda_devices() -> list[str]:
     """Names of the CUDA devices this build registered (``CUDA0``...); empty without a GPU."""
     try:
-        from llamacpp_native import offload
+        from llamacpp_native.binding import offload
 
         infos = [offload.describe(d) for d in offload.local_offload_devices()]
     except Exception:  # no compiled library, or a backend that fails to start: no GPU to test

@@ -14,7 +14,7 @@ import subprocess
 import pytest
 
 import llamacpp_native
-from llamacpp_native._library import NATIVE_DIR
+from llamacpp_native.binding._library import NATIVE_DIR
 
 X86 = platform.machine().lower() in {"x86_64", "amd64", "i686", "i386"}
 

@@ -111,7 +111,7 @@ def test_a_malformed_message_is_a_chat_template_error(llama: Llama) -> None:
 
 
 def test_an_unknown_chat_format_is_a_value_error_listing_the_known_ones(llama: Llama) -> None:
-    from llamacpp_native.chat_formats import template_for
+    from llamacpp_native.chat.formats import template_for
 
     with pytest.raises(
         ValueError, match=r"unknown chat_format 'vicuna'; choose one of \['chatml', 'gemma'\]"

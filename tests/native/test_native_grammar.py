@@ -183,7 +183,7 @@ DOCUMENTS = {
 
 
 def _admitted(sampler: object, reference: bool) -> list[int]:
-    from llamacpp_native._library import ffi, lib
+    from llamacpp_native.binding._library import ffi, lib
 
     n = lib.lcpp_grammar_admitted(sampler, reference, ffi.NULL, 0)
     assert n >= 0
@@ -195,8 +195,8 @@ def _admitted(sampler: object, reference: bool) -> list[int]:
 @pytest.mark.parametrize("name", sorted(DOCUMENTS))
 def test_the_indexed_search_admits_exactly_what_llama_cpp_admits(llama: Llama, name: str) -> None:
     """At every step of a document, the vocabulary index finds exactly llama.cpp's admitted tokens."""
-    from llamacpp_native._library import ffi, lib
-    from llamacpp_native.sampling import GrammarSpec, _grammar_sampler
+    from llamacpp_native.binding._library import ffi, lib
+    from llamacpp_native.binding.sampling import GrammarSpec, _grammar_sampler
 
     source, text = DOCUMENTS[name]
     if name == "json":
@@ -231,7 +231,7 @@ def test_the_indexed_search_generates_what_llama_cpp_search_generates(
     llama: Llama, monkeypatch: pytest.MonkeyPatch, prompt: str, which: str, temperature: float
 ) -> None:
     """Same seed, same output with either search: the faster one changes nothing but the time."""
-    from llamacpp_native import sampling
+    from llamacpp_native.binding import sampling
 
     if which == "schema":
         grammar = json_schema_to_grammar(DOCUMENTS["schema"][0])
@@ -249,7 +249,7 @@ def test_the_indexed_search_generates_what_llama_cpp_search_generates(
 
 
 def test_converter_warnings_come_back_instead_of_going_to_stderr(caplog: pytest.LogCaptureFixture) -> None:
-    from llamacpp_native.grammar import json_schema_conversion
+    from llamacpp_native.grammar.gbnf import json_schema_conversion
 
     schema = {"type": "string", "pattern": "^(?!a)b$"}
     conversion = json_schema_conversion(schema)

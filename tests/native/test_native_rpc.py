@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from llamacpp_native import Llama, Model, ModelLoadError, RpcServerError, rpc
-from llamacpp_native._library import lib
+from llamacpp_native import Llama, Model, ModelLoadError, RpcServerError
+from llamacpp_native.binding import rpc
+from llamacpp_native.binding._library import lib
 from rpc_support import (
     WHEN_A_WORKER_STOPS,
     assert_clean_exit_after_worker_death,
@@ -276,7 +277,7 @@ def test_a_worker_dying_mid_generation_aborts_the_client_process_as_documented(m
 def test_worker_warns_loudly_when_bound_beyond_loopback() -> None:
     # 192.0.2.1 (TEST-NET-1) is on no interface here: the warning comes, then the bind fails.
     result = subprocess.run(
-        [sys.executable, "-m", "llamacpp_native.rpc_server", "--host", "192.0.2.1", "--port", "50052"],
+        [sys.executable, "-m", "llamacpp_native.cli.rpc_server", "--host", "192.0.2.1", "--port", "50052"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -289,7 +290,7 @@ def test_worker_warns_loudly_when_bound_beyond_loopback() -> None:
 
 def test_worker_lists_its_devices() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "llamacpp_native.rpc_server", "--list-devices"],
+        [sys.executable, "-m", "llamacpp_native.cli.rpc_server", "--list-devices"],
         capture_output=True,
         text=True,
         timeout=60,

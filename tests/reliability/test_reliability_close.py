@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from llamacpp_native import ClosedError, CloseInsideCallError, Llama
-from llamacpp_native.gate import Gate
+from llamacpp_native.binding.gate import Gate
 
 RunPython = Callable[[str], subprocess.CompletedProcess[str]]
 

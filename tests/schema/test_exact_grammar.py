@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 
 from llamacpp_integrations.schema import schema_to_grammar, unenforced
 from llamacpp_native import GrammarError, Llama
-from llamacpp_native.json_schema import SchemaPreparer
-from llamacpp_native.number_range import Bound, bounds_of, number_node
+from llamacpp_native.grammar.json_schema import SchemaPreparer
+from llamacpp_native.grammar.number_range import Bound, bounds_of, number_node
 
 Complete = Callable[..., dict[str, Any]]
 
@@ -406,7 +406,7 @@ def _gbnf_to_regex(body: str) -> str:
 def test_the_date_format_admits_exactly_the_calendar_dates() -> None:
     import datetime
 
-    from llamacpp_native.json_schema import _DATE_RULES
+    from llamacpp_native.grammar.json_schema import _DATE_RULES
 
     date = re.compile(_gbnf_to_regex(_DATE_RULES["date"]))
     for year in (0, 1, 4, 100, 400, 1900, 2000, 2023, 2024, 2100, 9999):

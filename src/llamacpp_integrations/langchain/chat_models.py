@@ -29,7 +29,8 @@ from typing_extensions import Self
 
 from llamacpp_integrations.langchain._settings import CHAT_SETTINGS, PROVIDER, LlamaCppGenerationSettings
 from llamacpp_integrations.schema import check_strict, parse_and_validate, to_json_schema, truncation_error
-from llamacpp_native import GrammarError, responses
+from llamacpp_native import GrammarError
+from llamacpp_native.api import openai_shapes
 from llamacpp_native.events import (
     Event,
     Finish,
@@ -412,7 +413,7 @@ def _chunk_from_events(events: list[Event], model_name: str) -> ChatGenerationCh
         else {},
         chunk_position="last" if finish else None,
     )
-    info = {"logprobs": responses.chat_logprobs(logprobs)} if logprobs else None
+    info = {"logprobs": openai_shapes.chat_logprobs(logprobs)} if logprobs else None
     return ChatGenerationChunk(message=message, generation_info=info)
 
 

@@ -13,7 +13,8 @@ from langchain_core.language_models.llms import LLM
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 
 from llamacpp_integrations.langchain._settings import COMPLETION_SETTINGS, LlamaCppGenerationSettings
-from llamacpp_native import Chunk, GenerationRequest, responses
+from llamacpp_native import Chunk, GenerationRequest
+from llamacpp_native.api import openai_shapes
 
 OnText = Callable[[int, str], None]
 
@@ -193,7 +194,7 @@ class LlamaCpp(LlamaCppGenerationSettings, LLM):
                 generation_info={
                     "finish_reason": result.finish_reason,
                     "model_name": self.model_name,
-                    "token_usage": responses.usage(result.prompt_tokens, result.completion_tokens),
+                    "token_usage": openai_shapes.usage(result.prompt_tokens, result.completion_tokens),
                 },
             )
             for prompt, result in zip(prompts, results, strict=True)
@@ -201,7 +202,7 @@ class LlamaCpp(LlamaCppGenerationSettings, LLM):
 
     def _result(self, generations: list[Generation]) -> LLMResult:
         usages = [(g.generation_info or {}).get("token_usage") or {} for g in generations]
-        total = responses.usage(
+        total = openai_shapes.usage(
             sum(u.get("prompt_tokens", 0) for u in usages),
             sum(u.get("completion_tokens", 0) for u in usages),
             sum((u.get("prompt_tokens_details") or {}).get("cached_tokens", 0) for u in usages),
@@ -228,14 +229,14 @@ class _ChunkConverter:
         for chunk in chunks:
             info: dict[str, Any] = {}
             if chunk.logprobs:
-                info["logprobs"] = responses.completion_logprobs(chunk.logprobs, self._offset)
+                info["logprobs"] = openai_shapes.completion_logprobs(chunk.logprobs, self._offset)
                 self._offset += sum(len(item.text) for item in chunk.logprobs)
             text = chunk.text
             if chunk.finish_reason:
                 text += self.suffix
                 info["finish_reason"] = chunk.finish_reason
                 info["model_name"] = self.model_name
-                info["token_usage"] = responses.usage(
+                info["token_usage"] = openai_shapes.usage(
                     chunk.prompt_tokens, chunk.completion_tokens, chunk.cached_tokens
                 )
             if text or info:

@@ -9,16 +9,14 @@ native work off the event loop and stop decoding when their task is cancelled.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import warnings
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import llama_index.core.instrumentation as instrument
 from llama_index.core.base.llms.generic_utils import messages_to_prompt as generic_messages_to_prompt
 from llama_index.core.base.llms.types import (
-    AudioBlock,
     ChatMessage,
     ChatResponse,
     ChatResponseAsyncGen,
@@ -26,11 +24,8 @@ from llama_index.core.base.llms.types import (
     CompletionResponse,
     CompletionResponseAsyncGen,
     CompletionResponseGen,
-    ImageBlock,
     LLMMetadata,
     MessageRole,
-    TextBlock,
-    ThinkingBlock,
     ToolCallBlock,
 )
 from llama_index.core.bridge.pydantic import BaseModel, Field, PrivateAttr, field_validator, model_validator
@@ -38,25 +33,28 @@ from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW, DEFAULT_NUM_OUTPU
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
-from llama_index.core.program.utils import FlexibleModel, process_streaming_objects
+from llama_index.core.program.utils import FlexibleModel
 from llama_index.core.prompts import BasePromptTemplate
 from llama_index.core.types import Model, PydanticProgramMode
 
 from llamacpp_integrations._runtime import shared_llama
+from llamacpp_integrations.llama_index._messages import call_arguments, to_openai_message
+from llamacpp_integrations.llama_index._responses import (
+    ChatResponses,
+    CompletionResponses,
+    PartialObjects,
+    PromptChatResponses,
+    afinal,
+    final,
+)
 from llamacpp_integrations.schema import parse_and_validate, schema_to_grammar, to_json_schema
-from llamacpp_native import Llama, responses
-from llamacpp_native.events import Event, Finish, ReasoningDelta, TextDelta, ToolCallDelta, Usage
-from llamacpp_native.openai_requests import schema_from_response_format
+from llamacpp_native import Llama
+from llamacpp_native.api.openai_requests import schema_from_response_format
 
 if TYPE_CHECKING:
     from llama_index.core.tools.types import BaseTool
 
 dispatcher = instrument.get_dispatcher(__name__)
-
-R = TypeVar("R", ChatResponse, CompletionResponse)
-
-# LlamaIndex roles that OpenAI-style chat templates know under another name.
-_ROLES = {"developer": "system", "chatbot": "assistant", "model": "assistant", "function": "tool"}
 
 
 class LlamaCPPMetadata(LLMMetadata):
@@ -217,13 +215,13 @@ class LlamaCPP(FunctionCallingLLM):
 
     def _chat_args(
         self, messages: Sequence[ChatMessage], kwargs: Mapping[str, Any]
-    ) -> tuple[Any, dict[str, Any], _ChatResponses | _PromptChatResponses]:
+    ) -> tuple[Any, dict[str, Any], ChatResponses | PromptChatResponses]:
         """What to send: OpenAI messages for the chat template, or a prompt from ``messages_to_prompt``."""
         if self.messages_to_prompt is generic_messages_to_prompt:
             return (
-                [_to_openai_message(m) for m in messages],
+                [to_openai_message(m) for m in messages],
                 self._generation_kwargs(kwargs),
-                _ChatResponses(),
+                ChatResponses(),
             )
         options = dict(kwargs)
         if options.pop("tools", None):
@@ -237,7 +235,7 @@ class LlamaCPP(FunctionCallingLLM):
         if grammar is not None:
             options["grammar"] = grammar
         prompt = cast(Callable[[Sequence[ChatMessage]], str], self.messages_to_prompt)(messages)
-        return prompt, self._generation_kwargs(options), _PromptChatResponses()
+        return prompt, self._generation_kwargs(options), PromptChatResponses()
 
     # -- the two cores, each for threads and for asyncio: everything else aggregates them ----------
     def _complete_stream(
@@ -248,7 +246,7 @@ class LlamaCPP(FunctionCallingLLM):
         chunks = cast(
             Iterator[dict[str, Any]], self._model().create_completion(prompt, stream=True, **options)
         )
-        converter = _CompletionResponses()
+        converter = CompletionResponses()
         return (converter.feed(chunk) for chunk in cast(Iterator[dict[str, Any]], chunks))
 
     async def _acomplete_stream(
@@ -257,7 +255,7 @@ class LlamaCPP(FunctionCallingLLM):
         prompt, options = self._completion_args(prompt, formatted, kwargs)
         model = await asyncio.to_thread(self._model)  # the first call loads the model
         chunks = await model.acreate_completion(prompt, stream=True, **options)
-        converter = _CompletionResponses()
+        converter = CompletionResponses()
         async for chunk in cast(AsyncIterator[dict[str, Any]], chunks):
             yield converter.feed(chunk)
 
@@ -267,7 +265,7 @@ class LlamaCPP(FunctionCallingLLM):
         """Stream the assistant's reply (text and tool calls) as cumulative responses."""
         payload, options, converter = self._chat_args(messages, kwargs)
         model = self._model()
-        if isinstance(converter, _ChatResponses):
+        if isinstance(converter, ChatResponses):
             events = model.chat_events(payload, **options)
             return (r for batch in events if (r := converter.feed(batch)))
         chunks = cast(Iterator[dict[str, Any]], model.create_completion(payload, stream=True, **options))
@@ -278,7 +276,7 @@ class LlamaCPP(FunctionCallingLLM):
     ) -> AsyncGenerator[ChatResponse, None]:
         payload, options, converter = self._chat_args(messages, kwargs)
         model = await asyncio.to_thread(self._model)  # the first call loads the model
-        if isinstance(converter, _ChatResponses):
+        if isinstance(converter, ChatResponses):
             async for batch in await model.achat_events(payload, **options):
                 if (response := converter.feed(batch)) is not None:
                     yield response
@@ -291,7 +289,7 @@ class LlamaCPP(FunctionCallingLLM):
     # -- LlamaIndex's LLM interface -------------------------------------------------------
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        return _final(self._chat_stream(messages, kwargs))
+        return final(self._chat_stream(messages, kwargs))
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
@@ -299,7 +297,7 @@ class LlamaCPP(FunctionCallingLLM):
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        return await _afinal(self._achat_stream(messages, kwargs))
+        return await afinal(self._achat_stream(messages, kwargs))
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
@@ -307,7 +305,7 @@ class LlamaCPP(FunctionCallingLLM):
 
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        return _final(self._complete_stream(prompt, formatted, kwargs))
+        return final(self._complete_stream(prompt, formatted, kwargs))
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
@@ -315,7 +313,7 @@ class LlamaCPP(FunctionCallingLLM):
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        return await _afinal(self._acomplete_stream(prompt, formatted, kwargs))
+        return await afinal(self._acomplete_stream(prompt, formatted, kwargs))
 
     @llm_completion_callback()
     async def astream_complete(
@@ -370,7 +368,7 @@ class LlamaCPP(FunctionCallingLLM):
             ToolSelection(
                 tool_id=call.tool_call_id or call.tool_name,
                 tool_name=call.tool_name,
-                tool_kwargs=_call_arguments(call, partial=streaming),
+                tool_kwargs=call_arguments(call, partial=streaming),
             )
             for call in calls
         ]
@@ -441,7 +439,7 @@ class LlamaCPP(FunctionCallingLLM):
         if self.pydantic_program_mode != PydanticProgramMode.DEFAULT:
             return super().stream_structured_predict(output_cls, prompt, llm_kwargs, **prompt_args)
         messages, kwargs = self._structured_request(output_cls, prompt, llm_kwargs, prompt_args)
-        partial = _PartialObjects(output_cls)
+        partial = PartialObjects(output_cls)
         return (partial.feed(response) for response in self.stream_chat(messages, **kwargs))
 
     @dispatcher.span
@@ -456,116 +454,9 @@ class LlamaCPP(FunctionCallingLLM):
         if self.pydantic_program_mode != PydanticProgramMode.DEFAULT:
             return await super().astream_structured_predict(output_cls, prompt, llm_kwargs, **prompt_args)
         messages, kwargs = self._structured_request(output_cls, prompt, llm_kwargs, prompt_args)
-        partial = _PartialObjects(output_cls)
+        partial = PartialObjects(output_cls)
         responses = await self.astream_chat(messages, **kwargs)
         return (partial.feed(response) async for response in responses)
-
-
-class _PartialObjects:
-    """Turns a growing JSON reply into partial output objects (LlamaIndex's own parser)."""
-
-    def __init__(self, output_cls: type[BaseModel]) -> None:
-        self._output_cls = output_cls
-        self._current: list[Any] | None = None
-
-    def feed(self, response: ChatResponse) -> Any:
-        objects = process_streaming_objects(response, self._output_cls, cur_objects=self._current)
-        self._current = objects if isinstance(objects, list) else [objects]
-        return objects
-
-
-class _CompletionResponses:
-    """``text_completion`` chunks -> cumulative ``CompletionResponse``s."""
-
-    def __init__(self) -> None:
-        self.text = ""
-
-    def feed(self, chunk: dict[str, Any]) -> CompletionResponse:
-        delta = chunk["choices"][0]["text"]
-        self.text += delta
-        return CompletionResponse(
-            text=self.text, delta=delta, raw=chunk, additional_kwargs=chunk.get("usage") or {}
-        )
-
-
-class _PromptChatResponses(_CompletionResponses):
-    """Completion chunks of a ``messages_to_prompt`` prompt -> cumulative ``ChatResponse``s."""
-
-    def feed(self, chunk: dict[str, Any]) -> ChatResponse:  # type: ignore[override]
-        response = super().feed(chunk)
-        return ChatResponse(
-            message=ChatMessage(role=MessageRole.ASSISTANT, content=response.text),
-            delta=response.delta,
-            raw=chunk,
-            additional_kwargs=response.additional_kwargs,
-        )
-
-
-class _ChatResponses:
-    """A chat's event batches -> cumulative ``ChatResponse``s (None for an empty batch).
-
-    Thinking is kept as a ``ThinkingBlock``; tool-call fragments are joined by index
-    into ``ToolCallBlock``s as they stream.  ``raw`` holds the batch's events, and on
-    the last response its ``finish_reason`` and ``usage``.
-    """
-
-    def __init__(self) -> None:
-        self.text = ""
-        self.thinking = ""
-        self.calls: dict[int, dict[str, Any]] = {}
-
-    def feed(self, events: list[Event]) -> ChatResponse | None:
-        delta = ""
-        usage: dict[str, Any] = {}
-        finish: str | None = None
-        for event in events:
-            if isinstance(event, TextDelta):
-                delta += event.text
-            elif isinstance(event, ReasoningDelta):
-                self.thinking += event.text
-            elif isinstance(event, ToolCallDelta):
-                call = self.calls.setdefault(
-                    event.index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
-                )
-                if event.name is not None:
-                    call["id"], call["function"]["name"] = event.id or event.name, event.name
-                call["function"]["arguments"] += event.arguments
-            elif isinstance(event, Finish):
-                finish = event.reason
-                if finish == "stop":
-                    self.calls.clear()  # the call's text was malformed: it came back as content
-            elif isinstance(event, Usage):
-                usage = responses.usage(event.prompt_tokens, event.completion_tokens, event.cached_tokens)
-        if not delta and not events:
-            return None
-        self.text += delta
-        calls = [self.calls[i] for i in sorted(self.calls)]
-        return ChatResponse(
-            message=_assistant_message(self.text, calls, self.thinking),
-            delta=delta,
-            raw={"events": events, "finish_reason": finish, "usage": usage or None},
-            additional_kwargs=usage,
-        )
-
-
-async def _afinal(responses: AsyncIterator[R]) -> R:
-    """``_final`` for an async stream."""
-    last: R | None = None
-    async for last in responses:  # noqa: B007 - the last one is the aggregate
-        pass
-    assert last is not None, "a generation always ends with a final chunk"
-    last.delta = None
-    return last
-
-
-def _final(responses: Iterator[R]) -> R:
-    """Run a stream to its end and return the whole response."""
-    last: R | None = None
-    for last in responses:  # noqa: B007 - the last one is the aggregate
-        pass
-    assert last is not None, "a generation always ends with a final chunk"
-    last.delta = None
-    return last
 
 
 def _openai_tool(tool: Any) -> dict[str, Any]:
@@ -600,99 +491,6 @@ def _grammar_for(response_format: Mapping[str, Any] | None) -> str | None:
     """GBNF for an OpenAI ``response_format`` when chat completes a plain prompt."""
     schema = schema_from_response_format(response_format)
     return None if schema is None else schema_to_grammar(schema)
-
-
-def _arguments(arguments: Any) -> Any:
-    """Tool-call arguments as a dict (they travel as a JSON string in OpenAI format); unparsable: as is."""
-    if not isinstance(arguments, str):
-        return arguments
-    try:
-        return json.loads(arguments)
-    except json.JSONDecodeError:
-        return arguments
-
-
-def _call_arguments(call: ToolCallBlock, partial: bool = False) -> dict[str, Any]:
-    """A call's arguments ({} while still ``partial``), or a clear error for a call cut short."""
-    arguments = _arguments(call.tool_kwargs)
-    if isinstance(arguments, dict):
-        return arguments
-    if partial:
-        return {}
-    raise ValueError(
-        f"the call of tool {call.tool_name!r} has arguments that are not a JSON object: "
-        f"{call.tool_kwargs!r}; "
-        "was the generation cut short by max_new_tokens / max_tokens?"
-    )
-
-
-def _assistant_message(content: str, tool_calls: list[dict[str, Any]], thinking: str = "") -> ChatMessage:
-    """The reply: thinking, text, each call as a ``ToolCallBlock`` and, for older readers, OpenAI dicts."""
-    blocks: list[Any] = [ThinkingBlock(content=thinking)] if thinking else []
-    if content or not tool_calls:
-        blocks.append(TextBlock(text=content))
-    blocks.extend(
-        ToolCallBlock(
-            tool_call_id=call["id"],
-            tool_name=call["function"]["name"],
-            tool_kwargs=_arguments(call["function"]["arguments"]),
-        )
-        for call in tool_calls
-    )
-    extra = {"tool_calls": tool_calls} if tool_calls else {}
-    return ChatMessage(role=MessageRole.ASSISTANT, blocks=blocks, additional_kwargs=extra)
-
-
-def _to_openai_message(message: ChatMessage) -> dict[str, Any]:
-    """A LlamaIndex message as the OpenAI-style dict the chat template renders."""
-    role = message.role.value
-    media = any(isinstance(block, ImageBlock | AudioBlock) for block in message.blocks)
-    content = [p for p in map(_content_part, message.blocks) if p] if media else message.content or ""
-    out: dict[str, Any] = {"role": _ROLES.get(role, role), "content": content}
-    calls = [
-        {
-            "id": block.tool_call_id or block.tool_name,
-            "type": "function",
-            "function": {"name": block.tool_name, "arguments": _json_text(block.tool_kwargs)},
-        }
-        for block in message.blocks
-        if isinstance(block, ToolCallBlock)
-    ]
-    known = {call["id"] for call in calls}
-    for call in message.additional_kwargs.get("tool_calls") or []:
-        call = dict(call) if isinstance(call, Mapping) else call.model_dump()
-        if call.get("id") not in known:
-            calls.append(call)
-    if calls:
-        out["tool_calls"] = calls
-    for key in ("tool_call_id", "name"):
-        if message.additional_kwargs.get(key):
-            out[key] = message.additional_kwargs[key]
-    return out
-
-
-def _content_part(block: Any) -> dict[str, Any] | None:
-    """A text, image or audio block as an OpenAI content part (other blocks: None)."""
-    if isinstance(block, TextBlock):
-        return {"type": "text", "text": block.text}
-    if isinstance(block, ImageBlock):
-        if isinstance(block.image, bytes):  # base64 text, as ImageBlock keeps it
-            url = f"data:{block.image_mimetype or 'image/*'};base64,{block.image.decode()}"
-        elif block.path is not None:
-            url = os.fspath(block.path)
-        elif block.url is not None:
-            url = str(block.url)
-        else:
-            raise ValueError("an ImageBlock needs image bytes, a path or a url")
-        return {"type": "image_url", "image_url": {"url": url}}
-    if isinstance(block, AudioBlock):
-        data = block.resolve_audio(as_base64=True).read().decode()
-        return {"type": "input_audio", "input_audio": {"data": data, "format": block.format or "wav"}}
-    return None
-
-
-def _json_text(arguments: Any) -> str:
-    return arguments if isinstance(arguments, str) else json.dumps(arguments)
 
 
 __all__ = ["LlamaCPP", "LlamaCPPMetadata"]

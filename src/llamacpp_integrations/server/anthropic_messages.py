@@ -24,8 +24,8 @@ from llamacpp_integrations.server.chat_events import ChatEvents, named_event
 from llamacpp_integrations.server.errors import APIError, api_error
 from llamacpp_integrations.server.openai_responses import new_id
 from llamacpp_integrations.server.schemas import ChatCompletionRequest, SamplingBody
+from llamacpp_native.engine.text_stream import StopMatcher
 from llamacpp_native.events import Event, Finish, ReasoningDelta, TextDelta, ToolCallDelta, Usage
-from llamacpp_native.text_stream import StopMatcher
 
 _ERROR_TYPES = {
     400: "invalid_request_error",

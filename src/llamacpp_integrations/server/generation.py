@@ -25,7 +25,7 @@ from llamacpp_integrations.server.middleware import RequestRecord
 from llamacpp_integrations.server.models import Lease
 from llamacpp_integrations.server.schemas import ChatCompletionRequest, CompletionRequest
 from llamacpp_integrations.server.timings import Timings
-from llamacpp_native import responses
+from llamacpp_native.api import openai_shapes
 
 T = TypeVar("T")
 
@@ -127,9 +127,9 @@ class Generation:
         finally:
             await self.close()
         if self.chat:
-            result = responses.collect_chat(chunks, self.usage)
+            result = openai_shapes.collect_chat(chunks, self.usage)
         else:
-            result = responses.collect_completion(chunks, self._with_logprobs, self.usage)
+            result = openai_shapes.collect_completion(chunks, self._with_logprobs, self.usage)
         result["timings"] = self.timings_json()
         return result
 

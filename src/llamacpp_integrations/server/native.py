@@ -21,9 +21,9 @@ from llamacpp_integrations.server.models import Lease
 from llamacpp_integrations.server.schemas import NativeCompletionRequest
 from llamacpp_integrations.server.timings import Timings
 from llamacpp_native import GenerationRequest, Llama, TokenLogprob
-from llamacpp_native.chat_formats import template_for
-from llamacpp_native.request_stream import RequestStream
-from llamacpp_native.text_stream import StopMatcher
+from llamacpp_native.chat.formats import template_for
+from llamacpp_native.engine.request_stream import RequestStream
+from llamacpp_native.engine.text_stream import StopMatcher
 
 SAMPLERS = ["penalties", "top_k", "typ_p", "top_p", "min_p", "temperature"]
 """The sampler chain's order (after logit bias and the grammar), in llama-server's names."""

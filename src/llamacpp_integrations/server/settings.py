@@ -17,9 +17,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from llamacpp_native.binding.rpc import parse_endpoint
+from llamacpp_native.chat.media import MediaPolicy
 from llamacpp_native.errors import RpcServerError
-from llamacpp_native.media import MediaPolicy
-from llamacpp_native.rpc import parse_endpoint
 
 ENV_PREFIX = "LLAMACPP_"
 

@@ -12,7 +12,7 @@ from llamacpp_integrations.server.errors import APIError, shutting_down
 from llamacpp_integrations.server.metrics import Metrics
 from llamacpp_integrations.server.models import ModelRegistry
 from llamacpp_integrations.server.settings import ServerSettings
-from llamacpp_native import rpc
+from llamacpp_native.binding import rpc
 from llamacpp_native.errors import RpcServerError
 
 logger = logging.getLogger("llamacpp_integrations.server")

@@ -1,7 +1,7 @@
 """OpenAI-shaped stream chunks, one shaper per response.
 
 A completion shaper is fed the engine's ``Chunk``s; a chat shaper is fed the
-typed events of the reply (``llamacpp_native.events``).  Each returns the
+typed events of the reply (``llamacpp_native.engine.events``).  Each returns the
 OpenAI chunk dicts to emit.  The same shaper serves a thread reading a stream
 and an event loop awaiting one, so sync and async paths share every rule.
 """
@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from llamacpp_native import responses
-from llamacpp_native.engine import Chunk, TokenLogprob
-from llamacpp_native.events import (
+from llamacpp_native.api import openai_shapes
+from llamacpp_native.engine.events import (
     Event,
     Finish,
     LogprobsDelta,
@@ -21,13 +20,14 @@ from llamacpp_native.events import (
     ToolCallDelta,
     Usage,
 )
+from llamacpp_native.engine.types import Chunk, TokenLogprob
 
 
 class CompletionShaper:
     """``text_completion`` chunks: text, legacy logprobs with offsets, usage at the end."""
 
     def __init__(self, model: str, prefix: str = "", suffix: str = "") -> None:
-        self.id = responses.new_id("cmpl")
+        self.id = openai_shapes.new_id("cmpl")
         self.model = model
         self.prefix = prefix
         self.suffix = suffix
@@ -36,7 +36,9 @@ class CompletionShaper:
     def start(self) -> list[dict[str, Any]]:
         """Chunks to send before any token (the echoed prompt)."""
         return (
-            [responses.completion(self.id, self.model, self.prefix, None, None, None)] if self.prefix else []
+            [openai_shapes.completion(self.id, self.model, self.prefix, None, None, None)]
+            if self.prefix
+            else []
         )
 
     def feed(self, chunk: Chunk) -> list[dict[str, Any]]:
@@ -44,14 +46,16 @@ class CompletionShaper:
         text = chunk.text + (self.suffix if chunk.finish_reason else "")
         logprobs = None
         if chunk.logprobs:
-            logprobs = responses.completion_logprobs(chunk.logprobs, self._offset)
+            logprobs = openai_shapes.completion_logprobs(chunk.logprobs, self._offset)
             self._offset += sum(len(item.text) for item in chunk.logprobs)
         token_usage = (
-            responses.usage(chunk.prompt_tokens, chunk.completion_tokens, chunk.cached_tokens)
+            openai_shapes.usage(chunk.prompt_tokens, chunk.completion_tokens, chunk.cached_tokens)
             if chunk.finish_reason
             else None
         )
-        return [responses.completion(self.id, self.model, text, chunk.finish_reason, logprobs, token_usage)]
+        return [
+            openai_shapes.completion(self.id, self.model, text, chunk.finish_reason, logprobs, token_usage)
+        ]
 
 
 class ChatShaper:
@@ -66,12 +70,12 @@ class ChatShaper:
     __slots__ = ("id", "model")
 
     def __init__(self, model: str) -> None:
-        self.id = responses.new_id("chatcmpl")
+        self.id = openai_shapes.new_id("chatcmpl")
         self.model = model
 
     def start(self) -> list[dict[str, Any]]:
         """The opening chunk with the assistant role."""
-        return [responses.chat_chunk(self.id, self.model, {"role": "assistant", "content": ""})]
+        return [openai_shapes.chat_chunk(self.id, self.model, {"role": "assistant", "content": ""})]
 
     def feed(self, events: list[Event]) -> list[dict[str, Any]]:
         """The chunk for one batch of events (none for an empty batch)."""
@@ -91,11 +95,11 @@ class ChatShaper:
             elif isinstance(event, Finish):
                 finish = event.reason
             elif isinstance(event, Usage):
-                usage = responses.usage(event.prompt_tokens, event.completion_tokens, event.cached_tokens)
+                usage = openai_shapes.usage(event.prompt_tokens, event.completion_tokens, event.cached_tokens)
         if not delta and not logprobs and finish is None:
             return []
-        block = responses.chat_logprobs(logprobs) if logprobs else None
-        return [responses.chat_chunk(self.id, self.model, delta, finish, usage, block)]
+        block = openai_shapes.chat_logprobs(logprobs) if logprobs else None
+        return [openai_shapes.chat_chunk(self.id, self.model, delta, finish, usage, block)]
 
 
 def _tool_call_fragment(event: ToolCallDelta) -> dict[str, Any]:
@@ -103,7 +107,7 @@ def _tool_call_fragment(event: ToolCallDelta) -> dict[str, Any]:
         return {"index": event.index, "function": {"arguments": event.arguments}}
     return {
         "index": event.index,
-        "id": event.id or responses.new_id("call"),
+        "id": event.id or openai_shapes.new_id("call"),
         "type": "function",
         "function": {"name": event.name, "arguments": event.arguments},
     }

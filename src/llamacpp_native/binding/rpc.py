@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from llamacpp_native._library import ensure_backend, ffi, lib, recent_errors
+from llamacpp_native.binding._library import ensure_backend, ffi, lib, recent_errors
 from llamacpp_native.errors import RpcServerError
 
 DEFAULT_PORT = 50052

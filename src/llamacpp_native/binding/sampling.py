@@ -10,9 +10,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from llamacpp_native._library import ffi, lib, recent_errors, take_message
+from llamacpp_native.binding._library import ffi, lib, recent_errors, take_message
+from llamacpp_native.binding.vocab import Vocab
 from llamacpp_native.errors import ClosedError, GrammarError
-from llamacpp_native.vocab import Vocab
 
 DEFAULT_SEED = 0xFFFFFFFF
 

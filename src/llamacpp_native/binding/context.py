@@ -8,7 +8,10 @@ import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from llamacpp_native._library import ffi, lib, recent_errors
+from llamacpp_native.binding._library import ffi, lib, recent_errors
+from llamacpp_native.binding.gate import Gate
+from llamacpp_native.binding.lora import LoraAdapter, LoraSet, normalise_lora
+from llamacpp_native.binding.model import Model
 from llamacpp_native.errors import (
     ClosedError,
     ContextError,
@@ -16,9 +19,6 @@ from llamacpp_native.errors import (
     DecodeError,
     GenerationCancelled,
 )
-from llamacpp_native.gate import Gate
-from llamacpp_native.lora import LoraAdapter, LoraSet, normalise_lora
-from llamacpp_native.model import Model
 
 KV_TYPES = {
     "f32": "GGML_TYPE_F32",

@@ -8,12 +8,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from llamacpp_native._library import ffi, lib, take_string
+from llamacpp_native.binding._library import ffi, lib, take_string
+from llamacpp_native.binding.gate import Gate
+from llamacpp_native.binding.model import Model
+from llamacpp_native.chat.media import MediaSource
 from llamacpp_native.errors import ChatTemplateError, ClosedError, GrammarError
-from llamacpp_native.gate import Gate
-from llamacpp_native.json_schema import SchemaPreparer, for_prompt
-from llamacpp_native.media import MediaSource
-from llamacpp_native.model import Model
+from llamacpp_native.grammar.json_schema import SchemaPreparer, for_prompt
 
 # common_grammar_trigger_type in llama.cpp's common/common.h
 TRIGGER_TOKEN, TRIGGER_WORD, TRIGGER_PATTERN, TRIGGER_PATTERN_FULL = range(4)
@@ -83,7 +83,7 @@ class ChatTemplates:
 
         The grammar of ``json_schema`` and of the tools' parameters gets this
         package's additions to llama.cpp's converter (number bounds, property
-        counts, recursion depth: see :mod:`llamacpp_native.json_schema`): the
+        counts, recursion depth: see :mod:`llamacpp_native.grammar.json_schema`): the
         template renders the prompt and parser from the schemas as given, and the
         grammar from the schemas as prepared for the converter.
         """

@@ -12,7 +12,7 @@ import collections
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,7 @@ __all__ = [
     "capture_log",
     "ensure_backend",
     "logger",
+    "read_metadata",
     "recent_errors",
     "take_message",
     "take_string",
@@ -169,3 +170,23 @@ def take_string(status: int, out: Any, error_type: type[LlamaError]) -> str:
     if status != 0:
         raise error_type(text or "unknown error in llama.cpp")
     return text
+
+
+def read_metadata(
+    handle: Any, count: Callable[..., int], key_at: Callable[..., int], value_at: Callable[..., int]
+) -> dict[str, str]:
+    """GGUF key/value pairs through llama.cpp's ``*_meta_count`` / ``*_key_by_index`` / ``*_by_index``."""
+    result: dict[str, str] = {}
+    buf_size = 1 << 16
+    buf = ffi.new("char[]", buf_size)
+    for i in range(count(handle)):
+        key_at(handle, i, buf, buf_size)
+        key = ffi.string(buf).decode("utf-8", "replace")
+        n = value_at(handle, i, buf, buf_size)
+        if n >= buf_size:
+            big = ffi.new("char[]", n + 1)
+            value_at(handle, i, big, n + 1)
+            result[key] = ffi.string(big).decode("utf-8", "replace")
+        else:
+            result[key] = ffi.string(buf).decode("utf-8", "replace")
+    return result

@@ -15,8 +15,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from llamacpp_native._library import ensure_backend, ffi, lib
-from llamacpp_native.rpc import endpoint_of
+from llamacpp_native.binding._library import ensure_backend, ffi, lib
+from llamacpp_native.binding.rpc import endpoint_of
 
 _KINDS = {
     int(lib.GGML_BACKEND_DEVICE_TYPE_CPU): "cpu",

@@ -1,7 +1,7 @@
 """An RPC worker: lends this machine's devices to models loaded elsewhere with ``rpc_servers=``.
 
     llamacpp-rpc-server --host 127.0.0.1 --port 50052 [--threads N] [--cache DIR] [--device NAME,...]
-    python -m llamacpp_native.rpc_server ...
+    python -m llamacpp_native.cli.rpc_server ...
 
 It runs ggml's own RPC server (``ggml_backend_rpc_start_server``, the same code
 as llama.cpp's ``rpc-server`` tool) until it is stopped with Ctrl-C or SIGTERM.
@@ -21,9 +21,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from llamacpp_native._library import ffi, lib
-from llamacpp_native.offload import local_devices, local_offload_devices
-from llamacpp_native.rpc import DEFAULT_PORT, is_loopback_host, protocol_version
+from llamacpp_native.binding._library import ffi, lib
+from llamacpp_native.binding.offload import local_devices, local_offload_devices
+from llamacpp_native.binding.rpc import DEFAULT_PORT, is_loopback_host, protocol_version
 
 _EXPOSED_WARNING = """\
 WARNING: binding the RPC worker to {host!r}, which is not loopback.

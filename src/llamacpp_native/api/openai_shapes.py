@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from llamacpp_native.engine import TokenLogprob
+from llamacpp_native.engine.types import TokenLogprob
 
 
 def new_id(prefix: str) -> str:

@@ -12,10 +12,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from llamacpp_native._library import ffi, lib, take_message
-from llamacpp_native.engine import Chunk
-from llamacpp_native.errors import ChatTemplateError
-from llamacpp_native.events import (
+from llamacpp_native.binding._library import ffi, lib, take_message
+from llamacpp_native.engine.events import (
     Event,
     Finish,
     LogprobsDelta,
@@ -24,6 +22,8 @@ from llamacpp_native.events import (
     ToolCallDelta,
     Usage,
 )
+from llamacpp_native.engine.types import Chunk
+from llamacpp_native.errors import ChatTemplateError
 
 
 class ReplyParser:

@@ -14,13 +14,11 @@ import contextlib
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
+from llamacpp_native.engine.text_stream import StopMatcher, Utf8Stream
+from llamacpp_native.engine.types import Chunk, GenerationRequest, TokenLogprob
 from llamacpp_native.errors import GenerationCancelled
-from llamacpp_native.text_stream import StopMatcher, Utf8Stream
-
-if TYPE_CHECKING:
-    from llamacpp_native.engine import Chunk, GenerationRequest, TokenLogprob
 
 MAX_BACKLOG = 64
 """Raw tokens a request may hold unread before the engine pauses it (others go on)."""
@@ -128,7 +126,6 @@ class RequestStream:
         request: GenerationRequest,
         limit: int,
         on_change: Callable[[RequestStream], None],
-        chunk_type: type[Chunk],
     ) -> None:
         self.request = request
         self.limit = limit
@@ -136,7 +133,6 @@ class RequestStream:
         """Prompt tokens served from the prefix cache (known once the request is admitted)."""
         self._output = SequenceOutput(request, limit)
         self._on_change = on_change  # tells the engine that this stream was cancelled or drained
-        self._chunk = chunk_type
         self._lock = threading.Condition()
         self._tokens: deque[_Token] = deque()
         self._end: tuple[str, BaseException | None] | None = None
@@ -276,7 +272,7 @@ class RequestStream:
         text, logprobs = output.feed(item.token, item.piece, item.logprob)
         if output.finish_reason is None:
             if text or logprobs:
-                self._ready.append(self._chunk(text, self._tokens_with(item.token), logprobs or None))
+                self._ready.append(Chunk(text, self._tokens_with(item.token), logprobs or None))
             else:
                 self._held.append(item.token)  # its text is held back (half a character, a stop's start)
             return
@@ -296,11 +292,11 @@ class RequestStream:
         output = self._output
         tokens, self._held = self._held + tokens, []
         if text or logprobs:
-            self._ready.append(self._chunk(text, tokens, logprobs or None))
+            self._ready.append(Chunk(text, tokens, logprobs or None))
             tokens = []
         tail, more = output.end(reason)
         self._ready.append(
-            self._chunk(
+            Chunk(
                 tail,
                 tokens,
                 more or None,

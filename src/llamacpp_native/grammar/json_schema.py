@@ -6,7 +6,7 @@ grammar can, and splices its own rules into the result:
 
 * ``minimum`` / ``maximum`` / ``exclusiveMinimum`` / ``exclusiveMaximum`` on
   ``"type": "number"`` (the converter bounds only integers): see
-  :mod:`llamacpp_native.number_range`;
+  :mod:`llamacpp_native.grammar.number_range`;
 * ``minProperties`` / ``maxProperties`` on objects whose keys are all listed in
   ``properties`` (no ``additionalProperties`` / ``patternProperties``);
 * closed tuples (``prefixItems`` with ``items: false``, which the converter
@@ -23,11 +23,14 @@ Each rewritten node becomes a unique string constant for the converter (a
 marker), whose literal in the converter's grammar is then replaced by a rule of
 ours.  Sub-schemas our rules need (the values of an object's properties) are
 converted on their own and their rules renamed apart.
+
+Walking sub-schemas and the depth bound live in ``schema_tree``, the GBNF text
+helpers in ``gbnf_rules``, and what the grammar leaves to validation after
+generation in ``post_validation``.
 """
 
 from __future__ import annotations
 
-import copy
 import itertools
 import json
 import re
@@ -35,27 +38,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from llamacpp_native import number_range
 from llamacpp_native.errors import GrammarError
+from llamacpp_native.grammar import number_range
+from llamacpp_native.grammar.gbnf_rules import RULE_LINE, gbnf_literal, parse_rules, rename_rules
+from llamacpp_native.grammar.schema_tree import BOUNDS, bound_depth, map_subschemas
 
 DEPTH_KEYWORD = "x-max-depth"
 """Root keyword bounding the nesting of recursive definitions (like the ``max_depth`` argument)."""
 
-_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
-_SCHEMA_ONE = (
-    "additionalProperties",
-    "not",
-    "contains",
-    "if",
-    "then",
-    "else",
-    "propertyNames",
-    "unevaluatedItems",
-    "unevaluatedProperties",
-    "additionalItems",
-)
-_SCHEMA_LISTS = ("prefixItems", "anyOf", "oneOf", "allOf")
-_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 _PREFIX = "cannot convert JSON schema to a grammar: "
 _MARKER = "__lcpp_custom_{}__"
 # Calendar dates exactly as ISO 8601 / RFC 3339 (and Python's date.fromisoformat) take
@@ -78,80 +68,13 @@ _DATE_RULES = {
     "date-time": f'"\\"" {_DATE} "T" {_TIME} "\\""',
 }
 _MARKER_LITERAL = re.compile(r'"\\"__lcpp_custom_(\d+)__\\""')
-_RULE_LINE = re.compile(r"^([A-Za-z0-9-]+) ::= (.*)$")
-_GBNF_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|\[(?:[^\]\\]|\\.)*\]|\{[^}]*\}|[A-Za-z0-9-]+|\s+|.', re.DOTALL)
-
-
-def map_subschemas(node: Any, fn: Callable[[Any], Any]) -> Any:
-    """A copy of ``node`` with ``fn`` applied to each direct sub-schema (not to data like enum/const)."""
-    if not isinstance(node, dict):
-        return node
-    out = dict(node)
-    for key in _SCHEMA_MAPS:
-        if isinstance(out.get(key), dict):
-            out[key] = {name: fn(value) for name, value in out[key].items()}
-    for key in _SCHEMA_ONE:
-        if isinstance(out.get(key), dict):
-            out[key] = fn(out[key])
-    for key in _SCHEMA_LISTS:
-        if isinstance(out.get(key), list):
-            out[key] = [fn(value) for value in out[key]]
-    items = out.get("items")
-    if isinstance(items, dict):
-        out["items"] = fn(items)
-    elif isinstance(items, list):
-        out["items"] = [fn(value) for value in items]
-    return out
-
-
-def gbnf_literal(text: str) -> str:
-    """``text`` as a GBNF string literal."""
-    out = []
-    for ch in text:
-        if ch == "\\":
-            out.append("\\\\")
-        elif ch == '"':
-            out.append('\\"')
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\r":
-            out.append("\\r")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\x{ord(ch):02X}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
-
-
-def parse_rules(grammar: str) -> dict[str, str]:
-    """A converter grammar (one rule per line) as {name: body}, in order."""
-    rules: dict[str, str] = {}
-    for line in grammar.splitlines():
-        match = _RULE_LINE.match(line)
-        if match:
-            rules[match[1]] = match[2]
-    return rules
-
-
-def rename_rules(rules: dict[str, str], prefix: str) -> dict[str, str]:
-    """``rules`` with every rule name (defined or referenced) prefixed."""
-
-    def body(text: str) -> str:
-        parts = []
-        for token in _GBNF_TOKEN.findall(text):
-            parts.append(prefix + token if token in rules else token)
-        return "".join(parts)
-
-    return {prefix + name: body(text) for name, text in rules.items()}
 
 
 # ---------------------------------------------------------------------------
 # patterns
 
 
-def _pattern_for_converter(pattern: str) -> str:
+def pattern_for_converter(pattern: str) -> str:
     """``\\d``/``\\w``/``\\s`` as ASCII classes, and the pattern anchored (JSON Schema searches)."""
     classes = {"d": "0-9", "w": "a-zA-Z0-9_", "s": " \\t\\n\\r\\f\\v"}
     out: list[str] = []
@@ -180,189 +103,6 @@ def _pattern_for_converter(pattern: str) -> str:
     core = text[1:] if starts else text
     core = core[:-1] if ends else core
     return ("^" if starts else "^.*") + "(" + core + ")" + ("$" if ends else ".*$")
-
-
-# ---------------------------------------------------------------------------
-# recursion depth
-
-
-def _ref_name(ref: Any) -> str | None:
-    if isinstance(ref, str):
-        for prefix in ("#/$defs/", "#/definitions/"):
-            if ref.startswith(prefix) and "/" not in ref[len(prefix) :]:
-                return ref[len(prefix) :]
-    return None
-
-
-def _refs_in(node: Any, found: set[str]) -> None:
-    if isinstance(node, dict):
-        name = _ref_name(node.get("$ref"))
-        if name is not None:
-            found.add(name)
-        map_subschemas(node, lambda child: _refs_in(child, found))
-
-
-def _recursive_defs(defs: dict[str, Any]) -> set[str]:
-    """Definitions that can reach themselves through ``$ref``."""
-    edges: dict[str, set[str]] = {}
-    for name, schema in defs.items():
-        found: set[str] = set()
-        _refs_in(schema, found)
-        edges[name] = {n for n in found if n in defs}
-    recursive = set()
-    for start in defs:
-        seen: set[str] = set()
-        todo = list(edges[start])
-        while todo:
-            name = todo.pop()
-            if name == start:
-                recursive.add(start)
-                break
-            if name not in seen:
-                seen.add(name)
-                todo.extend(edges[name])
-    return recursive
-
-
-def _never(node: Any) -> bool:
-    return node is False
-
-
-def _simplify(node: Any) -> Any:
-    """Propagate ``False`` (no valid value) upwards; False when ``node`` itself admits nothing."""
-    if not isinstance(node, dict):
-        return node
-    node = map_subschemas(node, _simplify)
-    for key in ("anyOf", "oneOf"):
-        if isinstance(node.get(key), list):
-            kept = [branch for branch in node[key] if not _never(branch)]
-            if not kept:
-                return False
-            node[key] = kept
-    if isinstance(node.get("allOf"), list) and any(_never(b) for b in node["allOf"]):
-        return False
-    if _never(node.get("not")):
-        node.pop("not")
-    props = node.get("properties")
-    if isinstance(props, dict):
-        required = set(node.get("required") or [])
-        for name in [n for n, v in props.items() if _never(v)]:
-            if name in required:
-                return False
-            del props[name]
-    if _never(node.get("items")):
-        node.pop("items")
-        if "prefixItems" not in node:
-            if (node.get("minItems") or 0) > 0:
-                return False
-            node["maxItems"] = 0
-    if isinstance(node.get("prefixItems"), list) and any(_never(i) for i in node["prefixItems"]):
-        first = next(i for i, item in enumerate(node["prefixItems"]) if _never(item))
-        if (node.get("minItems") or 0) > first:
-            return False
-        node["prefixItems"] = node["prefixItems"][:first]
-        node["maxItems"] = min(node.get("maxItems", first), first)
-    if _never(node.get("additionalProperties")):
-        node["additionalProperties"] = False
-    return node
-
-
-def bound_depth(schema: dict[str, Any], max_depth: int) -> dict[str, Any]:
-    """``schema`` with its recursive definitions unrolled ``max_depth`` levels deep."""
-    if max_depth < 1:
-        raise GrammarError(f"max_depth must be at least 1, got {max_depth}")
-    schema = copy.deepcopy(schema)
-    defs_key = "$defs" if "$defs" in schema or "definitions" not in schema else "definitions"
-    defs: dict[str, Any] = dict(schema.get(defs_key) or {})
-    # a reference to the root itself: move the root into the definitions first
-    root_refs: set[str] = set()
-
-    def find_root_refs(node: Any) -> Any:
-        if isinstance(node, dict):
-            if node.get("$ref") == "#":
-                root_refs.add("#")
-            map_subschemas(node, find_root_refs)
-        return node
-
-    find_root_refs(schema)
-    if root_refs:
-        root_name = "lcpp-root"
-        body = {k: v for k, v in schema.items() if k not in ("$defs", "definitions", "$schema", "$id")}
-
-        def point_root(node: Any) -> Any:
-            if isinstance(node, dict):
-                node = map_subschemas(node, point_root)
-                if node.get("$ref") == "#":
-                    node = {**node, "$ref": f"#/{defs_key}/{root_name}"}
-            return node
-
-        defs = {name: point_root(value) for name, value in defs.items()}
-        defs[root_name] = point_root(body)
-        schema = {k: v for k, v in schema.items() if k in ("$schema", "$id")}
-        schema["$ref"] = f"#/{defs_key}/{root_name}"
-    recursive = _recursive_defs(defs)
-    if not recursive:
-        return schema
-    copies: dict[tuple[str, int], Any] = {}
-
-    def name_at(name: str, level: int) -> str:
-        return f"{name}-lcpp-depth-{level}" if name in recursive else name
-
-    def rewrite(node: Any, level: int) -> Any:
-        if not isinstance(node, dict):
-            return node
-        node = map_subschemas(node, lambda child: rewrite(child, level))
-        name = _ref_name(node.get("$ref"))
-        if name in recursive:
-            assert name is not None
-            depth = level + 1
-            if depth > max_depth:
-                return False
-            if (name, depth) not in copies:
-                copies[(name, depth)] = None  # placeholder against cycles
-                copies[(name, depth)] = rewrite(defs[name], depth)
-            node = {**node, "$ref": f"#/{defs_key}/{name_at(name, depth)}"}
-        return node
-
-    new_defs = {name: rewrite(value, 0) for name, value in defs.items() if name not in recursive}
-    root = rewrite({k: v for k, v in schema.items() if k not in ("$defs", "definitions")}, 0)
-    for (name, depth), value in copies.items():
-        new_defs[name_at(name, depth)] = value
-    # simplify: False propagates through definitions (to a fixed point) and the root
-    changed = True
-    while changed:
-        changed = False
-        for name, value in list(new_defs.items()):
-            simple = _simplify(value)
-            if simple is False and value is not False:
-                new_defs[name] = False
-                changed = True
-            elif simple is not False:
-                new_defs[name] = simple
-        dead = {n for n, v in new_defs.items() if v is False}
-
-        def kill(node: Any, dead: set[str] = dead) -> Any:
-            if isinstance(node, dict):
-                node = map_subschemas(node, kill)
-                if _ref_name(node.get("$ref")) in dead:
-                    return False
-            return node
-
-        for name, value in list(new_defs.items()):
-            if value is not False:
-                killed = kill(value)
-                if killed is False or killed != value:
-                    new_defs[name] = killed
-                    changed = changed or killed is False
-        root = kill(root)
-    root = _simplify(root)
-    if root is False:
-        raise GrammarError(
-            f"max_depth={max_depth} leaves no valid value: every way to end the recursion is required "
-            "by the schema; raise max_depth or make the recursive part optional"
-        )
-    root[defs_key] = {n: v for n, v in new_defs.items() if v is not False}
-    return root
 
 
 # ---------------------------------------------------------------------------
@@ -439,7 +179,7 @@ class SchemaPreparer:
         if not self.custom:
             return grammar
         lines = [_splice_markers(line) for line in grammar.splitlines()]
-        defined = {m[1] for m in map(_RULE_LINE.match, lines) if m}
+        defined = {m[1] for m in map(RULE_LINE.match, lines) if m}
         extra = self.rules()
         if "space" not in defined and "space" not in extra:
             extra["space"] = '" "?'
@@ -460,7 +200,7 @@ class SchemaPreparer:
             # tuple: without items the converter produces exactly the tuple, valid for both
             node = {k: v for k, v in node.items() if k != "items"}
         if isinstance(node.get("pattern"), str) and node.get("type", "string") == "string":
-            node = {**node, "pattern": _pattern_for_converter(node["pattern"])}
+            node = {**node, "pattern": pattern_for_converter(node["pattern"])}
         number = self._number(node)
         if number is not None:
             return number
@@ -481,7 +221,7 @@ class SchemaPreparer:
 
     def _number(self, node: dict[str, Any]) -> Any:
         types = node.get("type")
-        if not any(k in node for k in _BOUNDS) or "enum" in node or "const" in node:
+        if not any(k in node for k in BOUNDS) or "enum" in node or "const" in node:
             return None
         if any(k in node for k in ("anyOf", "oneOf", "allOf", "$ref", "not")):
             return None
@@ -503,7 +243,7 @@ class SchemaPreparer:
         marker = self.marker(lambda name: {name: body})
         if not others:
             return marker
-        rest = {k: v for k, v in node.items() if k not in _BOUNDS}
+        rest = {k: v for k, v in node.items() if k not in BOUNDS}
         rest["type"] = others if len(others) > 1 else others[0]
         return {"anyOf": [marker, rest]}
 
@@ -631,7 +371,7 @@ def _object_rules(
 
 def convert(schema: Any) -> tuple[str, list[str]]:
     """llama.cpp's converter alone: (grammar, warnings)."""
-    from llamacpp_native._library import ensure_backend, ffi, lib, take_message
+    from llamacpp_native.binding._library import ensure_backend, ffi, lib, take_message
 
     ensure_backend()
     text = schema if isinstance(schema, str) else json.dumps(schema)
@@ -679,126 +419,3 @@ def schema_to_gbnf(schema: Mapping[str, Any] | str, max_depth: int | None = None
         prepared = document
     grammar, warnings = convert(prepared)
     return Conversion(preparer.splice(grammar), preparer.warnings + warnings)
-
-
-# ---------------------------------------------------------------------------
-# what the grammar leaves to validation
-
-POST_VALIDATED = (
-    "not",
-    "uniqueItems",
-    "contains",
-    "minContains",
-    "maxContains",
-    "multipleOf",
-    "propertyNames",
-    "patternProperties",
-    "dependentRequired",
-    "dependentSchemas",
-    "dependencies",
-    "if",
-    "unevaluatedProperties",
-    "unevaluatedItems",
-)
-"""Keywords no grammar here expresses: checked after generation (``SchemaValidationError``)."""
-
-GRAMMAR_FORMATS = ("date", "time", "date-time", "uuid")
-"""String formats the grammar enforces; any other ``format`` is checked after generation."""
-
-
-def _pointer(path: tuple[str, ...]) -> str:
-    return "/" + "/".join(p.replace("~", "~0").replace("/", "~1") for p in path) if path else "(root)"
-
-
-def _disjoint_branches(branches: list[Any]) -> bool:
-    """Whether oneOf branches cannot overlap: distinct single types, or a shared const discriminator."""
-    types = [b.get("type") for b in branches if isinstance(b, dict)]
-    if len(types) == len(branches) and all(isinstance(t, str) for t in types):
-        simple = [("number" if t == "integer" else t) for t in types]
-        if len(set(simple)) == len(simple):
-            return True
-    consts = [b.get("const") for b in branches if isinstance(b, dict) and "const" in b]
-    if len(consts) == len(branches) and len({json.dumps(c, sort_keys=True) for c in consts}) == len(consts):
-        return True
-    props: list[dict[str, Any]] = [
-        b["properties"] for b in branches if isinstance(b, dict) and isinstance(b.get("properties"), dict)
-    ]
-    if props and len(props) == len(branches):
-        shared = set.intersection(*(set(p) for p in props)) if props else set()
-        for key in shared:
-            values = [p[key].get("const") if isinstance(p[key], dict) else None for p in props]
-            required = all(key in (b.get("required") or []) for b in branches)
-            if required and None not in values and len({json.dumps(v) for v in values}) == len(values):
-                return True
-    return False
-
-
-def unenforced(schema: Any) -> list[str]:
-    """The rules of ``schema`` that its grammar does not enforce, as "keyword at /path (why)".
-
-    Generation can produce JSON that breaks them; validation after generation
-    catches it (``SchemaValidationError``).  Empty when the grammar is exact.
-    """
-    found: list[str] = []
-    pattern_cache: dict[str, list[str]] = {}
-
-    def visit(node: Any, path: tuple[str, ...]) -> None:
-        if not isinstance(node, dict):
-            return
-        where = _pointer(path)
-        for key in POST_VALIDATED:
-            if key not in node:
-                continue
-            if key == "uniqueItems" and (not node[key] or node.get("maxItems", 2) <= 1):
-                continue
-            found.append(f"{key} at {where}")
-        for key in ("minProperties", "maxProperties"):
-            if key in node and not counted_object_supported(node):
-                found.append(f"{key} at {where} (only for objects whose keys are all listed in properties)")
-                break
-        if node.get("oneOf") and not _disjoint_branches(node["oneOf"]):
-            found.append(f"oneOf at {where} (a value matching two branches is not excluded)")
-        if isinstance(node.get("allOf"), list):
-            parts = node["allOf"]
-            if not all(isinstance(p, dict) and ("$ref" in p or "properties" in p) for p in parts):
-                found.append(f"allOf at {where} (only objects are merged)")
-        fmt = node.get("format")
-        if isinstance(fmt, str) and fmt not in GRAMMAR_FORMATS and node.get("type", "string") == "string":
-            found.append(f"format {fmt!r} at {where}")
-        pattern = node.get("pattern")
-        if isinstance(pattern, str):
-            if pattern not in pattern_cache:
-                try:
-                    _, warnings = convert({"type": "string", "pattern": _pattern_for_converter(pattern)})
-                except GrammarError as error:
-                    warnings = [str(error)]
-                pattern_cache[pattern] = warnings
-            if pattern_cache[pattern]:
-                found.append(f"pattern {pattern!r} at {where} ({'; '.join(pattern_cache[pattern])})")
-        if any(k in node for k in _BOUNDS) and (
-            node.get("type") == "number" or (isinstance(node.get("type"), list) and "number" in node["type"])
-        ):
-            try:
-                number_range.number_node(*number_range.bounds_of(node))
-            except ValueError as error:
-                found.append(f"number bounds at {where} ({error})")
-        for key in _SCHEMA_MAPS:
-            if isinstance(node.get(key), dict):
-                for name, child in node[key].items():
-                    visit(child, (*path, key, name))
-        for key in _SCHEMA_ONE:
-            if isinstance(node.get(key), dict):
-                visit(node[key], (*path, key))
-        for key in _SCHEMA_LISTS:
-            if isinstance(node.get(key), list):
-                for i, child in enumerate(node[key]):
-                    visit(child, (*path, key, str(i)))
-        items = node.get("items")
-        if isinstance(items, dict):
-            visit(items, (*path, "items"))
-        elif isinstance(items, list):
-            for i, child in enumerate(items):
-                visit(child, (*path, "items", str(i)))
-
-    visit(schema if not isinstance(schema, str) else json.loads(schema), ())
-    return found

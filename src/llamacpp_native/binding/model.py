@@ -10,17 +10,22 @@ import weakref
 from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from llamacpp_native import offload, rpc
-from llamacpp_native._library import capture_log, ensure_backend, ffi, lib, recent_errors
+from llamacpp_native.binding import offload, rpc
+from llamacpp_native.binding._library import (
+    capture_log,
+    ensure_backend,
+    ffi,
+    lib,
+    read_metadata,
+    recent_errors,
+)
+from llamacpp_native.binding.gate import Gate
+from llamacpp_native.binding.gguf_header import GGUF_MAGIC
+from llamacpp_native.binding.lora import LoraAdapter
+from llamacpp_native.binding.vocab import Vocab
 from llamacpp_native.errors import ClosedError, ModelLoadError, ModelNotFoundError, RpcServerError
-from llamacpp_native.gate import Gate
-from llamacpp_native.gguf_header import GGUF_MAGIC
-from llamacpp_native.vocab import Vocab
-
-if TYPE_CHECKING:
-    from llamacpp_native.lora import LoraAdapter
 
 ProgressCallback = Callable[[float], object]
 """Called with load progress in [0, 1]; returning ``False`` aborts the load."""
@@ -55,26 +60,6 @@ def _check_model_file(path: Path) -> None:
             f"not a GGUF file (magic {magic!r}, expected b'GGUF'): {path}; "
             "convert the model to GGUF with llama.cpp's convert_hf_to_gguf.py"
         )
-
-
-def read_metadata(
-    handle: Any, count: Callable[..., int], key_at: Callable[..., int], value_at: Callable[..., int]
-) -> dict[str, str]:
-    """GGUF key/value pairs through llama.cpp's ``*_meta_count`` / ``*_key_by_index`` / ``*_by_index``."""
-    result: dict[str, str] = {}
-    buf_size = 1 << 16
-    buf = ffi.new("char[]", buf_size)
-    for i in range(count(handle)):
-        key_at(handle, i, buf, buf_size)
-        key = ffi.string(buf).decode("utf-8", "replace")
-        n = value_at(handle, i, buf, buf_size)
-        if n >= buf_size:
-            big = ffi.new("char[]", n + 1)
-            value_at(handle, i, big, n + 1)
-            result[key] = ffi.string(big).decode("utf-8", "replace")
-        else:
-            result[key] = ffi.string(buf).decode("utf-8", "replace")
-    return result
 
 
 def _load_mode(use_mmap: bool, use_mlock: bool) -> int:
@@ -252,8 +237,6 @@ class Model:
         ``general.type = adapter`` and ``adapter.type = lora`` and name this model's
         architecture; llama.cpp then checks every tensor against the model's shapes.
         """
-        from llamacpp_native.lora import LoraAdapter
-
         return LoraAdapter(self, path)
 
     def close(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from llamacpp_native._library import ffi, lib, take_message
+from llamacpp_native.binding._library import ffi, lib, take_message
 from llamacpp_native.errors import TokenizeError
 
 

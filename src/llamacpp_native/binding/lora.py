@@ -11,19 +11,39 @@ import math
 import os
 import weakref
 from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
-from llamacpp_native._library import ffi, lib, recent_errors
+from llamacpp_native.binding._library import ffi, lib, read_metadata, recent_errors
+from llamacpp_native.binding.gate import Gate
+from llamacpp_native.binding.gguf_header import GGUFFormatError, GGUFType, GGUFValue, read_gguf_metadata
 from llamacpp_native.errors import ClosedError, LoraError
-from llamacpp_native.gguf_header import GGUFFormatError, GGUFType, GGUFValue, read_gguf_metadata
-from llamacpp_native.model import Model, read_metadata
+
+
+class AdapterOwner(Protocol):
+    """What an adapter needs of its model: ``binding.model.Model``, which loads adapters
+    (``Model.load_lora``) and so is the module that imports this one, not the other way round."""
+
+    @property
+    def gate(self) -> Gate: ...
+    @property
+    def _lora_lock(self) -> AbstractContextManager[Any]: ...
+    @property
+    def handle(self) -> Any: ...
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def architecture(self) -> str: ...
+    def _register_adapter(self, adapter: LoraAdapter) -> None: ...
+    def _lora_in_use(self, adapter: LoraAdapter) -> bool: ...
+
 
 STRING_KEYS = ("general.type", "general.architecture", "adapter.type")
 """Keys llama.cpp's loader reads as strings (any other type would abort the process)."""
 
 
-def _check_adapter_file(path: Path, model: Model) -> None:
+def _check_adapter_file(path: Path, model: AdapterOwner) -> None:
     """Raise ``LoraError`` for anything llama.cpp's loader would reject, or would abort on."""
     if not path.exists():
         raise LoraError(f"LoRA adapter file not found: {path}")
@@ -70,7 +90,7 @@ def _describe(entry: GGUFValue) -> str:
     return f"an array of {entry.type.name}" if entry.is_array else entry.type.name
 
 
-def _free_adapter(model: Model, raw: Any) -> None:
+def _free_adapter(model: AdapterOwner, raw: Any) -> None:
     """Free one adapter handle, unless closing the model already freed it."""
     with model._lora_lock:
         if not model.closed:
@@ -87,7 +107,7 @@ class LoraAdapter:
     that context lets go of it.  Compared and hashed by identity.
     """
 
-    def __init__(self, model: Model, path: str | os.PathLike[str]) -> None:
+    def __init__(self, model: AdapterOwner, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.model = model
         _check_adapter_file(self.path, model)

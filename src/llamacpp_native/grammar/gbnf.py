@@ -8,9 +8,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from llamacpp_native._library import logger
+from llamacpp_native.binding._library import logger
 from llamacpp_native.errors import GrammarError
-from llamacpp_native.json_schema import Conversion, schema_to_gbnf
+from llamacpp_native.grammar.json_schema import Conversion, schema_to_gbnf
 
 _LOOSE_SPACE = re.compile(r"^((?:lcpp-f\d+-)?space) ::= .*$", re.MULTILINE)
 # llama.cpp's converter renders a pattern's "." as any character but a line break, so a
@@ -59,7 +59,7 @@ def json_schema_to_grammar(schema: Mapping[str, Any] | str, max_depth: int | Non
 
     llama.cpp's converter does the work; number bounds, ``minProperties`` /
     ``maxProperties`` on closed objects, closed tuples and ``\\d``/``\\w``/``\\s`` in
-    patterns are added on top (:mod:`llamacpp_native.json_schema`).  ``max_depth``
+    patterns are added on top (:mod:`llamacpp_native.grammar.json_schema`).  ``max_depth``
     (or ``"x-max-depth"`` in the schema's root) bounds how deep recursive
     definitions nest.  Raises ``GrammarError`` with the reason when the schema is
     invalid or uses something that cannot be converted; what the grammar leaves

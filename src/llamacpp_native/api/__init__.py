@@ -1,0 +1,1 @@
+"""The ``Llama`` facade and its llama-cpp-python / OpenAI shapes."""

@@ -1,0 +1,1 @@
+"""Chat: templates (rendered and parsed by llama.cpp), named formats, media sources and the projector."""

@@ -1,0 +1,1 @@
+"""Constrained output: GBNF grammars, JSON schema to grammar, integer and number ranges."""
