@@ -98,6 +98,25 @@ def test_split_mode_none_puts_every_offloaded_layer_on_main_gpu(model_path: Path
     assert set(report.layers) == {second}
 
 
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        pytest.param({"split_mode": "none", "main_gpu": 2}, "main_gpu", id="main-gpu-past-the-devices"),
+        pytest.param({"split_mode": "row", "main_gpu": 5}, "main_gpu", id="row-main-gpu-past-the-devices"),
+        pytest.param({"tensor_split": [1.0, -1.0]}, "tensor_split", id="negative-share"),
+        pytest.param({"tensor_split": [0.0, 0.0]}, "tensor_split", id="no-share-at-all"),
+        pytest.param({"tensor_split": [1.0, 1.0, 1.0]}, "tensor_split", id="more-shares-than-devices"),
+    ],
+)
+def test_offload_settings_the_devices_cannot_meet_are_a_value_error_naming_them(
+    model_path: Path, servers: list[str], settings: dict[str, object], named: str
+) -> None:
+    with pytest.raises(ValueError, match=named):
+        Model(model_path, n_gpu_layers=-1, rpc_servers=servers, **settings)  # type: ignore[arg-type]
+    with Model(model_path, n_gpu_layers=-1, rpc_servers=servers) as model:  # nothing was left behind
+        assert "CPU" not in model.offload_report().layers
+
+
 def test_offload_kqv_false_keeps_the_kv_cache_on_this_machine(model_path: Path, servers: list[str]) -> None:
     with Llama(model_path, n_gpu_layers=-1, rpc_servers=servers, **SMALL) as llama:
         offloaded = llama.offload_report().buffer_mib("KV")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import threading
 import warnings
@@ -43,6 +44,32 @@ def lcpp_on_progress(progress: float, user_data: Any) -> bool:
         return callback(float(progress)) is not False
     except Exception:  # an exception cannot cross into C: treat it as "abort"
         return False
+
+
+def _check_device_settings(
+    devices: Sequence[Any],
+    n_gpu_layers: int,
+    split_mode: str,
+    main_gpu: int,
+    tensor_split: Sequence[float] | None,
+) -> None:
+    """Refuse offload settings the devices cannot meet, before llama.cpp sees them (CUDA may abort)."""
+    if n_gpu_layers == 0 or not devices:
+        return  # nothing is offloaded: llama.cpp ignores main_gpu and tensor_split
+    count = len(devices)
+    if split_mode in ("none", "row") and main_gpu >= count:
+        raise ValueError(
+            f"main_gpu={main_gpu} names no device: {count} offload device(s) seen, numbered 0 to {count - 1}"
+        )
+    if tensor_split is None:
+        return
+    shares = [float(share) for share in tensor_split]
+    if len(shares) > count:
+        raise ValueError(f"tensor_split has {len(shares)} entries for {count} offload device(s)")
+    if any(not math.isfinite(share) or share < 0 for share in shares):
+        raise ValueError(f"tensor_split shares must be finite and not negative, not {shares}")
+    if sum(shares) <= 0:
+        raise ValueError(f"tensor_split gives no device a share: {shares}")
 
 
 def _check_model_file(path: Path) -> None:
@@ -157,15 +184,12 @@ class Model:
         """Why the model is unusable (a worker stopped), once found; its memory is then never freed."""
         self._lost_reason = ""
         offload_devices = [*rpc_devices, *local_devices]
+        _check_device_settings(offload_devices, n_gpu_layers, split_mode, main_gpu, tensor_split)
         if split_mode == "none":
             offload_devices = offload_devices[main_gpu : main_gpu + 1] if main_gpu >= 0 else []
         self._offload_devices = offload_devices
         if tensor_split is not None:
             max_devices = int(lib.llama_max_devices())
-            if len(tensor_split) > max_devices:
-                raise ValueError(
-                    f"tensor_split has {len(tensor_split)} entries; this build supports {max_devices}"
-                )
             split = ffi.new("float[]", max_devices)
             for i, share in enumerate(tensor_split):
                 split[i] = share
