@@ -51,6 +51,24 @@ def projector_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def reranker_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight BERT reranker (rank pooling, one score) written by tests/tiny_models.py."""
+    from tiny_models import write_reranker
+
+    return write_reranker(tmp_path_factory.mktemp("rerank") / "reranker-tiny.gguf")
+
+
+@pytest.fixture(scope="session")
+def fim_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, int]]:
+    """A tiny random-weight llama whose vocabulary has FIM tokens: its path and their ids by kind
+    (``pre``, ``suf``, ``mid``, ``pad``, ``rep``, ``sep``; tests/tiny_models.py)."""
+    from tiny_models import write_fim_model
+
+    path = tmp_path_factory.mktemp("fim") / "coder-tiny.gguf"
+    return path, write_fim_model(path)
+
+
+@pytest.fixture(scope="session")
 def chat_templates_dir() -> Path:
     """``models/templates`` of the pinned llama.cpp tree the package was built from (Jinja templates of
     many model families), found where the build fetched it; the tests never download it."""

@@ -11,13 +11,14 @@ from typing import Any
 from llamacpp_native.api.base import LoraSpec, SamplingOptions
 from llamacpp_native.api.chat_handlers import Llava15ChatHandler, MultimodalChatHandler
 from llamacpp_native.api.llama import Llama
+from llamacpp_native.api.rerank import RerankResult
 from llamacpp_native.binding._library import NATIVE_DIR, ffi, lib
 from llamacpp_native.binding.context import Context
 from llamacpp_native.binding.lora import LoraAdapter
 from llamacpp_native.binding.model import Model
 from llamacpp_native.binding.offload import BufferInfo, DeviceInfo, OffloadReport
 from llamacpp_native.binding.sampling import GrammarSpec, SamplerChain, SamplingParams
-from llamacpp_native.binding.vocab import Vocab
+from llamacpp_native.binding.vocab import FimTokens, Vocab
 from llamacpp_native.chat.media import MediaPolicy
 from llamacpp_native.chat.multimodal import Bitmap, MediaChunk, Multimodal, MultimodalPrompt
 from llamacpp_native.chat.templates import ChatTemplates, RenderedChat, parse_chat_output
@@ -47,6 +48,7 @@ from llamacpp_native.errors import (
     ModelLoadError,
     ModelNotFoundError,
     MultimodalError,
+    NotSupportedError,
     OutputTruncatedError,
     ProjectorLoadError,
     RpcServerError,
@@ -110,6 +112,9 @@ __all__ = [
     "BufferInfo",
     "ModelLoadError",
     "ModelNotFoundError",
+    "NotSupportedError",
+    "RerankResult",
+    "FimTokens",
     "RenderedChat",
     "SamplerChain",
     "SamplingOptions",

@@ -65,6 +65,10 @@ class ChatTemplateError(LlamaError, ValueError):
     """A chat template could not be loaded, rendered or parsed."""
 
 
+class NotSupportedError(LlamaError, ValueError):
+    """The model cannot do what was asked: ranking without a classifier head, infill without FIM tokens."""
+
+
 class ClosedError(LlamaError, RuntimeError):
     """The object was used after close()."""
 

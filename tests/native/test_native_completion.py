@@ -1,4 +1,4 @@
-"""Completions: stop strings, limits, usage, echo, suffix, logprobs and streaming."""
+"""Completions: stop strings, limits, usage, echo, suffix (fill-in-the-middle), logprobs and streaming."""
 
 from __future__ import annotations
 
@@ -96,14 +96,9 @@ def test_echo_of_a_token_prompt_prepends_its_text(llama: Llama, greedy: Complete
     assert choice(greedy(llama.tokenize(COUNT), echo=True))["text"] == COUNT + plain
 
 
-def test_suffix_is_appended_after_the_generated_text(greedy: Complete) -> None:
-    plain = choice(greedy(COUNT))["text"]
-    assert choice(greedy(COUNT, suffix=" ...and so on"))["text"] == plain + " ...and so on"
-
-
-def test_echo_and_suffix_together_wrap_the_completion(greedy: Complete) -> None:
-    plain = choice(greedy(COUNT, stop=[","]))["text"]
-    assert choice(greedy(COUNT, stop=[","], echo=True, suffix="!"))["text"] == COUNT + plain + "!"
+def test_a_suffix_asks_for_fill_in_the_middle_which_this_model_cannot_do(greedy: Complete) -> None:
+    with pytest.raises(ValueError, match="FIM tokens"):  # tests/native/test_native_infill.py: one that can
+        greedy(COUNT, suffix=" ...and so on")
 
 
 # -- logprobs ------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import json
 
 import httpx
 import openai
-from server_support import sse_data
+from server_support import assert_openai_error, sse_data
 
 NO_END = {"ignore_eos": True}
 """End tokens suppressed: the reply is exactly max_tokens long."""
@@ -101,15 +101,18 @@ def test_the_same_seed_samples_the_same_text(client: openai.OpenAI, model_name: 
     assert sample() == sample()
 
 
-def test_token_prompt_with_echo_and_suffix(
-    client: openai.OpenAI, http: httpx.Client, model_name: str
-) -> None:
+def test_token_prompt_with_echo(client: openai.OpenAI, http: httpx.Client, model_name: str) -> None:
     tokens = http.post("/tokenize", json={"content": "Once upon a time"}).json()["tokens"]
     result = client.completions.create(
-        model=model_name, prompt=tokens, max_tokens=3, echo=True, suffix=" THE END", extra_body=NO_END
+        model=model_name, prompt=tokens, max_tokens=3, echo=True, extra_body=NO_END
     )
-    text = result.choices[0].text
-    assert text.startswith("Once upon a time") and text.endswith(" THE END")
+    assert result.choices[0].text.startswith("Once upon a time")
+
+
+def test_a_suffix_on_a_model_without_fim_tokens_is_a_400_that_says_so(http: httpx.Client) -> None:
+    response = http.post("/v1/completions", json={"prompt": "def f(", "suffix": "):", "max_tokens": 3})
+    error = assert_openai_error(response, 400, "not_supported")
+    assert "FIM tokens" in error["message"]
 
 
 def test_grammar_constrains_the_text(client: openai.OpenAI, model_name: str) -> None:

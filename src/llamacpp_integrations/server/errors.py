@@ -23,6 +23,7 @@ from llamacpp_native.errors import (
     GenerationCancelled,
     LlamaError,
     ModelLoadError,
+    NotSupportedError,
     RpcServerError,
 )
 
@@ -132,6 +133,8 @@ def api_error(error: BaseException) -> APIError:
         return APIError(
             500, f"The model could not be loaded: {error}", "server_error", code="model_load_failed"
         )
+    if isinstance(error, NotSupportedError):  # a request the model cannot serve: not worth a retry
+        return APIError(400, str(error), code="not_supported")
     if isinstance(error, (ValueError, TypeError)):  # GrammarError, TokenizeError, ChatTemplateError, ...
         return APIError(400, str(error) or type(error).__name__)
     if isinstance(error, LlamaError):

@@ -56,18 +56,25 @@ class LlamaEmbeddings(LlamaBase):
                         )
                     tokens = tokens[:limit]
                 token_lists.append(tokens)
-            vectors: list[list[float]] = []
-            group: list[list[int]] = []
-            for tokens in token_lists + [[]]:
-                full = sum(map(len, group)) + len(tokens) > limit or len(group) == context.n_seq_max
-                if group and (not tokens or full):
-                    vectors.extend(self._embed_group(context, group))
-                    group = []
-                if tokens:
-                    group.append(tokens)
+            vectors = self._pooled(context, token_lists)
             if normalize:
                 vectors = [_unit(v) for v in vectors]
             return vectors, sum(map(len, token_lists))
+
+    @classmethod
+    def _pooled(cls, context: Context, token_lists: list[list[int]]) -> list[list[float]]:
+        """Each token list's pooled output, several sequences per decode (each fits ``n_batch``)."""
+        limit = context.n_batch
+        vectors: list[list[float]] = []
+        group: list[list[int]] = []
+        for tokens in token_lists + [[]]:
+            full = sum(map(len, group)) + len(tokens) > limit or len(group) == context.n_seq_max
+            if group and (not tokens or full):
+                vectors.extend(cls._embed_group(context, group))
+                group = []
+            if tokens:
+                group.append(tokens)
+        return vectors
 
     @staticmethod
     def _embed_group(context: Context, group: list[list[int]]) -> list[list[float]]:

@@ -23,6 +23,8 @@ from llamacpp_native.api.base import (
 from llamacpp_native.api.chat import LlamaChat
 from llamacpp_native.api.chunk_shapers import CompletionShaper
 from llamacpp_native.api.embeddings import LlamaEmbeddings
+from llamacpp_native.api.infill import LlamaInfill
+from llamacpp_native.api.rerank import LlamaRerank
 from llamacpp_native.binding._library import capture_log, set_verbose
 from llamacpp_native.binding.context import Context
 from llamacpp_native.binding.lora import LoraAdapter
@@ -36,7 +38,7 @@ from llamacpp_native.engine.request_stream import RequestStream
 from llamacpp_native.engine.types import Cancellation, Chunk, GenerationRequest, GenerationResult
 
 
-class Llama(LlamaChat, LlamaEmbeddings):
+class Llama(LlamaChat, LlamaRerank, LlamaEmbeddings, LlamaInfill):
     """A local GGUF model with llama-cpp-python's call shapes, OpenAI-shaped results.
 
     The model loads in the constructor.  One instance is safe to use from many
@@ -224,7 +226,10 @@ class Llama(LlamaChat, LlamaEmbeddings):
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """Complete ``prompt``; a dict, or an iterator of chunk dicts with ``stream=True``.
 
-        ``suffix`` is appended to the generated text; ``echo`` prepends the prompt.
+        With ``suffix``, the model fills in the middle: the prompt is built from the FIM tokens
+        of its vocabulary (``infill_tokens``), and the text returned goes between ``prompt``
+        and ``suffix``; a model without them raises ``NotSupportedError`` (a ``ValueError``).
+        ``echo`` prepends the prompt.
         Other keyword arguments are those of ``completion_request``.  Calls from
         many threads run at once, in the engine's shared batch.
         """
@@ -266,13 +271,14 @@ class Llama(LlamaChat, LlamaEmbeddings):
     def _completion(
         self, prompt: str | Sequence[int], suffix: str | None, max_tokens: int | None, echo: bool, kwargs: Any
     ) -> tuple[GenerationRequest, CompletionShaper]:
-        request = self.completion_request(prompt, max_tokens=max_tokens, **kwargs)
+        filled = self.infill_tokens(prompt, suffix) if suffix is not None else prompt
+        request = self.completion_request(filled, max_tokens=max_tokens, **kwargs)
         prefix = (
             (prompt if isinstance(prompt, str) else self.detokenize(prompt).decode("utf-8", "replace"))
             if echo
             else ""
         )
-        return request, CompletionShaper(self.model_path, prefix, suffix or "")
+        return request, CompletionShaper(self.model_path, prefix)
 
     def create_completions(
         self,

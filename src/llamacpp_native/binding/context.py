@@ -36,6 +36,7 @@ POOLING = {
     for name in ("unspecified", "none", "mean", "cls", "last", "rank")
 }
 """``pooling`` names and llama.cpp's values for them, read from the compiled module."""
+RANK = POOLING["rank"]
 FLASH_ATTN = {
     None: lib.LLAMA_FLASH_ATTN_TYPE_AUTO,
     False: lib.LLAMA_FLASH_ATTN_TYPE_DISABLED,
@@ -164,6 +165,7 @@ class Context:
         self._handle: Any = ffi.gc(raw, lib.llama_free)
         self.model = model
         self._n_embd = n_embd
+        self._n_cls_out = int(lib.llama_model_n_cls_out(model.handle))
         self._batch: Any = ffi.new("llama_batch *", lib.llama_batch_init(params.n_batch, 0, params.n_seq_max))
         self._free_batch = weakref.finalize(self, _free_batch, self._batch)
         self.lock = threading.RLock()
@@ -351,7 +353,10 @@ class Context:
             return list(ffi.unpack(ptr, self.model.vocab.n_tokens))
 
     def embedding(self, seq_id: int = 0, index: int = -1) -> list[float]:
-        """Pooled embedding of sequence ``seq_id``; without pooling, the token's at batch ``index``."""
+        """Pooled embedding of sequence ``seq_id``; without pooling, the token's at batch ``index``.
+
+        Under rank pooling it is the classifier's ``n_cls_out`` scores (a reranker: one).
+        """
         if not self.embeddings_enabled:
             raise ContextError("this context was created without embeddings=True")
         with self.gate:
@@ -361,7 +366,7 @@ class Context:
                 ptr = lib.llama_get_embeddings_ith(handle, index)
             if ptr == ffi.NULL:
                 raise DecodeError("no embeddings available; decode a sequence first")
-            return list(ffi.unpack(ptr, self._n_embd))
+            return list(ffi.unpack(ptr, self._n_cls_out if self.pooling == RANK else self._n_embd))
 
     # -- KV cache -----------------------------------------------------------------
     def kv_clear(self) -> None:

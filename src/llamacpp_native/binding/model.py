@@ -447,6 +447,12 @@ class Model:
             return bool(lib.llama_model_has_encoder(self.handle))
 
     @property
+    def n_cls_out(self) -> int:
+        """Outputs of the classifier head (one score for a reranker); meaningful for classifiers only."""
+        with self.gate:
+            return int(lib.llama_model_n_cls_out(self.handle))
+
+    @property
     def description(self) -> str:
         """llama.cpp's one-line description, e.g. ``gemma3 270M Q4_K - Medium``."""
         buf = ffi.new("char[]", 256)
@@ -478,6 +484,10 @@ class Model:
     @property
     def chat_template(self) -> str | None:
         """The chat template stored in the GGUF, if any."""
+        return self.named_template(None)
+
+    def named_template(self, name: str | None) -> str | None:
+        """The GGUF's template called ``name`` (``"rerank"``: a reranker's prompt), or its chat template."""
         with self.gate:
-            raw = lib.llama_model_chat_template(self.handle, ffi.NULL)
+            raw = lib.llama_model_chat_template(self.handle, ffi.NULL if name is None else name.encode())
             return None if raw == ffi.NULL else ffi.string(raw).decode("utf-8", "replace")

@@ -3,10 +3,32 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from llamacpp_native.binding._library import ffi, lib, take_message
 from llamacpp_native.errors import TokenizeError
+
+
+class FimTokens(NamedTuple):
+    """A vocabulary's fill-in-the-middle tokens (-1 where it has none), as llama.cpp found them:
+    from ``tokenizer.ggml.fim_*_token_id`` metadata, else from well-known token texts."""
+
+    pre: int
+    suf: int
+    mid: int
+    pad: int
+    rep: int
+    sep: int
+
+    @property
+    def complete(self) -> bool:
+        """Whether the prefix, suffix and middle tokens are all there (what an infill prompt needs)."""
+        return min(self.pre, self.suf, self.mid) >= 0
+
+    def missing(self) -> list[str]:
+        """The names of the needed tokens the vocabulary lacks (prefix, suffix, middle)."""
+        named = (("prefix", self.pre), ("suffix", self.suf), ("middle", self.mid))
+        return [name for name, token in named if token < 0]
 
 
 class Vocab:
@@ -49,10 +71,42 @@ class Vocab:
             return int(lib.llama_vocab_eot(self.handle))
 
     @property
+    def sep(self) -> int:
+        """Separator token id (BERT's ``[SEP]``; -1 if none)."""
+        with self._gate:
+            return int(lib.llama_vocab_sep(self.handle))
+
+    @property
     def add_bos(self) -> bool:
         """Whether tokenizing with ``add_special`` prepends BOS."""
         with self._gate:
             return bool(lib.llama_vocab_get_add_bos(self.handle))
+
+    @property
+    def add_eos(self) -> bool:
+        """Whether the model wants EOS after a text (a pair's parts, for rerankers)."""
+        with self._gate:
+            return bool(lib.llama_vocab_get_add_eos(self.handle))
+
+    @property
+    def add_sep(self) -> bool:
+        """Whether the model wants SEP between the texts of a pair (BERT-style rerankers)."""
+        with self._gate:
+            return bool(lib.llama_vocab_get_add_sep(self.handle))
+
+    @property
+    def fim(self) -> FimTokens:
+        """The fill-in-the-middle tokens (prefix, suffix, middle, pad, repository, file separator)."""
+        with self._gate:
+            handle = self.handle
+            return FimTokens(
+                int(lib.llama_vocab_fim_pre(handle)),
+                int(lib.llama_vocab_fim_suf(handle)),
+                int(lib.llama_vocab_fim_mid(handle)),
+                int(lib.llama_vocab_fim_pad(handle)),
+                int(lib.llama_vocab_fim_rep(handle)),
+                int(lib.llama_vocab_fim_sep(handle)),
+            )
 
     def is_eog(self, token: int) -> bool:
         """Whether ``token`` ends generation (EOS, EOT and similar)."""
