@@ -11,6 +11,7 @@ pytest.importorskip("fastapi", reason="the server tests need the 'server' extra"
 
 import httpx  # noqa: E402
 import openai  # noqa: E402
+import yaml  # noqa: E402
 from server_support import SERVER_FLAGS, RunningServer  # noqa: E402
 
 
@@ -60,3 +61,31 @@ def http(server: RunningServer) -> Iterator[httpx.Client]:
     """Plain HTTP to the main server, for what the OpenAI client hides (status lines, SSE bytes)."""
     with httpx.Client(base_url=server.url, timeout=120) as session:
         yield session
+
+
+@pytest.fixture(scope="session")
+def tiny_server(
+    start_server: Callable[..., RunningServer],
+    reranker_path: Path,
+    fim_model: tuple[Path, dict[str, int]],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> RunningServer:
+    """A server of the tiny models, all resident: ``reranker`` (the default), ``coder`` (FIM tokens), and
+    ``classifier``: the reranker's weights in a GGUF that does not declare rank pooling, served with
+    ``pooling: rank``."""
+    from tiny_models import write_reranker
+
+    folder = tmp_path_factory.mktemp("tiny-config")
+    classifier = write_reranker(folder / "classifier.gguf", rank_pooling=False)
+    common = {"n_ctx": 512, "n_batch": 64, "n_parallel": 2, "n_threads": 1}
+    config = {
+        "models_max": 3,
+        "models": [
+            {**common, "model": str(reranker_path), "model_alias": "reranker"},
+            {**common, "model": str(fim_model[0]), "model_alias": "coder", "seed": 1},
+            {**common, "model": str(classifier), "model_alias": "classifier", "pooling": "rank"},
+        ],
+    }
+    path = folder / "server.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return start_server("--config_file", str(path))

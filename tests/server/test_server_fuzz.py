@@ -27,9 +27,12 @@ LENGTH_FIELDS = {
     "/completions": "n_predict",
     "/v1/responses": "max_output_tokens",
     "/v1/messages": "max_tokens",
+    "/infill": "n_predict",
 }
 """The field that bounds each generating route's reply."""
 ANTHROPIC_PREFIX = "/v1/messages"
+TINY_MODELS = {"/v1/rerank": "reranker", "/infill": "coder"}
+"""The routes fuzzed again on the tiny server, each on the model that can serve it."""
 
 
 def _capped(body: Any, field: str) -> Any:
@@ -38,6 +41,11 @@ def _capped(body: Any, field: str) -> Any:
         body = {k: v for k, v in body.items() if k != "max_completion_tokens"}
         body[field] = CAPPED_TOKENS
     return body
+
+
+def _on_model(body: Any, model: str) -> Any:
+    """The generated body sent to ``model`` (a body that is not an object is left as it is)."""
+    return {**body, "model": model} if isinstance(body, dict) else body
 
 
 def _check_error_shape(path: str, body: Any) -> None:
@@ -49,7 +57,19 @@ def _check_error_shape(path: str, body: Any) -> None:
 
 
 def test_fuzzed_requests_never_get_a_server_error(server: RunningServer) -> None:
-    schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
+    _fuzz(server, schemathesis.openapi.from_url(f"{server.url}/openapi.json"), {})
+
+
+def test_fuzzed_rerank_and_infill_on_models_that_serve_them_never_get_a_server_error(
+    tiny_server: RunningServer,
+) -> None:
+    schema = schemathesis.openapi.from_url(f"{tiny_server.url}/openapi.json").include(path=list(TINY_MODELS))
+    _fuzz(tiny_server, schema, TINY_MODELS)
+
+
+def _fuzz(server: RunningServer, schema: Any, models: dict[str, str]) -> None:
+    """Every generated request to ``schema``'s operations answers below 500, errors in their API's shape;
+    ``models`` sends a route's requests to the model named."""
     modes = (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE)
     cases = st.one_of(*(schema.as_strategy(generation_mode=mode) for mode in modes))
 
@@ -65,6 +85,8 @@ def test_fuzzed_requests_never_get_a_server_error(server: RunningServer) -> None
         field = LENGTH_FIELDS.get(case.operation.path)
         if case.operation.method.upper() == "POST" and field is not None:
             case.body = _capped(case.body, field)
+        if case.operation.path in models:
+            case.body = _on_model(case.body, models[case.operation.path])
         response = case.call(base_url=server.url, timeout=120)
         assert response.status_code < 500, (case.operation.label, case.body, response.text)
         if response.status_code >= 400:

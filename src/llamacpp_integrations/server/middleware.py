@@ -38,6 +38,11 @@ KNOWN_ENDPOINTS = frozenset(
         "/v1/responses",
         "/v1/messages",
         "/v1/messages/count_tokens",
+        "/v1/rerank",
+        "/rerank",
+        "/v1/reranking",
+        "/reranking",
+        "/infill",
     }
 )
 

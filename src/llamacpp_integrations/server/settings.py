@@ -77,6 +77,12 @@ class ModelOptions(BaseModel):
         description="Most thinking tokens per reply, then the end tag is forced (-1: no limit).",
     )
     seed: int = Field(default=0xFFFFFFFF, description="Default sampling seed (0xFFFFFFFF = random).")
+    pooling: str | None = Field(
+        default=None,
+        pattern="^(none|mean|cls|last|rank)$",
+        description="Pooling of embeddings (default: the model's own); 'rank' serves a classifier GGUF "
+        "that does not declare it as a reranker on /v1/rerank (llama-server's --reranking).",
+    )
     mmproj: str | None = Field(
         default=None,
         description="The model's multimodal projector (mmproj .gguf): chat messages may then carry "

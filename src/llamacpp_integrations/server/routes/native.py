@@ -1,5 +1,5 @@
-"""llama-server's native endpoints: ``/completion``, ``/embedding``, ``/apply-template``, ``/props``
-and ``/slots``.
+"""llama-server's native endpoints: ``/completion``, ``/infill``, ``/embedding``, ``/apply-template``,
+``/props`` and ``/slots``.
 
 As in llama-server, ``/completions`` is ``/completion`` and ``/embeddings`` is
 ``/embedding`` (their OpenAI forms are under ``/v1``).
@@ -16,7 +16,9 @@ from fastapi.responses import JSONResponse, Response
 from llamacpp_integrations.server.auth import require_api_key
 from llamacpp_integrations.server.errors import ERROR_RESPONSES, APIError
 from llamacpp_integrations.server.generation import EventStream, until_disconnected
+from llamacpp_integrations.server.infill import InfillRequest
 from llamacpp_integrations.server.middleware import request_record
+from llamacpp_integrations.server.models import Lease
 from llamacpp_integrations.server.native import NativeCompletion, normalize, props, slots
 from llamacpp_integrations.server.schemas import (
     ChatCompletionRequest,
@@ -51,6 +53,10 @@ _RENDER_OPTIONS = (
 async def completion(body: NativeCompletionRequest, request: Request) -> Response:
     """Continue a prompt (text, token ids or both): ``content``, ``stop_type``, ``timings``, ..."""
     lease = await server_state(request).registry.acquire(body.model, generation=True)
+    return await _complete(lease, body, request)
+
+
+async def _complete(lease: Lease, body: NativeCompletionRequest, request: Request) -> Response:
     generation = await NativeCompletion.start(lease, body, request_record(request.scope))
     if body.stream:
         return EventStream(generation)
@@ -58,6 +64,19 @@ async def completion(body: NativeCompletionRequest, request: Request) -> Respons
         return JSONResponse(await until_disconnected(request, generation.response()))
     finally:
         await generation.close()
+
+
+@router.post("/infill", responses=_ANSWERS)
+async def infill(body: InfillRequest, request: Request) -> Response:
+    """Fill the gap between ``input_prefix`` and ``input_suffix`` (a code model's FIM tokens; 400
+    ``not_supported`` without them): a ``/completion``'s answer."""
+    lease = await server_state(request).registry.acquire(body.model, generation=True)
+    try:
+        completion = await asyncio.to_thread(body.with_tokens, lease.llama)
+    except BaseException:
+        lease.release()
+        raise
+    return await _complete(lease, completion, request)
 
 
 @router.post("/embedding", responses=ERROR_RESPONSES)
