@@ -12,7 +12,13 @@ from llamacpp_integrations.langchain import ChatLlamaCpp, LlamaCpp, LlamaCppEmbe
 
 
 def test_all_lists_the_public_names() -> None:
-    assert sorted(package.__all__) == ["ChatLlamaCpp", "LlamaCpp", "LlamaCppEmbeddings", "__version__"]
+    assert sorted(package.__all__) == [
+        "ChatLlamaCpp",
+        "LlamaCpp",
+        "LlamaCppEmbeddings",
+        "LlamaCppRerank",
+        "__version__",
+    ]
     assert all(hasattr(package, name) for name in package.__all__)
     assert isinstance(package.__version__, str) and package.__version__
 

@@ -13,10 +13,11 @@ require_extra("langchain", "langchain_core", "jsonschema")
 from llamacpp_integrations.langchain.chat_models import ChatLlamaCpp  # noqa: E402
 from llamacpp_integrations.langchain.embeddings import LlamaCppEmbeddings  # noqa: E402
 from llamacpp_integrations.langchain.llms import LlamaCpp  # noqa: E402
+from llamacpp_integrations.langchain.rerank import LlamaCppRerank  # noqa: E402
 
 try:
     __version__ = version("llamacpp-integrations")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
-__all__ = ["ChatLlamaCpp", "LlamaCpp", "LlamaCppEmbeddings", "__version__"]
+__all__ = ["ChatLlamaCpp", "LlamaCpp", "LlamaCppEmbeddings", "LlamaCppRerank", "__version__"]
