@@ -95,12 +95,54 @@ class Engine(DecodeLoop):
     # -- the callers' side ----------------------------------------------------------------
     def submit(self, request: GenerationRequest) -> RequestStream:
         """Queue ``request`` and return its stream; raises at once if it can never run."""
+        stream, job = self._prepare(request)
+        if job is not None:
+            self._enqueue([job])
+        return stream
+
+    def submit_choices(self, requests: Sequence[GenerationRequest]) -> list[RequestStream]:
+        """Queue n choices of one prompt (OpenAI's ``n``); their streams, in order.
+
+        The requests differ only in sampling (their seeds, say).  The prompt is decoded
+        once, by the first; the others wait in slots of their own, get its KV cache
+        copied (``llama_memory_seq_cp``) and sample from its logits in the same step.
+        More choices than the context has slots (``n_parallel``) is a ``ValueError``.
+        """
+        if len(requests) > len(self.slots):
+            raise ValueError(
+                f"n={len(requests)} choices need as many parallel sequences, but this model has "
+                f"{len(self.slots)} (n_parallel): ask for at most {len(self.slots)}"
+            )
+        first = requests[0]
+        shared = not first.media and all(
+            r.prompt_tokens == first.prompt_tokens and r.lora == first.lora and not r.media for r in requests
+        )
+        prepared: list[tuple[RequestStream, Job | None]] = []
+        try:
+            for request in requests:
+                prepared.append(self._prepare(request))
+        except BaseException:
+            for _stream, job in prepared:
+                if job is not None:
+                    job.sampler.close()
+            raise
+        jobs = [job for _stream, job in prepared if job is not None]
+        if shared and len(jobs) == len(prepared) > 1:
+            jobs[0].followers = jobs[1:]
+            for job in jobs[1:]:
+                job.leader = jobs[0]
+        if jobs:
+            self._enqueue(jobs)
+        return [stream for stream, _job in prepared]
+
+    def _prepare(self, request: GenerationRequest) -> tuple[RequestStream, Job | None]:
+        """Check ``request`` and build its stream and job (None: nothing to generate)."""
         lora = self._check(request)
         limit = generation_limit(self.n_ctx, request)
         stream = RequestStream(request, limit, self._on_stream_change)
         if limit <= 0:  # the prompt fills the context: nothing can be generated
             stream.finish("length")
-            return stream
+            return stream, None
         with self.model.gate:  # grammar and budget samplers read the vocabulary: never under close()
             sampler = SamplerChain(self.vocab, request.sampling)
             try:
@@ -115,14 +157,18 @@ class Engine(DecodeLoop):
             job.media = dict(request.media)
             job.shift = sum(chunk.n_tokens - chunk.n_pos for _start, chunk in request.media)
         stream._job = job
+        return stream, job
+
+    def _enqueue(self, jobs: list[Job]) -> None:
+        """Queue ``jobs`` together (nothing comes between them) and wake the decode thread."""
         with self._schedule.cv:
             if self._closed or self._schedule.closing:
-                sampler.close()
+                for job in jobs:
+                    job.sampler.close()
                 raise ClosedError("the model is closed")
-            self._schedule.waiting.append(job)
+            self._schedule.waiting.extend(jobs)
             self._schedule.poked = True
             self._schedule.cv.notify()
-        return stream
 
     def stream(self, request: GenerationRequest, cancellation: Cancellation | None = None) -> Iterator[Chunk]:
         """Submit ``request`` and iterate its chunks; the last one has ``finish_reason``.
@@ -191,6 +237,7 @@ class Engine(DecodeLoop):
                 "queued": len(self._schedule.waiting),
                 "cached_tokens": sum(len(s.tokens) for s in self.slots),
                 "media_decoded": self._media_decoded,
+                "prompt_tokens_decoded": self._prompt_decoded,
             }
 
     def slot_stats(self) -> list[dict[str, int | bool]]:

@@ -219,6 +219,12 @@ class RequestStream:
                 if not self._tokens and self._end is None and not self._cancelled:
                     self._lock.wait()
 
+    def share_event(self, event: asyncio.Event) -> None:
+        """Set ``event`` (on the running event loop) whenever output arrives, instead of this stream's
+        own: lets one task wait on several streams and ``poll()`` each."""
+        self._loop = asyncio.get_running_loop()
+        self._event = event
+
     def __aiter__(self) -> RequestStream:
         return self
 

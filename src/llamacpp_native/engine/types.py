@@ -27,12 +27,19 @@ class Cancellable(Protocol):
 
 @dataclass
 class TokenLogprob:
-    """Log-probability of one generated token and its most likely alternatives."""
+    """Log-probability of one generated token and its most likely alternatives (most likely first).
+
+    ``logprob`` is the chosen token's own, whether or not it is among ``top``; ``piece`` and
+    ``top_pieces`` are the tokens' raw bytes (a token may hold part of a UTF-8 character, which
+    ``text`` shows as U+FFFD).
+    """
 
     token: int
     text: str
     logprob: float
     top: list[tuple[str, float]]
+    piece: bytes = b""
+    top_pieces: list[bytes] = field(default_factory=list)
 
 
 @dataclass
