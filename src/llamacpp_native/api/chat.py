@@ -8,7 +8,7 @@ from typing import Any
 
 from typing_extensions import Unpack
 
-from llamacpp_native.api import openai_shapes
+from llamacpp_native.api import choices, openai_shapes
 from llamacpp_native.api.base import (
     INLINE_CHARS,
     GrammarLike,
@@ -180,6 +180,10 @@ class LlamaChat(LlamaBase):
                 sampling, reasoning=ReasoningBudget(start, end, budget, generation_prompt)
             )
         prompt, media = self._chat_prompt(rendered)
+        if top_logprobs is not None and not (
+            isinstance(top_logprobs, int) and not isinstance(top_logprobs, bool) and 0 <= top_logprobs <= 20
+        ):
+            raise ValueError(f"top_logprobs must be an integer from 0 to 20, got {top_logprobs!r}")
         n_logprobs = (top_logprobs or 0) if logprobs else None
         # A template-made grammar starts with the generation prompt, which is already in
         # the prompt: the grammar must step past it before sampling (as llama.cpp does).
@@ -217,8 +221,23 @@ class LlamaChat(LlamaBase):
         Returns a ``chat.completion`` dict, or an iterator of ``chat.completion.chunk``
         dicts with ``stream=True``: content, ``reasoning_content`` and tool-call
         fragments arrive as they are generated.  ``parallel_tool_calls`` is off by
-        default, as in llama-server.  Keyword arguments are those of ``chat_request``.
+        default, as in llama-server.  Keyword arguments are those of ``chat_request``, and
+        ``n``: that many choices (``index`` 0..n-1), sharing the decoded prompt.
         """
+        n = kwargs.pop("n", 1)
+        if n != 1 or n is True:
+            options = dict(
+                kwargs,
+                tools=tools,
+                tool_choice=tool_choice,
+                response_format=response_format,
+                parallel_tool_calls=parallel_tool_calls,
+                reasoning_format=reasoning_format,
+                chat_template_kwargs=chat_template_kwargs,
+            )
+            parts = self._chat_choices(messages, options, choices.check_n(n), cancellation)
+            dicts = choices.interleave(*parts.run())
+            return dicts if stream else choices.collect(dicts, parts.collect_one)
         events = self.chat_events(
             messages,
             tools=tools,
@@ -247,6 +266,22 @@ class LlamaChat(LlamaBase):
         **kwargs: Any,
     ) -> dict[str, Any] | AsyncIterator[dict[str, Any]]:
         """``create_chat_completion`` for asyncio: the event loop is never blocked (see ``achat_events``)."""
+        n = kwargs.pop("n", 1)
+        if n != 1 or n is True:
+            options = dict(
+                kwargs,
+                tools=tools,
+                tool_choice=tool_choice,
+                response_format=response_format,
+                parallel_tool_calls=parallel_tool_calls,
+                reasoning_format=reasoning_format,
+                chat_template_kwargs=chat_template_kwargs,
+            )
+            parts = await off_loop(
+                _heavy_chat(messages, options), self._chat_choices, messages, options, choices.check_n(n)
+            )
+            dicts = choices.ainterleave(*parts.run())
+            return dicts if stream else choices.collect([c async for c in dicts], parts.collect_one)
         events = await self.achat_events(
             messages,
             tools=tools,
@@ -294,6 +329,35 @@ class LlamaChat(LlamaBase):
     def _chat(
         self, messages: Sequence[Mapping[str, Any]], kwargs: dict[str, Any]
     ) -> tuple[GenerationRequest, ChatOutput]:
+        request, rendered = self._chat_rendered(messages, kwargs)
+        parser = ReplyParser(rendered.parser_params) if rendered.needs_parser else None
+        return request, ChatOutput(parser)
+
+    def _chat_choices(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        kwargs: dict[str, Any],
+        n: int,
+        cancellation: Cancellation | None = None,
+    ) -> choices.Choices:
+        """Queue ``n`` choices of one chat (its prompt decoded once), each with its own reply parser."""
+        request, rendered = self._chat_rendered(messages, kwargs)
+        parts = choices.Choices(openai_shapes.collect_chat, [choices.choice_requests(request, n)])
+        response_id = openai_shapes.new_id("chatcmpl")
+        for index in range(n):
+            parser = ReplyParser(rendered.parser_params) if rendered.needs_parser else None
+            shaper = ChatShaper(self.model_path, index)
+            shaper.id = response_id
+            parts.add(_chat_shape(ChatOutput(parser), shaper), shaper.start())
+        parts.submit(self.engine)
+        if cancellation is not None:
+            for stream in parts.streams:
+                cancellation.attach(stream)
+        return parts
+
+    def _chat_rendered(
+        self, messages: Sequence[Mapping[str, Any]], kwargs: dict[str, Any]
+    ) -> tuple[GenerationRequest, RenderedChat]:
         tools = kwargs.pop("tools", None)
         tool_choice = kwargs.pop("tool_choice", None)
         rendered = self.render_chat(
@@ -305,9 +369,12 @@ class LlamaChat(LlamaBase):
             reasoning_format=kwargs.pop("reasoning_format", None),
             chat_template_kwargs=kwargs.pop("chat_template_kwargs", None),
         )
-        request = self.chat_request(rendered, **kwargs)
-        parser = ReplyParser(rendered.parser_params) if rendered.needs_parser else None
-        return request, ChatOutput(parser)
+        return self.chat_request(rendered, **kwargs), rendered
+
+
+def _chat_shape(output: ChatOutput, shaper: ChatShaper) -> choices.Shape:
+    """One choice's renderer: engine chunk -> events -> chunk dicts."""
+    return lambda chunk: shaper.feed(output.feed(chunk))
 
 
 def _heavy_chat(messages: Sequence[Mapping[str, Any]], kwargs: Mapping[str, Any]) -> bool:

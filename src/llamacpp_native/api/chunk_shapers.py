@@ -26,17 +26,19 @@ from llamacpp_native.engine.types import Chunk, TokenLogprob
 class CompletionShaper:
     """``text_completion`` chunks: text, legacy logprobs with offsets, usage at the end."""
 
-    def __init__(self, model: str, prefix: str = "", suffix: str = "") -> None:
+    def __init__(self, model: str, prefix: str = "", suffix: str = "", index: int = 0) -> None:
         self.id = openai_shapes.new_id("cmpl")
         self.model = model
         self.prefix = prefix
         self.suffix = suffix
+        self.index = index
+        """The choice this shaper's chunks belong to (``n`` choices, or a batch of prompts)."""
         self._offset = len(prefix)
 
     def start(self) -> list[dict[str, Any]]:
         """Chunks to send before any token (the echoed prompt)."""
         return (
-            [openai_shapes.completion(self.id, self.model, self.prefix, None, None, None)]
+            [openai_shapes.completion(self.id, self.model, self.prefix, None, None, None, index=self.index)]
             if self.prefix
             else []
         )
@@ -54,7 +56,9 @@ class CompletionShaper:
             else None
         )
         return [
-            openai_shapes.completion(self.id, self.model, text, chunk.finish_reason, logprobs, token_usage)
+            openai_shapes.completion(
+                self.id, self.model, text, chunk.finish_reason, logprobs, token_usage, index=self.index
+            )
         ]
 
 
@@ -67,15 +71,17 @@ class ChatShaper:
     ``index``.  The last chunk carries ``finish_reason`` and ``usage``.
     """
 
-    __slots__ = ("id", "model")
+    __slots__ = ("id", "index", "model")
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, index: int = 0) -> None:
         self.id = openai_shapes.new_id("chatcmpl")
         self.model = model
+        self.index = index
 
     def start(self) -> list[dict[str, Any]]:
         """The opening chunk with the assistant role."""
-        return [openai_shapes.chat_chunk(self.id, self.model, {"role": "assistant", "content": ""})]
+        role = {"role": "assistant", "content": ""}
+        return [openai_shapes.chat_chunk(self.id, self.model, role, index=self.index)]
 
     def feed(self, events: list[Event]) -> list[dict[str, Any]]:
         """The chunk for one batch of events (none for an empty batch)."""
@@ -99,7 +105,7 @@ class ChatShaper:
         if not delta and not logprobs and finish is None:
             return []
         block = openai_shapes.chat_logprobs(logprobs) if logprobs else None
-        return [openai_shapes.chat_chunk(self.id, self.model, delta, finish, usage, block)]
+        return [openai_shapes.chat_chunk(self.id, self.model, delta, finish, usage, block, self.index)]
 
 
 def _tool_call_fragment(event: ToolCallDelta) -> dict[str, Any]:

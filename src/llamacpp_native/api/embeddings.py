@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 from llamacpp_native.api import openai_shapes
 from llamacpp_native.api.base import LlamaBase
 from llamacpp_native.binding._library import capture_log
 from llamacpp_native.binding.context import Context
 from llamacpp_native.errors import ContextOverflowError
+
+EmbeddingInput: TypeAlias = str | Sequence[int] | Sequence[str | Sequence[int]]
+"""What ``embed`` takes: a text, token ids, or a list of texts and token-id lists."""
 
 
 class LlamaEmbeddings(LlamaBase):
@@ -31,15 +34,29 @@ class LlamaEmbeddings(LlamaBase):
         return f"{self.model.architecture}.pooling_type" in self.model.metadata
 
     def embed(
-        self, input: str | Sequence[str], normalize: bool = False, truncate: bool = True
+        self, input: EmbeddingInput, normalize: bool = False, truncate: bool = True
     ) -> list[float] | list[list[float]]:
-        """Embed one text (-> one vector) or many (-> one vector per text); ``n_embd`` floats each."""
-        if isinstance(input, str):
-            return self._embed_texts([input], normalize, truncate)[0][0]
-        return self._embed_texts(list(input), normalize, truncate)[0]
+        """Embed a text or token-id list (-> one vector) or many (-> a vector each); ``n_embd`` floats each.
+
+        Token ids are embedded as given (no BOS added); an id outside the vocabulary is a ``ValueError``.
+        """
+        if _is_one(input):
+            return self._embed_texts([input], normalize, truncate)[0][0]  # type: ignore[list-item]
+        return self._embed_texts(list(input), normalize, truncate)[0]  # type: ignore[arg-type]
+
+    def _embedding_tokens(self, item: str | Sequence[int]) -> list[int]:
+        if isinstance(item, str):
+            return self.tokenize(item, add_bos=True) or [self.model.vocab.bos]
+        if isinstance(item, bytes) or not all(isinstance(t, int) and not isinstance(t, bool) for t in item):
+            raise TypeError(f"an embedding input is a text or a list of token ids, got {item!r:.80}")
+        tokens = list(item)
+        if not tokens:
+            raise ValueError("an embedding input of token ids holds none")
+        self.model.vocab.check_tokens(tokens)
+        return tokens
 
     def _embed_texts(
-        self, texts: list[str], normalize: bool, truncate: bool
+        self, texts: list[str | Sequence[int]], normalize: bool, truncate: bool
     ) -> tuple[list[list[float]], int]:
         if self.model.rpc_servers:  # a stopped worker: ggml would abort the process in the decode
             self.model.check_rpc_servers()
@@ -48,7 +65,7 @@ class LlamaEmbeddings(LlamaBase):
             limit = context.n_batch
             token_lists = []
             for text in texts:
-                tokens = self.tokenize(text, add_bos=True) or [self.model.vocab.bos]
+                tokens = self._embedding_tokens(text)
                 if len(tokens) > limit:
                     if not truncate:
                         raise ContextOverflowError(
@@ -87,11 +104,16 @@ class LlamaEmbeddings(LlamaBase):
             context.kv_clear()
         return vectors
 
-    def create_embedding(self, input: str | Sequence[str], model: str | None = None) -> dict[str, Any]:
-        """OpenAI-shaped embeddings response."""
-        texts = [input] if isinstance(input, str) else list(input)
+    def create_embedding(self, input: EmbeddingInput, model: str | None = None) -> dict[str, Any]:
+        """OpenAI-shaped embeddings response (``input`` as ``embed`` takes it)."""
+        texts = [input] if _is_one(input) else list(input)
         vectors, n_tokens = self._embed_texts(texts, False, True)
         return openai_shapes.embedding_response(model or self.model_path, vectors, n_tokens)
+
+
+def _is_one(input: EmbeddingInput) -> bool:
+    """Whether ``input`` is one text or one list of token ids (not a list of them)."""
+    return isinstance(input, str) or (bool(input) and all(isinstance(t, int) for t in input))
 
 
 def _unit(vector: list[float]) -> list[float]:

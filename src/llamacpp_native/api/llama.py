@@ -10,7 +10,7 @@ from typing import Any
 
 from typing_extensions import Unpack
 
-from llamacpp_native.api import openai_shapes
+from llamacpp_native.api import choices, openai_shapes
 from llamacpp_native.api.base import (
     INLINE_CHARS,
     GrammarLike,
@@ -233,6 +233,14 @@ class Llama(LlamaChat, LlamaRerank, LlamaEmbeddings, LlamaInfill):
         Other keyword arguments are those of ``completion_request``.  Calls from
         many threads run at once, in the engine's shared batch.
         """
+        n = kwargs.pop("n", 1)
+        if n != 1 or n is True or choices.is_prompt_batch(prompt):
+            parts = self._completion_choices(prompt, suffix, max_tokens, echo, choices.check_n(n), kwargs)
+            if cancellation is not None:
+                for handle in parts.streams:
+                    cancellation.attach(handle)
+            dicts = choices.interleave(*parts.run())
+            return dicts if stream else choices.collect(dicts, parts.collect_one)
         request, shaper = self._completion(prompt, suffix, max_tokens, echo, kwargs)
         chunks = _shaped(self.engine.stream(request, cancellation), shaper)
         return chunks if stream else openai_shapes.collect_completion(chunks, request.logprobs is not None)
@@ -254,6 +262,14 @@ class Llama(LlamaChat, LlamaRerank, LlamaEmbeddings, LlamaInfill):
         awaited without one.  With ``stream=True`` it returns an async iterator; closing it or
         cancelling the task frees the sequence at the engine's next step.
         """
+        n = kwargs.pop("n", 1)
+        if n != 1 or n is True or choices.is_prompt_batch(prompt):
+            heavy = sum(len(p) for p in prompt if isinstance(p, str)) > INLINE_CHARS
+            parts = await off_loop(
+                heavy, self._completion_choices, prompt, suffix, max_tokens, echo, choices.check_n(n), kwargs
+            )
+            dicts = choices.ainterleave(*parts.run())
+            return dicts if stream else choices.collect([c async for c in dicts], parts.collect_one)
         request, shaper = await off_loop(
             isinstance(prompt, str) and len(prompt) > INLINE_CHARS,
             self._completion,
@@ -279,6 +295,32 @@ class Llama(LlamaChat, LlamaRerank, LlamaEmbeddings, LlamaInfill):
             else ""
         )
         return request, CompletionShaper(self.model_path, prefix)
+
+    def _completion_choices(
+        self,
+        prompt: Any,
+        suffix: str | None,
+        max_tokens: int | None,
+        echo: bool,
+        n: int,
+        kwargs: dict[str, Any],
+    ) -> choices.Choices:
+        """Queue ``n`` choices of each prompt (a batch is several), all checked before any is queued."""
+        prompts = list(prompt) if choices.is_prompt_batch(prompt) else [prompt]
+        built = [self._completion(one, suffix, max_tokens, echo, dict(kwargs)) for one in prompts]
+        with_logprobs = built[0][0].logprobs is not None
+        parts = choices.Choices(
+            lambda items: openai_shapes.collect_completion(items, with_logprobs),
+            [choices.choice_requests(request, n) for request, _shaper in built],
+        )
+        response_id = built[0][1].id
+        for group, (_request, shaper) in enumerate(built):
+            for i in range(n):
+                one = CompletionShaper(self.model_path, shaper.prefix, shaper.suffix, group * n + i)
+                one.id = response_id
+                parts.add(one.feed, one.start())
+        parts.submit(self.engine)
+        return parts
 
     def create_completions(
         self,

@@ -40,15 +40,18 @@ def completion_logprobs(items: list[TokenLogprob], offset: int) -> dict[str, Any
 
 
 def chat_logprobs(items: list[TokenLogprob]) -> dict[str, Any]:
-    """Chat ``logprobs`` block: ``content`` with per-token ``top_logprobs``."""
+    """Chat ``logprobs`` block: ``content`` with per-token ``top_logprobs``, ``bytes`` the token's own."""
     return {
         "content": [
             {
                 "token": i.text,
                 "logprob": i.logprob,
-                "bytes": list(i.text.encode("utf-8")),
+                "bytes": list(i.piece or i.text.encode("utf-8")),
                 "top_logprobs": [
-                    {"token": t, "logprob": lp, "bytes": list(t.encode("utf-8"))} for t, lp in i.top
+                    {"token": t, "logprob": lp, "bytes": list(raw)}
+                    for (t, lp), raw in zip(
+                        i.top, i.top_pieces or [t.encode("utf-8") for t, _ in i.top], strict=True
+                    )
                 ],
             }
             for i in items
@@ -64,6 +67,7 @@ def completion(
     logprobs: dict[str, Any] | None,
     token_usage: dict[str, int] | None,
     object_name: str = "text_completion",
+    index: int = 0,
 ) -> dict[str, Any]:
     """A ``text_completion`` response (or one streamed chunk of it)."""
     result: dict[str, Any] = {
@@ -71,7 +75,7 @@ def completion(
         "object": object_name,
         "created": int(time.time()),
         "model": model,
-        "choices": [{"text": text, "index": 0, "logprobs": logprobs, "finish_reason": finish_reason}],
+        "choices": [{"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish_reason}],
     }
     if token_usage is not None:
         result["usage"] = token_usage
@@ -104,14 +108,15 @@ def chat_chunk(
     finish_reason: str | None = None,
     token_usage: dict[str, int] | None = None,
     logprobs: dict[str, Any] | None = None,
+    index: int = 0,
 ) -> dict[str, Any]:
-    """One ``chat.completion.chunk`` of a stream."""
+    """One ``chat.completion.chunk`` of a stream (of choice ``index``)."""
     chunk: dict[str, Any] = {
         "id": response_id,
         "object": "chat.completion.chunk",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}],
+        "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}],
     }
     if token_usage is not None:
         chunk["usage"] = token_usage
