@@ -28,7 +28,7 @@ TOO_LONG = "hello " * 2500
         ),
         pytest.param({"messages": HELLO, "max_tokens": "many"}, "max_tokens", id="max_tokens not a number"),
         pytest.param({"messages": HELLO, "temperature": [1]}, "temperature", id="temperature a list"),
-        pytest.param({"messages": HELLO, "n": 2}, "n", id="n above 1"),
+        pytest.param({"messages": HELLO, "n": 0}, "n", id="n below 1"),
         pytest.param({"messages": HELLO, "logit_bias": {"cat": 5}}, "logit_bias.cat", id="logit_bias key"),
         pytest.param({"messages": HELLO, "stream": "yes please"}, "stream", id="stream not a bool"),
         pytest.param({"messages": HELLO, "top_logprobs": 99}, "top_logprobs", id="top_logprobs over 20"),
@@ -96,8 +96,8 @@ def test_requests_the_engine_refuses_are_400(
     assert_openai_error(http.post("/v1/chat/completions", json=body), 400)
 
 
-@pytest.mark.parametrize("prompt", [[], ["one", "two"]], ids=["no prompt", "two prompts"])
-def test_completions_take_exactly_one_prompt(http: httpx.Client, model_name: str, prompt: list[str]) -> None:
+@pytest.mark.parametrize("prompt", [[], [[]], [[1], []]], ids=["no prompt", "no token", "an empty prompt"])
+def test_completions_need_a_prompt(http: httpx.Client, model_name: str, prompt: list[Any]) -> None:
     response = http.post("/v1/completions", json={"model": model_name, "prompt": prompt, "max_tokens": 2})
     assert_openai_error(response, 400)
 

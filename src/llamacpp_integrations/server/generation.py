@@ -25,7 +25,7 @@ from llamacpp_integrations.server.middleware import RequestRecord
 from llamacpp_integrations.server.models import Lease
 from llamacpp_integrations.server.schemas import ChatCompletionRequest, CompletionRequest
 from llamacpp_integrations.server.timings import Timings
-from llamacpp_native.api import openai_shapes
+from llamacpp_native.api import choices, openai_shapes
 
 T = TypeVar("T")
 
@@ -65,8 +65,11 @@ class Generation:
         self.chat = isinstance(body, ChatCompletionRequest)
         self.usage: dict[str, Any] = {}
         self.timings = Timings(started)
-        # Chunks sent before any token: the chat's role chunk, an echoed prompt.
-        self._openers = 1 if self.chat or (isinstance(body, CompletionRequest) and body.echo) else 0
+        self.choices = body.choices if isinstance(body, CompletionRequest) else body.n or 1
+        """Choices in the response: ``n`` per prompt (several prompts: a completion batch)."""
+        # Chunks sent before any token: each choice's role chunk (chat), or echoed prompt.
+        opens = self.chat or (isinstance(body, CompletionRequest) and body.echo)
+        self._openers = self.choices if opens else 0
         self._seen = 0
         self._source = source
         self._record = record
@@ -75,7 +78,7 @@ class Generation:
         self._check: Callable[[str], Any] | None = None
         if isinstance(body, ChatCompletionRequest) and body.response_format and body.response_format.strict:
             self._check = partial(parse_and_validate, schema=body.output_schema())
-        self._text: list[str] = []
+        self._text: dict[int, list[str]] = {}  # per choice
         self._finished = self._failed = self._closed = False
 
     @classmethod
@@ -109,14 +112,15 @@ class Generation:
         self._seen += 1
         if self._seen > self._openers:
             self.timings.output()
-        if chunk["choices"] and chunk["choices"][0]["finish_reason"] is not None:
-            self.timings.end()
+        if chunk["choices"] and chunk["choices"][0]["finish_reason"] is not None and usage is not None:
+            self.timings.end()  # the last choice to end (each choice ends, but only the last has usage)
             chunk["timings"] = self.timings_json()
         if self._check is not None:
             choice = chunk["choices"][0]
-            self._text.append(choice["delta"].get("content") or "")
+            text = self._text.setdefault(choice["index"], [])
+            text.append(choice["delta"].get("content") or "")
             if choice["finish_reason"] == "stop":
-                self._check("".join(self._text))  # SchemaValidationError: the reply broke a strict schema
+                self._check("".join(text))  # SchemaValidationError: the reply broke a strict schema
         return chunk
 
     async def response(self) -> dict[str, Any]:
@@ -126,12 +130,16 @@ class Generation:
             self._finished = True
         finally:
             await self.close()
-        if self.chat:
-            result = openai_shapes.collect_chat(chunks, self.usage)
-        else:
-            result = openai_shapes.collect_completion(chunks, self._with_logprobs, self.usage)
+        one = self._collect_one
+        result = choices.collect(chunks, one) if self.choices > 1 else one(chunks)
         result["timings"] = self.timings_json()
         return result
+
+    def _collect_one(self, chunks: list[dict[str, Any]]) -> dict[str, Any]:
+        """One choice's chunks as a ``chat.completion`` or ``text_completion`` with the request's usage."""
+        if self.chat:
+            return openai_shapes.collect_chat(chunks, self.usage)
+        return openai_shapes.collect_completion(chunks, self._with_logprobs, self.usage)
 
     def timings_json(self) -> dict[str, Any]:
         """llama-server's ``timings`` of this generation (so far)."""

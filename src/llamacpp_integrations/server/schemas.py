@@ -17,6 +17,8 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from llamacpp_integrations.schema import check_schema
 
 INT32_MAX = 2**31 - 1
+MAX_CHOICES = 128
+"""The most ``n`` a body may ask for; a model serves at most its ``n_parallel`` (else 400)."""
 SEED_MASK = 0xFFFFFFFF
 """Seeds are 32-bit in llama.cpp: -1 becomes 0xFFFFFFFF, which means a random seed."""
 
@@ -74,15 +76,10 @@ class GenerationBody(SamplingBody):
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(default=None, ge=0, description="0 or null: until the context ends.")
     stop: str | list[str] | None = None
-    n: int | None = Field(default=1, description="Choices to generate; only 1 is supported.")
+    n: int | None = Field(
+        default=1, ge=1, le=MAX_CHOICES, description="Choices per prompt, at most the model's n_parallel."
+    )
     logit_bias: dict[int, float] | None = Field(default=None, description="Token id (as a string) -> bias.")
-
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, n: int | None) -> int | None:
-        if n not in (None, 1):
-            raise ValueError("only n=1 is supported; send one request per choice")
-        return n
 
     @property
     def include_usage(self) -> bool:
@@ -102,6 +99,8 @@ class GenerationBody(SamplingBody):
             bias.update(dict.fromkeys(end_tokens, -math.inf))
         if bias:
             options["logit_bias"] = bias
+        if self.n is not None and self.n != 1:
+            options["n"] = self.n
         return options
 
 
@@ -109,30 +108,35 @@ class CompletionRequest(GenerationBody):
     """``POST /v1/completions``."""
 
     prompt: str | list[str] | list[int] | list[list[int]] = Field(
-        description="Text or token ids; one prompt per request."
+        description="Text or token ids, or a list of them: one choice (n with n) per prompt."
     )
     max_tokens: int | None = Field(default=16, ge=0, description="0 or null: until the context ends.")
     suffix: str | None = None
     echo: bool = False
     logprobs: int | None = Field(default=None, ge=0, le=INT32_MAX, description="Top alternatives per token.")
 
-    def single_prompt(self) -> str | list[int]:
-        """The one prompt, as text or token ids (``ValueError`` for none or several)."""
+    def prompts(self) -> str | list[int] | list[str | list[int]]:
+        """The prompt as ``Llama`` takes it: text, token ids, or a batch of them (``ValueError``: empty)."""
         prompt = self.prompt
         if isinstance(prompt, str):
             return prompt
-        tokens = [item for item in prompt if isinstance(item, int)]
-        if prompt and len(tokens) == len(prompt):
-            return tokens
-        if len(prompt) != 1:
-            raise ValueError(f"prompt must hold exactly one prompt, got {len(prompt)}; send one request each")
-        only = prompt[0]
-        return [int(token) for token in only] if isinstance(only, list) else str(only)
+        if not prompt or any(isinstance(item, list) and not item for item in prompt):
+            raise ValueError("prompt must hold at least one token, text or prompt")
+        if all(isinstance(item, int) for item in prompt):
+            return [int(item) for item in prompt]
+        return [item if isinstance(item, str) else [int(t) for t in item] for item in prompt]
+
+    @property
+    def choices(self) -> int:
+        """How many choices the response holds: ``n`` per prompt."""
+        prompt = self.prompt
+        batch = 1 if isinstance(prompt, str) or all(isinstance(p, int) for p in prompt) else len(prompt)
+        return batch * (self.n or 1)
 
     def llama_kwargs(self, end_tokens: Sequence[int]) -> dict[str, Any]:
         """Keyword arguments of ``Llama.acreate_completion``."""
         return {
-            "prompt": self.single_prompt(),
+            "prompt": self.prompts(),
             "suffix": self.suffix,
             "max_tokens": self.max_tokens,
             "echo": self.echo,
@@ -362,15 +366,22 @@ class EmbeddingRequest(_Body):
     """``POST /v1/embeddings``."""
 
     model: str | None = None
-    input: str | list[str] = Field(description="A text, or a non-empty list of texts.")
+    input: str | list[str] | list[int] | list[list[int]] = Field(
+        description="A text or token ids, or a non-empty list of texts or of token-id lists."
+    )
     encoding_format: Literal["float", "base64"] = "float"
 
-    def texts(self) -> list[str]:
-        """The input as a list (``ValueError`` when empty)."""
-        texts = [self.input] if isinstance(self.input, str) else list(self.input)
-        if not texts:
-            raise ValueError("input must hold at least one text")
-        return texts
+    def texts(self) -> list[str | list[int]]:
+        """The inputs, each a text or token ids (``ValueError`` when there are none, or an empty one)."""
+        given = self.input
+        if isinstance(given, str):
+            return [given]
+        if given and all(isinstance(item, int) for item in given):
+            return [[int(item) for item in given]]
+        inputs = [item if isinstance(item, str) else [int(t) for t in item] for item in given]
+        if not inputs or any(isinstance(item, list) and not item for item in inputs):
+            raise ValueError("input must hold at least one text or token id, and no empty token list")
+        return inputs
 
 
 class TokenizeRequest(_Body):

@@ -1,4 +1,4 @@
-"""``POST /v1/embeddings``: one unit vector per input text, in input order, as floats or base64.
+"""``POST /v1/embeddings``: a unit vector per input (text or token ids), in input order, as floats or base64.
 
 OpenAI and llama-server return vectors of length 1, so cosine similarity is a dot product.
 """
@@ -24,7 +24,7 @@ router = APIRouter(dependencies=[Depends(require_api_key)], tags=["embeddings"])
 
 @router.post("/v1/embeddings", responses=ERROR_RESPONSES)
 async def create_embedding(body: EmbeddingRequest, request: Request) -> dict[str, Any]:
-    """Embed a text or a list of texts."""
+    """Embed a text or token ids, or a list of texts or of token-id lists."""
     texts = body.texts()
     lease = await server_state(request).registry.acquire(body.model)
     try:
