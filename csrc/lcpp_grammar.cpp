@@ -24,12 +24,10 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <queue>
 #include <set>
 #include <stdexcept>
@@ -41,11 +39,6 @@
 #include "json-schema-to-grammar.h"
 #include "json.h"
 #include "llama-grammar.h"
-
-#if defined(__unix__) || defined(__APPLE__)
-#include <unistd.h>
-#define LCPP_CAN_CAPTURE_STDERR 1
-#endif
 
 namespace {
 
@@ -585,7 +578,8 @@ grammar_sampler * as_grammar(struct llama_sampler * smpl) {
 }
 
 // ---------------------------------------------------------------------------
-// GBNF validation with the reason and the line (llama.cpp prints it to stderr).
+// GBNF validation with the reason and the line, from llama.cpp's own parser (which
+// would print the reason to stderr).
 
 const char * skip_space(const char * pos) {  // llama.cpp's parse_space(src, newline_ok = true)
     while (*pos == ' ' || *pos == '\t' || *pos == '#' || *pos == '\r' || *pos == '\n') {
@@ -824,62 +818,81 @@ bool lcpp_is_grammar_sampler(const struct llama_sampler * smpl) {
 }
 
 // ---------------------------------------------------------------------------
-// JSON schema conversion with the converter's warnings (printed to stderr by
-// llama.cpp) returned instead.
+// JSON schema conversion.  llama.cpp's converter gives up on a pattern it cannot
+// express: it accepts any string there and prints a warning to stderr.  So each
+// pattern is first tried alone, in a conversion stopped before anything is
+// printed; the patterns it gives up on are reported, and the schema converted
+// without them (with no pattern, and no length or format either, since a pattern
+// overrides those: any string, as the converter's own fallback).
 
 namespace {
 
-std::mutex stderr_mutex;
+struct probe_done {};
 
-// Redirects file descriptor 2 into a temporary file until finish().
-class stderr_capture {
-  public:
-    stderr_capture() {
-#ifdef LCPP_CAN_CAPTURE_STDERR
-        std::fflush(stderr);
-        tmp_ = std::tmpfile();
-        if (tmp_ == nullptr) {
-            return;
-        }
-        saved_ = dup(2);
-        if (saved_ < 0 || dup2(fileno(tmp_), 2) < 0) {
-            if (saved_ >= 0) {
-                close(saved_);
+// Whether llama.cpp's converter gives up on `pattern`.  Its fallback makes the
+// pattern's rule exactly `string`, and `add_rule` hands back the same name only
+// for a rule whose text is already the same.
+bool converter_gives_up_on(const std::string & pattern) {
+    bool gives_up = false;
+    try {
+        build_grammar([&](const common_grammar_builder & builder) {
+            common_chat_schema_string probe;
+            probe.pattern = pattern;
+            const std::string name = builder.add_schema("pattern", probe);
+            gives_up = !name.empty() && builder.add_rule(name, "string") == name;
+            throw probe_done{};  // before the converter prints its warnings
+        });
+    } catch (const probe_done &) {
+    }
+    return gives_up;
+}
+
+void drop_unsupported_patterns(common_chat_schema * node, std::vector<std::string> & dropped) {
+    if (node == nullptr) {
+        return;
+    }
+    switch (node->kind()) {
+        case common_chat_schema::KIND_STRING: {
+            auto * str = static_cast<common_chat_schema_string *>(node);
+            if (!str->pattern.empty() && converter_gives_up_on(str->pattern)) {
+                dropped.push_back(str->pattern);
+                str->pattern.clear();
+                str->format = common_chat_schema::FORMAT_NONE;
+                str->min_length = 0;
+                str->max_length = -1;
             }
-            std::fclose(tmp_);
-            tmp_ = nullptr;
-            saved_ = -1;
+            break;
         }
-#endif
+        case common_chat_schema::KIND_ANY_OF:
+            for (auto & child : static_cast<common_chat_schema_any_of *>(node)->children) {
+                drop_unsupported_patterns(child.get(), dropped);
+            }
+            break;
+        case common_chat_schema::KIND_ALL_OF:
+            for (auto & child : static_cast<common_chat_schema_all_of *>(node)->children) {
+                drop_unsupported_patterns(child.get(), dropped);
+            }
+            break;
+        case common_chat_schema::KIND_ARRAY:
+            drop_unsupported_patterns(static_cast<common_chat_schema_array *>(node)->items.get(), dropped);
+            break;
+        case common_chat_schema::KIND_TUPLE:
+            for (auto & item : static_cast<common_chat_schema_tuple *>(node)->items) {
+                drop_unsupported_patterns(item.get(), dropped);
+            }
+            break;
+        case common_chat_schema::KIND_OBJECT: {
+            auto * object = static_cast<common_chat_schema_object *>(node);
+            for (auto & property : object->properties) {
+                drop_unsupported_patterns(property.schema.get(), dropped);
+            }
+            drop_unsupported_patterns(object->additional_properties.get(), dropped);
+            break;
+        }
+        default:  // references are visited through the document's refs
+            break;
     }
-
-    std::string finish() {
-        std::string text;
-#ifdef LCPP_CAN_CAPTURE_STDERR
-        if (tmp_ == nullptr) {
-            return text;
-        }
-        std::fflush(stderr);
-        dup2(saved_, 2);
-        close(saved_);
-        std::rewind(tmp_);
-        char buf[4096];
-        size_t n;
-        while ((n = std::fread(buf, 1, sizeof buf, tmp_)) > 0) {
-            text.append(buf, n);
-        }
-        std::fclose(tmp_);
-        tmp_ = nullptr;
-#endif
-        return text;
-    }
-
-    ~stderr_capture() { finish(); }
-
-  private:
-    FILE * tmp_ = nullptr;
-    int saved_ = -1;
-};
+}
 
 }  // namespace
 
@@ -943,57 +956,59 @@ struct llama_sampler * lcpp_grammar_init(const struct llama_vocab * vocab, lcpp_
     return nullptr;
 }
 
+int lcpp_grammar_check(const struct llama_vocab * vocab, const char * grammar, const char * root, char ** error) {
+    *error = nullptr;
+    try {
+        const std::string problem = grammar_problem(vocab, grammar, root);
+        if (problem.empty()) {
+            return 0;
+        }
+        *error = dup_string(problem);
+    } catch (const std::exception & e) {
+        *error = dup_string(e.what());
+    } catch (...) {
+        *error = dup_string("unknown C++ exception while checking the grammar");
+    }
+    return 1;
+}
+
 int lcpp_json_schema_to_grammar_ex(const char * schema_json, char ** out, char ** warnings) {
     *out = nullptr;
     *warnings = nullptr;
-    static const std::string prefix = "WARNING: JSON schema conversion was incomplete: ";
-    std::string result;
     std::string failure;
-    std::string captured;
-    {
-        std::lock_guard<std::mutex> lock(stderr_mutex);
-        stderr_capture capture;
+    try {
+        std::vector<std::string> dropped;
+        std::string result;
         try {
-            result = json_schema_to_grammar(common_json::parse(schema_json), true);
-        } catch (const std::exception & e) {
-            failure = e.what();
-            if (failure.empty()) {
-                failure = "unknown error";
+            common_chat_schema_document document = common_chat_schema_from_json(common_json::parse(schema_json));
+            drop_unsupported_patterns(document.root.get(), dropped);
+            for (auto & ref : document.refs) {
+                drop_unsupported_patterns(ref.second.get(), dropped);
             }
-        } catch (...) {
-            failure = "unknown C++ exception";
+            result = json_schema_to_grammar(document);
+        } catch (const std::runtime_error & e) {  // worded as llama.cpp's json_schema_to_grammar words it
+            throw std::invalid_argument(std::string("JSON schema conversion failed:\n") + e.what());
         }
-        captured = capture.finish();
-    }
-    // keep the converter's warnings; pass anything else (another thread's output) on
-    std::string notes;
-    std::string others;
-    size_t start = 0;
-    while (start < captured.size()) {
-        size_t end = captured.find('\n', start);
-        if (end == std::string::npos) {
-            end = captured.size();
+        std::string notes;
+        for (const std::string & pattern : dropped) {
+            notes += (notes.empty() ? "" : "\n") + ("pattern " + pattern) +
+                     " is not supported by llama.cpp's converter, accepting any string";
         }
-        const std::string line = captured.substr(start, end - start);
-        if (line.compare(0, prefix.size(), prefix) == 0) {
-            notes += (notes.empty() ? "" : "\n") + line.substr(prefix.size());
-        } else if (!line.empty()) {
-            others += line + "\n";
+        if (!notes.empty()) {
+            *warnings = dup_string(notes);
         }
-        start = end + 1;
+        *out = dup_string(result);
+        return 0;
+    } catch (const std::exception & e) {
+        failure = e.what();
+        if (failure.empty()) {
+            failure = "unknown error";
+        }
+    } catch (...) {
+        failure = "unknown C++ exception";
     }
-    if (!others.empty()) {
-        std::fputs(others.c_str(), stderr);
-    }
-    if (!notes.empty()) {
-        *warnings = dup_string(notes);
-    }
-    if (!failure.empty()) {
-        *out = dup_string(failure);
-        return 1;
-    }
-    *out = dup_string(result);
-    return 0;
+    *out = dup_string(failure);
+    return 1;
 }
 
 int32_t lcpp_grammar_admitted(struct llama_sampler * smpl, bool reference, llama_token * out, int32_t cap) {

@@ -37,10 +37,15 @@ struct llama_sampler * lcpp_grammar_init(const struct llama_vocab * vocab, lcpp_
                                          const llama_token * trigger_tokens, size_t n_trigger_tokens, int32_t need,
                                          char ** error);
 
-/* JSON schema (text) -> GBNF with llama.cpp's converter, with the
- * converter's warnings (which llama.cpp prints to stderr: "pattern ... is not
- * supported, accepting any string") in *warnings (NULL when there are none).
- * 0 with the grammar in *out; else 1 with the reason in *out. */
+/* 0 when llama.cpp's parser accepts `grammar` with a rule named `root`; else 1
+ * with the reason (and the line of a syntax error) in *error.  llama.cpp itself
+ * would print that reason to stderr. */
+int lcpp_grammar_check(const struct llama_vocab * vocab, const char * grammar, const char * root, char ** error);
+
+/* JSON schema (text) -> GBNF with llama.cpp's converter.  The patterns it cannot
+ * express (it accepts any string there) are reported in *warnings, one line
+ * each (NULL when there are none), instead of the warning llama.cpp prints to
+ * stderr.  0 with the grammar in *out; else 1 with the reason in *out. */
 int lcpp_json_schema_to_grammar_ex(const char * schema_json, char ** out, char ** warnings);
 
 /* The tokens the grammar admits in its current state, ascending, into

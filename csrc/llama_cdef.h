@@ -387,5 +387,6 @@ struct llama_sampler * lcpp_grammar_init(const struct llama_vocab * vocab, lcpp_
                                          const char ** trigger_patterns, size_t n_trigger_patterns,
                                          const llama_token * trigger_tokens, size_t n_trigger_tokens, int32_t need,
                                          char ** error);
+int lcpp_grammar_check(const struct llama_vocab * vocab, const char * grammar, const char * root, char ** error);
 int lcpp_json_schema_to_grammar_ex(const char * schema_json, char ** out, char ** warnings);
 int32_t lcpp_grammar_admitted(struct llama_sampler * smpl, bool reference, llama_token * out, int32_t cap);
