@@ -266,8 +266,6 @@ int32_t lcpp_tokenize(const struct llama_vocab * vocab, const char * text, int32
     return INT32_MIN;
 }
 
-void lcpp_log_discard(enum ggml_log_level, const char *, void *) {}
-
 bool lcpp_abort_when_flag_set(void * flag) {
     return *static_cast<volatile int *>(flag) != 0;
 }

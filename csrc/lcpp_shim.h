@@ -48,8 +48,30 @@ int32_t lcpp_tokenize(const struct llama_vocab * vocab, const char * text, int32
                       llama_token * tokens, int32_t n_tokens_max, bool add_special, bool parse_special,
                       char ** error);
 
-/* Log callback that drops everything (installed at interpreter exit). */
-void lcpp_log_discard(enum ggml_log_level level, const char * text, void * user_data);
+/* llama.cpp's log, kept per thread (lcpp_log.cpp).  llama.cpp, ggml and libmtmd log
+ * on the thread that makes a call, so what a thread logs between lcpp_log_begin()
+ * and lcpp_log_end() comes from its own calls (a failure's reason among it),
+ * whatever other threads log meanwhile.  No file descriptor is touched. */
+
+/* The ggml_log_callback to install (llama_log_set, mtmd_helper_log_set): it keeps the
+ * calling thread's lines while a capture is open there and passes every complete
+ * line to the sink. */
+void lcpp_log_route(enum ggml_log_level level, const char * text, void * user_data);
+
+/* Where complete lines go: the level (CONT resolved to its line's) and the text
+ * without its newline.  NULL: nowhere (at interpreter exit). */
+typedef void (*lcpp_log_sink)(enum ggml_log_level level, const char * line);
+void lcpp_log_set_sink(lcpp_log_sink sink);
+
+/* Open a capture on this thread (captures nest); returns the mark to read from. */
+size_t lcpp_log_begin(void);
+
+/* The lines this thread logged since `mark` at `min_level` or above, joined by
+ * newlines (free with lcpp_string_free); NULL when there are none. */
+char * lcpp_log_read(size_t mark, enum ggml_log_level min_level);
+
+/* Close this thread's innermost capture; closing the outermost forgets the lines. */
+void lcpp_log_end(void);
 
 /* Abort callback for llama_set_abort_callback: aborts while *(int *)flag != 0. */
 bool lcpp_abort_when_flag_set(void * flag);

@@ -334,7 +334,12 @@ int lcpp_chat_parse(const char * params_json, const char * text, bool is_partial
 int32_t lcpp_tokenize(const struct llama_vocab * vocab, const char * text, int32_t text_len,
                       llama_token * tokens, int32_t n_tokens_max, bool add_special, bool parse_special,
                       char ** error);
-void lcpp_log_discard(enum ggml_log_level level, const char * text, void * user_data);
+void lcpp_log_route(enum ggml_log_level level, const char * text, void * user_data);
+typedef void (*lcpp_log_sink)(enum ggml_log_level level, const char * line);
+void lcpp_log_set_sink(lcpp_log_sink sink);
+size_t lcpp_log_begin(void);
+char * lcpp_log_read(size_t mark, enum ggml_log_level min_level);
+void lcpp_log_end(void);
 bool lcpp_abort_when_flag_set(void * flag);
 void lcpp_batch_add(struct llama_batch * batch, llama_token token, llama_pos pos, llama_seq_id seq_id, bool logits);
 int32_t lcpp_decode_sequence(struct llama_context * ctx, struct llama_batch * batch, int32_t n_batch,
@@ -374,7 +379,7 @@ struct llama_sampler * lcpp_reasoning_budget_init(const struct llama_vocab * voc
                                                   char ** error);
 
 /* callbacks into Python */
-extern "Python" void lcpp_on_log(enum ggml_log_level level, const char * text, void * user_data);
+extern "Python" void lcpp_on_log_line(enum ggml_log_level level, const char * line);
 extern "Python" bool lcpp_on_progress(float progress, void * user_data);
 
 /* fast grammars (lcpp_grammar.h) */

@@ -1,14 +1,14 @@
 """The one place that owns the native library at run time.
 
 Loads the compiled cffi module, initialises the llama.cpp backend once under a
-lock, routes llama.cpp's log output into the ``llamacpp_native`` logger, and
-remembers the latest error lines so exceptions can quote llama.cpp's reason.
+lock, and routes llama.cpp's, ggml's and libmtmd's log through the shim into the
+``llamacpp_native`` logger.  The shim keeps each thread's log lines apart, so a
+``CallLog`` around native calls holds llama.cpp's reason for *those* calls' failure.
 """
 
 from __future__ import annotations
 
 import atexit
-import collections
 import contextlib
 import logging
 import threading
@@ -50,13 +50,13 @@ def _check_extension_version() -> None:
 _check_extension_version()
 
 __all__ = [
+    "CallLog",
     "ffi",
     "lib",
     "capture_log",
     "ensure_backend",
     "logger",
     "read_metadata",
-    "recent_errors",
     "take_message",
     "take_string",
     "set_verbose",
@@ -73,49 +73,36 @@ _LEVELS = {
 }
 _init_lock = threading.Lock()
 _initialised = False
-_last_level = logging.DEBUG
-_line_buffer: list[str] = []
-_recent_errors: collections.deque[str] = collections.deque(maxlen=8)
-_captures: dict[int, list[str]] = {}
-"""Per thread: llama.cpp's log text (every level) while ``capture_log`` is active there."""
 
 
 @ffi.def_extern()  # type: ignore[untyped-decorator]
-def lcpp_on_log(level: int, text: Any, _user_data: Any) -> None:
-    """Receive one llama.cpp log fragment and forward complete lines to logging."""
-    global _last_level
-    if level != lib.GGML_LOG_LEVEL_CONT:
-        _last_level = _LEVELS.get(level, logging.DEBUG)
-    if _last_level >= logging.ERROR:
-        _recent_errors.append(ffi.string(text).decode("utf-8", "replace").strip())
-    sink = _captures.get(threading.get_ident())
-    if sink is not None:
-        sink.append(ffi.string(text).decode("utf-8", "replace"))
-    if not logger.isEnabledFor(_last_level):
-        return
-    _line_buffer.append(ffi.string(text).decode("utf-8", "replace"))
-    if _line_buffer[-1].endswith("\n"):
-        message = "".join(_line_buffer).rstrip("\n")
-        _line_buffer.clear()
-        logger.log(_last_level, "%s", message)
+def lcpp_on_log_line(level: int, line: Any) -> None:
+    """Receive one complete llama.cpp log line (from any thread) and pass it to logging."""
+    py_level = _LEVELS.get(level, logging.DEBUG)
+    if logger.isEnabledFor(py_level):
+        logger.log(py_level, "%s", ffi.string(line).decode("utf-8", "replace"))
 
 
-def _silence_at_exit() -> None:
-    """Stop calling into Python once the interpreter is shutting down."""
-    lib.llama_log_set(lib.lcpp_log_discard, ffi.NULL)
+def _route_log() -> None:
+    """Send llama.cpp's, ggml's and libmtmd's log through the shim's per-thread router."""
+    lib.lcpp_log_set_sink(lib.lcpp_on_log_line)
+    lib.llama_log_set(lib.lcpp_log_route, ffi.NULL)  # ggml's too
+    lib.mtmd_helper_log_set(lib.lcpp_log_route, ffi.NULL)  # libmtmd keeps its own
+    atexit.register(lib.lcpp_log_set_sink, ffi.NULL)  # no calls into a finalising interpreter
+
+
+_route_log()
 
 
 def ensure_backend() -> None:
-    """Initialise llama.cpp's backend and logging exactly once per process."""
+    """Initialise llama.cpp's backend exactly once per process."""
     global _initialised
     if _initialised:
         return
     with _init_lock:
         if _initialised:
             return
-        lib.llama_log_set(lib.lcpp_on_log, ffi.NULL)
         lib.llama_backend_init()
-        atexit.register(_silence_at_exit)
         _initialised = True
 
 
@@ -130,29 +117,80 @@ def set_verbose(verbose: bool) -> None:
         logging.basicConfig(format="%(name)s: %(message)s")
 
 
+def _read_log(mark: int, min_level: int) -> str:
+    text = lib.lcpp_log_read(mark, min_level)
+    if text == ffi.NULL:
+        return ""
+    try:
+        return str(ffi.string(text).decode("utf-8", "replace"))
+    finally:
+        lib.lcpp_string_free(text)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+class CallLog:
+    """What llama.cpp logs on this thread inside a ``with`` block: its reason when a call fails.
+
+    llama.cpp, ggml and libmtmd log on the thread that makes a call, and the shim keeps
+    each thread's lines apart, so these are the block's own calls' lines even while
+    other threads fail at the same time.  Blocks nest (an outer block sees the inner
+    one's lines too)::
+
+        with CallLog() as log:
+            handle = lib.llama_model_load_from_file(path, params)
+        if handle == ffi.NULL:
+            raise ModelLoadError(f"failed to load model {path}: {log.reason()}")
+    """
+
+    __slots__ = ("_errors", "_keep_lines", "_mark", "lines")
+
+    def __init__(self, keep_lines: bool = False) -> None:
+        self.lines: list[str] = []
+        """With ``keep_lines``: every line at any level, filled when the block ends."""
+        self._keep_lines = keep_lines
+        self._mark: int | None = None
+        self._errors = ""
+
+    def __enter__(self) -> CallLog:
+        if self._mark is not None:
+            raise RuntimeError("this CallLog is already open")
+        self._mark = int(lib.lcpp_log_begin())
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        mark, self._mark = self._mark, None
+        assert mark is not None
+        try:
+            self._errors = _one_line(_read_log(mark, lib.GGML_LOG_LEVEL_ERROR))
+            if self._keep_lines:
+                self.lines.extend(_read_log(mark, lib.GGML_LOG_LEVEL_NONE).splitlines())
+        finally:
+            lib.lcpp_log_end()
+
+    @property
+    def errors(self) -> str:
+        """llama.cpp's error lines in the block so far (after it: in the whole block), on one line."""
+        if self._mark is not None:
+            return _one_line(_read_log(self._mark, lib.GGML_LOG_LEVEL_ERROR))
+        return self._errors
+
+    def reason(self, default: str = "llama.cpp gave no reason") -> str:
+        """``errors``, or ``default`` when llama.cpp logged none."""
+        return self.errors or default
+
+
 @contextlib.contextmanager
 def capture_log() -> Iterator[list[str]]:
     """Collect llama.cpp's log lines (every level) emitted by this thread inside the block.
 
     Used to read what llama.cpp reports only in its log: where layers and buffers went.
+    The list is filled when the block ends.
     """
-    fragments: list[str] = []
-    lines: list[str] = []
-    thread = threading.get_ident()
-    _captures[thread] = fragments
-    try:
-        yield lines
-    finally:
-        del _captures[thread]
-        lines.extend("".join(fragments).splitlines())
-
-
-def recent_errors(clear: bool = True) -> str:
-    """Return llama.cpp's latest error lines as one string (and forget them)."""
-    text = " ".join(line for line in _recent_errors if line)
-    if clear:
-        _recent_errors.clear()
-    return text
+    with CallLog(keep_lines=True) as log:
+        yield log.lines
 
 
 def take_message(out: Any) -> str:

@@ -8,7 +8,7 @@ import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from llamacpp_native.binding._library import ffi, lib, recent_errors
+from llamacpp_native.binding._library import CallLog, ffi, lib
 from llamacpp_native.binding.gate import Gate
 from llamacpp_native.binding.lora import LoraAdapter, LoraSet, normalise_lora
 from llamacpp_native.binding.model import Model
@@ -153,14 +153,13 @@ class Context:
     def _create(self, model: Model, params: Any) -> None:
         """Create the native context and register it with ``model`` (inside the model's gate)."""
         n_embd = model.n_embd
-        recent_errors()
-        raw = lib.llama_init_from_model(model.handle, params)
+        with CallLog() as log:
+            raw = lib.llama_init_from_model(model.handle, params)
         if raw == ffi.NULL:
-            reason = recent_errors() or "llama.cpp gave no reason"
             raise ContextError(
                 f"failed to create a context (n_ctx={params.n_ctx}, n_batch={params.n_batch}, "
                 f"n_seq_max={params.n_seq_max}): "
-                f"{reason}. Try a smaller n_ctx or n_seq_max."
+                f"{log.reason()}. Try a smaller n_ctx or n_seq_max."
             )
         self._handle: Any = ffi.gc(raw, lib.llama_free)
         self.model = model
@@ -277,8 +276,9 @@ class Context:
                 adapter._release_if_unused()
 
     # -- decoding -----------------------------------------------------------------
-    def check_status(self, status: int, what: str = "decode") -> None:
-        """Turn a llama_decode status into the matching exception."""
+    def check_status(self, status: int, what: str = "decode", reason: str = "") -> None:
+        """Turn a llama_decode status into the matching exception (``reason``: what llama.cpp
+        logged during that decode, from a ``CallLog``)."""
         if status == 0:
             return
         if status == DECODE_ABORTED:
@@ -290,7 +290,7 @@ class Context:
                 f"{what} failed: no room left in the KV cache (n_ctx={self.n_ctx}); "
                 "use a larger n_ctx or a shorter prompt"
             )
-        raise DecodeError(f"{what} failed with status {status}: {recent_errors() or 'no reason given'}")
+        raise DecodeError(f"{what} failed with status {status}: {reason or 'no reason given'}")
 
     def decode(self, tokens: Sequence[int], pos0: int = 0, seq_id: int = 0) -> None:
         """Decode ``tokens`` of one sequence starting at ``pos0``; logits of the last one are kept."""
@@ -299,11 +299,11 @@ class Context:
         self._check_fits(len(tokens), pos0)
         self.model.vocab.check_tokens(tokens)
         arr = ffi.new("llama_token[]", list(tokens))
-        with self.gate:
+        with self.gate, CallLog() as log:
             status = lib.lcpp_decode_sequence(
                 self.handle, self._batch, self.n_batch, arr, len(tokens), pos0, seq_id
             )
-            self.check_status(status)
+        self.check_status(status, reason=log.errors)
 
     def decode_many(
         self, sequences: Sequence[tuple[Sequence[int], int, int]], all_outputs: bool = False
@@ -334,7 +334,9 @@ class Context:
                     lib.lcpp_batch_add(batch, token, pos, seq_id, last or all_outputs)
                     if last:
                         last_index[seq_id] = i
-                self.check_status(lib.llama_decode(handle, batch[0]))
+                with CallLog() as log:
+                    status = lib.llama_decode(handle, batch[0])
+                self.check_status(status, reason=log.errors)
         return [last_index.get(seq_id, -1) for _t, _p, seq_id in sequences]
 
     def _check_fits(self, n_tokens: int, pos0: int) -> None:

@@ -15,7 +15,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol, TypeAlias
 
-from llamacpp_native.binding._library import ffi, lib, read_metadata, recent_errors
+from llamacpp_native.binding._library import CallLog, ffi, lib, read_metadata
 from llamacpp_native.binding.gate import Gate
 from llamacpp_native.binding.gguf_header import GGUFFormatError, GGUFType, GGUFValue, read_gguf_metadata
 from llamacpp_native.errors import ClosedError, LoraError
@@ -112,11 +112,10 @@ class LoraAdapter:
         self.model = model
         _check_adapter_file(self.path, model)
         with model.gate, model._lora_lock:  # closing the model waits, then frees the adapter
-            recent_errors()
-            raw = lib.llama_adapter_lora_init(model.handle, os.fsencode(self.path))
+            with CallLog() as log:
+                raw = lib.llama_adapter_lora_init(model.handle, os.fsencode(self.path))
             if raw == ffi.NULL:
-                reason = recent_errors() or "llama.cpp gave no reason"
-                raise LoraError(f"failed to load LoRA adapter {self.path}: {reason}")
+                raise LoraError(f"failed to load LoRA adapter {self.path}: {log.reason()}")
             self._raw: Any = raw
             self._closing = False
             self._free = weakref.finalize(self, _free_adapter, model, raw)

@@ -14,14 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from llamacpp_native.binding import offload, rpc
-from llamacpp_native.binding._library import (
-    capture_log,
-    ensure_backend,
-    ffi,
-    lib,
-    read_metadata,
-    recent_errors,
-)
+from llamacpp_native.binding._library import CallLog, ensure_backend, ffi, lib, read_metadata
 from llamacpp_native.binding.gate import Gate
 from llamacpp_native.binding.gguf_header import GGUF_MAGIC
 from llamacpp_native.binding.lora import LoraAdapter
@@ -200,13 +193,12 @@ class Model:
             params.progress_callback = lib.lcpp_on_progress
             params.progress_callback_user_data = handle
             keep_alive.append(handle)
-        recent_errors()
-        with capture_log() as self._load_log:
+        with CallLog(keep_lines=True) as log:
             raw = lib.llama_model_load_from_file(os.fsencode(self.path), params)
+        self._load_log = log.lines
         if raw == ffi.NULL:
             self._release_rpc()
-            reason = recent_errors() or "llama.cpp gave no reason"
-            raise ModelLoadError(f"failed to load model {self.path}: {reason}")
+            raise ModelLoadError(f"failed to load model {self.path}: {log.reason()}")
         self._handle: Any = ffi.gc(raw, lib.llama_model_free, size=int(lib.llama_model_size(raw)))
         self._contexts: weakref.WeakSet[Any] = weakref.WeakSet()
         self._adapters: weakref.WeakSet[LoraAdapter] = weakref.WeakSet()

@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from llamacpp_native.binding._library import ensure_backend, ffi, lib, recent_errors
+from llamacpp_native.binding._library import CallLog, ensure_backend, ffi, lib
 from llamacpp_native.errors import RpcServerError
 
 DEFAULT_PORT = 50052
@@ -308,10 +308,10 @@ def acquire(servers: Sequence[str], timeout: float = HANDSHAKE_TIMEOUT) -> tuple
             else:
                 handshake(endpoint, timeout)
             if name not in _devices:
-                recent_errors()
-                reg = lib.ggml_backend_rpc_add_server(name.encode())
+                with CallLog() as log:
+                    reg = lib.ggml_backend_rpc_add_server(name.encode())
                 if reg == ffi.NULL:
-                    reason = recent_errors() or "it reported no devices"
+                    reason = log.reason("it reported no devices")
                     raise RpcServerError(f"RPC server {name} offers no device: {reason}")
                 _devices[name] = tuple(
                     lib.ggml_backend_reg_dev_get(reg, i) for i in range(lib.ggml_backend_reg_dev_count(reg))

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from llamacpp_native.binding._library import ffi, lib, recent_errors, take_message
+from llamacpp_native.binding._library import CallLog, ffi, lib, take_message
 from llamacpp_native.binding.vocab import Vocab
 from llamacpp_native.errors import ClosedError, GrammarError
 
@@ -119,21 +119,20 @@ def _llama_grammar_sampler(vocab: Vocab, grammar: GrammarSpec) -> Any:
     pattern_arr = ffi.new("const char *[]", patterns) if patterns else ffi.NULL
     tokens = list(grammar.trigger_tokens) if grammar.lazy else []
     token_arr = ffi.new("llama_token[]", tokens) if tokens else ffi.NULL
-    recent_errors()
-    if grammar.lazy:
-        sampler = lib.llama_sampler_init_grammar_lazy_patterns(
-            vocab.handle,
-            grammar.text.encode(),
-            grammar.root.encode(),
-            pattern_arr,
-            len(patterns),
-            token_arr,
-            len(tokens),
-        )
-    else:
-        sampler = lib.llama_sampler_init_grammar(vocab.handle, grammar.text.encode(), grammar.root.encode())
+    text, root = grammar.text.encode(), grammar.root.encode()
+    error = ffi.new("char **")
+    # llama.cpp's parser prints a syntax error to stderr: the shim's run of it reports it instead
+    if lib.lcpp_grammar_check(vocab.handle, text, root, error) != 0:
+        raise GrammarError(f"invalid GBNF grammar: {take_message(error) or 'llama.cpp could not parse it'}")
+    with CallLog() as log:
+        if grammar.lazy:
+            sampler = lib.llama_sampler_init_grammar_lazy_patterns(
+                vocab.handle, text, root, pattern_arr, len(patterns), token_arr, len(tokens)
+            )
+        else:
+            sampler = lib.llama_sampler_init_grammar(vocab.handle, text, root)
     if sampler == ffi.NULL:
-        raise GrammarError(f"invalid GBNF grammar: {recent_errors() or 'llama.cpp could not parse it'}")
+        raise GrammarError(f"invalid GBNF grammar: {log.reason('llama.cpp could not parse it')}")
     return sampler
 
 
@@ -145,23 +144,23 @@ def _grammar_sampler(vocab: Vocab, grammar: GrammarSpec, need: int = 0) -> Any:
     tokens = list(grammar.trigger_tokens) if grammar.lazy else []
     token_arr = ffi.new("llama_token[]", tokens) if tokens else ffi.NULL
     error = ffi.new("char **")
-    recent_errors()
-    sampler = lib.lcpp_grammar_init(
-        vocab.handle,
-        vocab_index(vocab),
-        grammar.text.encode(),
-        grammar.root.encode(),
-        grammar.lazy,
-        pattern_arr,
-        len(patterns),
-        token_arr,
-        len(tokens),
-        need,
-        error,
-    )
+    with CallLog() as log:
+        sampler = lib.lcpp_grammar_init(
+            vocab.handle,
+            vocab_index(vocab),
+            grammar.text.encode(),
+            grammar.root.encode(),
+            grammar.lazy,
+            pattern_arr,
+            len(patterns),
+            token_arr,
+            len(tokens),
+            need,
+            error,
+        )
     if sampler == ffi.NULL:
         reason = take_message(error) or "llama.cpp could not parse it"
-        logged = recent_errors()
+        logged = log.errors
         if logged and logged not in reason:
             reason = f"{reason}: {logged}"
         raise GrammarError(f"invalid GBNF grammar: {reason}")

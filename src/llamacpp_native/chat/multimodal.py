@@ -17,7 +17,6 @@ the wrong type.
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import os
 import secrets
@@ -29,7 +28,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from llamacpp_native.binding._library import ensure_backend, ffi, lib, recent_errors
+from llamacpp_native.binding._library import CallLog, ensure_backend, ffi, lib
 from llamacpp_native.binding.context import Context, default_threads
 from llamacpp_native.binding.gate import Gate
 from llamacpp_native.binding.model import Model
@@ -79,19 +78,6 @@ def image_size(data: bytes) -> tuple[int, int] | None:
 
 _MEDIA_KIND = {lib.MTMD_INPUT_CHUNK_TYPE_IMAGE: "image", lib.MTMD_INPUT_CHUNK_TYPE_AUDIO: "audio"}
 _PLACEHOLDER_BASE = 1 << 40  # far outside int32: a placeholder that reached llama_batch would raise
-
-_log_lock = threading.Lock()
-_log_routed = False
-
-
-def _route_log() -> None:
-    """Send libmtmd's log (its own, separate from llama.cpp's) to the ``llamacpp_native`` logger, once."""
-    global _log_routed
-    with _log_lock:
-        if not _log_routed:
-            lib.mtmd_helper_log_set(lib.lcpp_on_log, ffi.NULL)
-            atexit.register(lib.mtmd_helper_log_set, lib.lcpp_log_discard, ffi.NULL)
-            _log_routed = True
 
 
 class Bitmap:
@@ -270,7 +256,6 @@ class Multimodal:
         self.path = Path(path)
         self.projector_type = check_projector_file(self.path, model)
         ensure_backend()
-        _route_log()
         self.marker = marker or f"<__media_{secrets.token_hex(8)}__>"
         params = lib.mtmd_context_params_default()
         params.use_gpu = lib.llama_supports_gpu_offload() if use_gpu is None else use_gpu
@@ -284,11 +269,10 @@ class Multimodal:
         self._close_lock = threading.Lock()
         with model.gate:  # registered before the model can start closing, so its close() closes this
             self._n_embd_inp = int(lib.llama_model_n_embd_inp(model.handle))
-            recent_errors()
-            raw = lib.mtmd_init_from_file(os.fsencode(self.path), model.handle, params)
+            with CallLog() as log:
+                raw = lib.mtmd_init_from_file(os.fsencode(self.path), model.handle, params)
             if raw == ffi.NULL:
-                reason = recent_errors() or "llama.cpp gave no reason"
-                raise ProjectorLoadError(f"failed to load projector {self.path}: {reason}")
+                raise ProjectorLoadError(f"failed to load projector {self.path}: {log.reason()}")
             self._handle: Any = ffi.gc(raw, lib.mtmd_free)
             model._register_dependent(self)
         self._lock = threading.RLock()
@@ -369,8 +353,7 @@ class Multimodal:
                 f"({self.max_image_pixels}); scale it down first"
             )
         buf = ffi.from_buffer("unsigned char[]", data)
-        with self.gate:
-            recent_errors()
+        with self.gate, CallLog() as log:
             result = lib.mtmd_helper_bitmap_init_from_buf(
                 self.handle, buf, len(buf), False, lib.mtmd_helper_init_opt_default()
             )
@@ -380,7 +363,7 @@ class Multimodal:
                 lib.mtmd_bitmap_free(result.bitmap)
             raise MediaDecodeError("video input is not supported")
         if result.bitmap == ffi.NULL:
-            reason = recent_errors()
+            reason = log.errors
             if "does not support audio" in reason:
                 raise self._lacks("audio")
             what, formats = "an image", "PNG, JPEG, BMP, GIF, TGA, PSD, PNM"
@@ -464,14 +447,12 @@ class Multimodal:
         inp.add_special, inp.parse_special = add_special, parse_special
         bitmaps = ffi.new("mtmd_bitmap *[]", [item.handle for item in media])
         chunks = ffi.gc(lib.mtmd_input_chunks_init(), lib.mtmd_input_chunks_free)
-        with self.gate:
-            recent_errors()
+        with self.gate, CallLog() as log:
             status = lib.mtmd_tokenize(self.handle, chunks, inp, bitmaps, len(media))
         if status == 1:
-            raise MediaMarkerError(f"media markers and media differ in number: {recent_errors()}")
+            raise MediaMarkerError(f"media markers and media differ in number: {log.errors}")
         if status != 0:
-            reason = recent_errors() or "llama.cpp gave no reason"
-            raise MediaDecodeError(f"could not preprocess the image(s)/audio: {reason}")
+            raise MediaDecodeError(f"could not preprocess the image(s)/audio: {log.reason()}")
         pieces: list[tuple[int, ...] | MediaChunk] = []
         seen: dict[str, int] = {}
         n_tokens = ffi.new("size_t *")
@@ -494,10 +475,10 @@ class Multimodal:
         """Run the encoder on ``chunk``: its embeddings, ``n_tokens * n_embd`` floats (a cffi array)."""
         with self.gate, self._lock:
             handle = self.handle
-            recent_errors()
-            if lib.mtmd_encode_chunk(handle, chunk.handle) != 0:
-                reason = recent_errors() or "llama.cpp gave no reason"
-                raise MediaDecodeError(f"encoding the {chunk.kind} failed: {reason}")
+            with CallLog() as log:
+                status = lib.mtmd_encode_chunk(handle, chunk.handle)
+            if status != 0:
+                raise MediaDecodeError(f"encoding the {chunk.kind} failed: {log.reason()}")
             count = chunk.n_tokens * self._n_embd_inp
             embeddings = ffi.new("float[]", count)
             ffi.memmove(embeddings, lib.mtmd_get_output_embd(handle), count * ffi.sizeof("float"))

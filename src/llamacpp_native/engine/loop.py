@@ -12,7 +12,7 @@ import time
 import weakref
 from collections import deque
 
-from llamacpp_native.binding._library import ffi, lib, take_message
+from llamacpp_native.binding._library import CallLog, ffi, lib, take_message
 from llamacpp_native.binding.context import DECODE_ABORTED, DECODE_NO_KV_SLOT, Context
 from llamacpp_native.binding.model import Model
 from llamacpp_native.binding.sampling import SamplerChain
@@ -382,10 +382,11 @@ class DecodeLoop:
             self._decoding = [job]  # a cancel from now on aborts the decode
         try:
             embeddings = chunk.multimodal.encode(chunk)
-            status = chunk.multimodal.decode(chunk, embeddings, context, pos, slot.seq_id)
-            while status == DECODE_NO_KV_SLOT and self._evict_idle():
-                context.kv_remove(slot.seq_id, pos, -1)
+            with CallLog() as log:
                 status = chunk.multimodal.decode(chunk, embeddings, context, pos, slot.seq_id)
+                while status == DECODE_NO_KV_SLOT and self._evict_idle():
+                    context.kv_remove(slot.seq_id, pos, -1)
+                    status = chunk.multimodal.decode(chunk, embeddings, context, pos, slot.seq_id)
         finally:
             with self._schedule.cv:
                 self._decoding = []
@@ -395,7 +396,7 @@ class DecodeLoop:
                 if not self._schedule.closing:
                     context.clear_abort()
                 return
-            context.check_status(status, f"decoding the {chunk.kind}")
+            context.check_status(status, f"decoding the {chunk.kind}", log.errors)
         slot.tokens.extend(chunk.placeholders)
         self._media_decoded += 1
 
@@ -405,9 +406,10 @@ class DecodeLoop:
         with self._schedule.cv:
             self._decoding = batch
         try:
-            status = lib.llama_decode(self._ctx, self._batch[0])
-            while status == DECODE_NO_KV_SLOT and self._evict_idle():
+            with CallLog() as log:
                 status = lib.llama_decode(self._ctx, self._batch[0])
+                while status == DECODE_NO_KV_SLOT and self._evict_idle():
+                    status = lib.llama_decode(self._ctx, self._batch[0])
         finally:
             with self._schedule.cv:
                 self._decoding = []
@@ -421,7 +423,7 @@ class DecodeLoop:
                 context.clear_abort()
             return
         if status:
-            context.check_status(status, "decode")
+            context.check_status(status, "decode", log.errors)
         forked: list[Job] = []
         for job in batch:
             assert job.slot is not None
