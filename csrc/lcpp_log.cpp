@@ -35,6 +35,9 @@ constexpr size_t kMaxKeptBytes = size_t{8} << 20;
 
 thread_local thread_log t_log;
 std::atomic<lcpp_log_sink> g_sink{nullptr};
+// Lines below this level never reach the sink: llama.cpp logs dozens of debug lines
+// per decode, and each would take the interpreter's lock only to be dropped there.
+std::atomic<int> g_sink_level{GGML_LOG_LEVEL_INFO};
 
 void finish_line(thread_log & t, enum ggml_log_level level, std::string text) {
     if (!text.empty() && text.back() == '\r') {
@@ -43,8 +46,10 @@ void finish_line(thread_log & t, enum ggml_log_level level, std::string text) {
     if (text.empty()) {
         return;
     }
-    if (const lcpp_log_sink sink = g_sink.load(std::memory_order_acquire)) {
-        sink(level, text.c_str());
+    if (level >= g_sink_level.load(std::memory_order_relaxed)) {
+        if (const lcpp_log_sink sink = g_sink.load(std::memory_order_acquire)) {
+            sink(level, text.c_str());
+        }
     }
     if (t.depth > 0 && (t.kept_bytes + text.size() <= kMaxKeptBytes || level >= GGML_LOG_LEVEL_ERROR)) {
         t.kept_bytes += text.size();
@@ -94,6 +99,10 @@ void lcpp_log_route(enum ggml_log_level level, const char * text, void * /*user_
 }
 
 void lcpp_log_set_sink(lcpp_log_sink sink) { g_sink.store(sink, std::memory_order_release); }
+
+void lcpp_log_set_sink_level(enum ggml_log_level min_level) {
+    g_sink_level.store(min_level, std::memory_order_relaxed);
+}
 
 size_t lcpp_log_begin(void) {
     thread_log & t = t_log;

@@ -62,6 +62,8 @@ void lcpp_log_route(enum ggml_log_level level, const char * text, void * user_da
  * without its newline.  NULL: nowhere (at interpreter exit). */
 typedef void (*lcpp_log_sink)(enum ggml_log_level level, const char * line);
 void lcpp_log_set_sink(lcpp_log_sink sink);
+/* Only lines at `min_level` or above go to the sink (captures keep every level). */
+void lcpp_log_set_sink_level(enum ggml_log_level min_level);
 
 /* Open a capture on this thread (captures nest); returns the mark to read from. */
 size_t lcpp_log_begin(void);

@@ -337,6 +337,7 @@ int32_t lcpp_tokenize(const struct llama_vocab * vocab, const char * text, int32
 void lcpp_log_route(enum ggml_log_level level, const char * text, void * user_data);
 typedef void (*lcpp_log_sink)(enum ggml_log_level level, const char * line);
 void lcpp_log_set_sink(lcpp_log_sink sink);
+void lcpp_log_set_sink_level(enum ggml_log_level min_level);
 size_t lcpp_log_begin(void);
 char * lcpp_log_read(size_t mark, enum ggml_log_level min_level);
 void lcpp_log_end(void);

@@ -129,3 +129,24 @@ def test_schema_conversion_leaves_fd_2_to_other_threads(capfd: pytest.CaptureFix
     err = capfd.readouterr().err
     assert err == "".join(written)
     assert "JSON schema conversion was incomplete" not in err
+
+
+def test_the_logger_gets_the_levels_it_asks_for_and_no_more(
+    model_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Lines below the logger's level stay in the shim; the level is read again at each model load."""
+    native_logger = logging.getLogger("llamacpp_native")
+    before = native_logger.level
+    try:
+        native_logger.setLevel(logging.DEBUG)
+        with caplog.at_level(logging.DEBUG, logger="llamacpp_native"), Model(model_path):
+            pass
+        assert any(r.levelno == logging.DEBUG for r in caplog.records if r.name == "llamacpp_native")
+        caplog.clear()
+        native_logger.setLevel(logging.WARNING)
+        with caplog.at_level(logging.DEBUG), Model(model_path):  # the root takes every level that arrives
+            pass
+        assert all(r.levelno >= logging.WARNING for r in caplog.records if r.name == "llamacpp_native")
+    finally:
+        native_logger.setLevel(before)
+        Model(model_path).close()  # the sink follows the restored level

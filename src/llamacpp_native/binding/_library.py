@@ -60,6 +60,7 @@ __all__ = [
     "take_message",
     "take_string",
     "set_verbose",
+    "sync_log_level",
 ]
 
 logger = logging.getLogger("llamacpp_native")
@@ -91,7 +92,19 @@ def _route_log() -> None:
     atexit.register(lib.lcpp_log_set_sink, ffi.NULL)  # no calls into a finalising interpreter
 
 
+def sync_log_level() -> None:
+    """Let through to ``logging`` only the lines the ``llamacpp_native`` logger would show.
+
+    Read by ``set_verbose`` and at each model load: lines below the logger's level then
+    never leave the shim (llama.cpp logs dozens of debug lines per decode).
+    """
+    level = logger.getEffectiveLevel()
+    wanted = [ggml for ggml, py in _LEVELS.items() if py >= level]
+    lib.lcpp_log_set_sink_level(min(wanted) if wanted else lib.GGML_LOG_LEVEL_CONT)
+
+
 _route_log()
+sync_log_level()
 
 
 def ensure_backend() -> None:
@@ -110,17 +123,21 @@ def set_verbose(verbose: bool) -> None:
     """Show llama.cpp's informational output (``True``) or only warnings and errors.
 
     llama.cpp's debug lines stay at ``logging.DEBUG``: set the ``llamacpp_native``
-    logger's level yourself to see them.
+    logger's level yourself to see them (it is read again at each model load).
     """
     logger.setLevel(logging.INFO if verbose else logging.WARNING)
+    sync_log_level()
     if verbose and not logging.getLogger().handlers:
         logging.basicConfig(format="%(name)s: %(message)s")
 
 
 def _read_log(mark: int, min_level: int) -> str:
     text = lib.lcpp_log_read(mark, min_level)
-    if text == ffi.NULL:
-        return ""
+    return "" if text == ffi.NULL else _take_log(text)
+
+
+def _take_log(text: Any) -> str:
+    """The text of a string ``lcpp_log_read`` returned, which is then freed."""
     try:
         return str(ffi.string(text).decode("utf-8", "replace"))
     finally:
@@ -164,7 +181,9 @@ class CallLog:
         mark, self._mark = self._mark, None
         assert mark is not None
         try:
-            self._errors = _one_line(_read_log(mark, lib.GGML_LOG_LEVEL_ERROR))
+            errors = lib.lcpp_log_read(mark, lib.GGML_LOG_LEVEL_ERROR)
+            if errors != ffi.NULL:  # the usual case, a call that logged no error, costs no more calls
+                self._errors = _one_line(_take_log(errors))
             if self._keep_lines:
                 self.lines.extend(_read_log(mark, lib.GGML_LOG_LEVEL_NONE).splitlines())
         finally:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from llamacpp_native.binding import offload, rpc
-from llamacpp_native.binding._library import CallLog, ensure_backend, ffi, lib, read_metadata
+from llamacpp_native.binding._library import CallLog, ensure_backend, ffi, lib, read_metadata, sync_log_level
 from llamacpp_native.binding.gate import Gate
 from llamacpp_native.binding.gguf_header import GGUF_MAGIC
 from llamacpp_native.binding.lora import LoraAdapter
@@ -137,6 +137,7 @@ class Model:
         """Every native call on the model or its vocabulary runs inside it (``with model.gate:``)."""
         _check_model_file(self.path)
         ensure_backend()
+        sync_log_level()
         if split_mode not in SPLIT_MODES:
             raise ValueError(f"split_mode must be one of {sorted(SPLIT_MODES)}, not {split_mode!r}")
         local_devices = offload.local_offload_devices()
