@@ -65,8 +65,13 @@ class NativeCompletion:
     async def start(
         cls, lease: Lease, body: NativeCompletionRequest, record: RequestRecord
     ) -> NativeCompletion:
-        """Check ``body`` and queue it on ``lease``'s model; raises (nothing sent yet) if it cannot run."""
+        """Check ``body`` and queue it on ``lease``'s model; raises (nothing sent yet) if it cannot run.
+
+        A body without ``n_predict`` (or ``max_tokens``) gets the model's ``--n_predict``.
+        """
         try:
+            if "n_predict" not in body.model_fields_set:
+                body = body.model_copy(update={"n_predict": lease.entry.settings.n_predict})
             end_tokens = await lease.entry.end_tokens() if body.ignore_eos else []
             llama = lease.llama
 
@@ -283,7 +288,11 @@ def props(lease: Lease) -> dict[str, Any]:
             "n_ctx": engine.n_ctx,
             "speculative": False,
             "is_processing": False,
-            "params": generation_settings(defaults),
+            "params": {
+                **generation_settings(defaults),
+                "n_predict": lease.entry.settings.n_predict,
+                "max_tokens": lease.entry.settings.n_predict,
+            },
         },
         "total_slots": len(engine.slots),
         "model_alias": lease.alias,

@@ -77,6 +77,12 @@ class ModelOptions(BaseModel):
         description="Most thinking tokens per reply, then the end tag is forced (-1: no limit).",
     )
     seed: int = Field(default=0xFFFFFFFF, description="Default sampling seed (0xFFFFFFFF = random).")
+    n_predict: int = Field(
+        default=-1,
+        ge=-1,
+        description="Tokens a /completion request generates when it sets no n_predict "
+        "(llama-server's --n-predict; -1: until the context ends).",
+    )
     pooling: str | None = Field(
         default=None,
         pattern="^(none|mean|cls|last|rank)$",
@@ -150,7 +156,7 @@ class ModelSettings(ModelOptions):
         """Keyword arguments for ``llamacpp_native.Llama``."""
         media = {"mmproj", "media_path", "allow_remote_media", "media_max_bytes", "media_timeout"}
         options = self.model_dump(
-            exclude={"model", "model_alias", "rpc", "tensor_split", "chat_template_file"} | media
+            exclude={"model", "model_alias", "rpc", "tensor_split", "chat_template_file", "n_predict"} | media
         )
         if self.chat_template_file:
             options["chat_template"] = Path(self.chat_template_file).read_text(encoding="utf-8")
