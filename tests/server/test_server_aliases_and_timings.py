@@ -87,3 +87,9 @@ def test_embeddings_are_unit_vectors(http: httpx.Client, model_name: str) -> Non
         raw = base64.b64decode(packed["embedding"])
         decoded = struct.unpack(f"<{len(raw) // 4}f", raw)
         assert math.isclose(math.fsum(x * x for x in decoded), 1.0, rel_tol=1e-5)
+
+
+def test_the_responses_route_answers_without_v1_too(http: httpx.Client, model_name: str) -> None:
+    reply = http.post("/responses", json={"model": model_name, "input": "Hi", "max_output_tokens": 2})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["object"] == "response"

@@ -36,6 +36,7 @@ KNOWN_ENDPOINTS = frozenset(
         "/props",
         "/slots",
         "/v1/responses",
+        "/responses",
         "/v1/messages",
         "/v1/messages/count_tokens",
         "/v1/rerank",

@@ -39,6 +39,7 @@ Store = Annotated[ResponseStore, Depends(response_store)]
 
 
 @router.post("/v1/responses", responses=_ANSWERS)
+@router.post("/responses", responses=_ANSWERS, include_in_schema=False)
 async def create_response(body: ResponsesRequest, request: Request, store: Store) -> Response:
     """Answer ``input`` (after ``previous_response_id``'s conversation), with tools and structured output."""
     conversation = store.history(body.previous_response_id) + body.input_messages()
