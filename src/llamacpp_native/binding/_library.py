@@ -95,7 +95,7 @@ def _route_log() -> None:
 def sync_log_level() -> None:
     """Let through to ``logging`` only the lines the ``llamacpp_native`` logger would show.
 
-    Read by ``set_verbose`` and at each model load: lines below the logger's level then
+    Read by ``set_verbose`` and at each model load and context creation: lines below the logger's level then
     never leave the shim (llama.cpp logs dozens of debug lines per decode).
     """
     level = logger.getEffectiveLevel()
@@ -123,7 +123,7 @@ def set_verbose(verbose: bool) -> None:
     """Show llama.cpp's informational output (``True``) or only warnings and errors.
 
     llama.cpp's debug lines stay at ``logging.DEBUG``: set the ``llamacpp_native``
-    logger's level yourself to see them (it is read again at each model load).
+    logger's level yourself to see them (it is read again at each model load and context creation).
     """
     logger.setLevel(logging.INFO if verbose else logging.WARNING)
     sync_log_level()

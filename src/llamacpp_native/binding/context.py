@@ -8,7 +8,7 @@ import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from llamacpp_native.binding._library import CallLog, ffi, lib
+from llamacpp_native.binding._library import CallLog, ffi, lib, sync_log_level
 from llamacpp_native.binding.gate import Gate
 from llamacpp_native.binding.lora import LoraAdapter, LoraSet, normalise_lora
 from llamacpp_native.binding.model import Model
@@ -121,6 +121,7 @@ class Context:
             raise ContextError(f"flash_attn must be True, False or None (auto), not {flash_attn!r}")
         default_kv = "f16" if f16_kv else "f32"
 
+        sync_log_level()
         params = lib.llama_context_default_params()
         params.n_ctx = n_ctx if n_ctx > 0 else model.n_ctx_train
         params.n_batch = n_batch
