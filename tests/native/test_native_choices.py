@@ -36,6 +36,10 @@ def test_n_greedy_completion_gives_n_identical_choices_indexed_in_order(llama: L
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
 
 
+@pytest.mark.xfail(
+    reason="engine.core.SHARE_PROMPT_KV is off: shared prompt KV gave wrong choices after slots were reused",
+    strict=True,
+)
 def test_n_choices_decode_the_prompt_once(llama: Llama) -> None:
     prompt = "A prompt nobody sent before, so that the prefix cache holds none of it: 7, 8, 9,"
     n_prompt = len(llama.tokenize(prompt.encode(), special=True))
