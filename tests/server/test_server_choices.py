@@ -73,8 +73,24 @@ def test_top_logprobs_out_of_range_is_400(http: httpx.Client, model_name: str, t
 def test_chat_n_greedy_gives_identical_choices_and_counts_the_prompt_once(
     client: openai.OpenAI, model_name: str
 ) -> None:
-    one = client.chat.completions.create(model=model_name, messages=CHAT, max_tokens=4, temperature=0)  # type: ignore[arg-type]
-    many = client.chat.completions.create(model=model_name, messages=CHAT, max_tokens=4, temperature=0, n=3)  # type: ignore[arg-type]
+    # the output is forced, so that batching three sequences cannot flip a near-tie on some CPU
+    forced = {"grammar": 'root ::= "The model is a"'}
+    one = client.chat.completions.create(
+        model=model_name,
+        messages=CHAT,
+        max_tokens=8,
+        temperature=0,
+        extra_body=forced,  # type: ignore[arg-type]
+    )
+    many = client.chat.completions.create(
+        model=model_name,
+        messages=CHAT,
+        max_tokens=8,
+        temperature=0,
+        n=3,
+        extra_body=forced,  # type: ignore[arg-type]
+    )
+    assert one.choices[0].message.content == "The model is a"
     assert [c.index for c in many.choices] == [0, 1, 2]
     assert {c.message.content for c in many.choices} == {one.choices[0].message.content}
     assert one.usage is not None and many.usage is not None
