@@ -37,7 +37,7 @@ def test_n_greedy_completion_gives_n_identical_choices_indexed_in_order(llama: L
 
 
 @pytest.mark.xfail(
-    reason="engine.core.SHARE_PROMPT_KV is off: shared prompt KV gave wrong choices after slots were reused",
+    reason="each choice decodes its prompt: copying the first's KV (28d2b24) broke on reused slots",
     strict=True,
 )
 def test_n_choices_decode_the_prompt_once(llama: Llama) -> None:

@@ -222,33 +222,23 @@ class LlamaChat(LlamaBase):
         dicts with ``stream=True``: content, ``reasoning_content`` and tool-call
         fragments arrive as they are generated.  ``parallel_tool_calls`` is off by
         default, as in llama-server.  Keyword arguments are those of ``chat_request``, and
-        ``n``: that many choices (``index`` 0..n-1), sharing the decoded prompt.
+        ``n``: that many choices (``index`` 0..n-1).
         """
-        n = kwargs.pop("n", 1)
-        if n != 1 or n is True:
-            options = dict(
-                kwargs,
-                tools=tools,
-                tool_choice=tool_choice,
-                response_format=response_format,
-                parallel_tool_calls=parallel_tool_calls,
-                reasoning_format=reasoning_format,
-                chat_template_kwargs=chat_template_kwargs,
-            )
-            parts = self._chat_choices(messages, options, choices.check_n(n), cancellation)
-            dicts = choices.interleave(*parts.run())
-            return dicts if stream else choices.collect(dicts, parts.collect_one)
-        events = self.chat_events(
-            messages,
+        options = dict(
+            kwargs,
             tools=tools,
             tool_choice=tool_choice,
             response_format=response_format,
             parallel_tool_calls=parallel_tool_calls,
             reasoning_format=reasoning_format,
             chat_template_kwargs=chat_template_kwargs,
-            cancellation=cancellation,
-            **kwargs,
         )
+        n = options.pop("n", 1)
+        if n != 1 or n is True:
+            parts = self._chat_choices(messages, options, choices.check_n(n), cancellation)
+            dicts = choices.interleave(*parts.run())
+            return dicts if stream else choices.collect(dicts, parts.collect_one)
+        events = self.chat_events(messages, cancellation=cancellation, **options)
         chunks = _shaped_chat(events, ChatShaper(self.model_path))
         return chunks if stream else openai_shapes.collect_chat(chunks)
 
@@ -266,32 +256,23 @@ class LlamaChat(LlamaBase):
         **kwargs: Any,
     ) -> dict[str, Any] | AsyncIterator[dict[str, Any]]:
         """``create_chat_completion`` for asyncio: the event loop is never blocked (see ``achat_events``)."""
-        n = kwargs.pop("n", 1)
-        if n != 1 or n is True:
-            options = dict(
-                kwargs,
-                tools=tools,
-                tool_choice=tool_choice,
-                response_format=response_format,
-                parallel_tool_calls=parallel_tool_calls,
-                reasoning_format=reasoning_format,
-                chat_template_kwargs=chat_template_kwargs,
-            )
-            parts = await off_loop(
-                _heavy_chat(messages, options), self._chat_choices, messages, options, choices.check_n(n)
-            )
-            dicts = choices.ainterleave(*parts.run())
-            return dicts if stream else choices.collect([c async for c in dicts], parts.collect_one)
-        events = await self.achat_events(
-            messages,
+        options = dict(
+            kwargs,
             tools=tools,
             tool_choice=tool_choice,
             response_format=response_format,
             parallel_tool_calls=parallel_tool_calls,
             reasoning_format=reasoning_format,
             chat_template_kwargs=chat_template_kwargs,
-            **kwargs,
         )
+        n = options.pop("n", 1)
+        if n != 1 or n is True:
+            parts = await off_loop(
+                _heavy_chat(messages, options), self._chat_choices, messages, options, choices.check_n(n)
+            )
+            dicts = choices.ainterleave(*parts.run())
+            return dicts if stream else choices.collect([c async for c in dicts], parts.collect_one)
+        events = await self.achat_events(messages, **options)
         chunks = _ashaped_chat(events, ChatShaper(self.model_path))
         if stream:
             return chunks
@@ -340,7 +321,7 @@ class LlamaChat(LlamaBase):
         n: int,
         cancellation: Cancellation | None = None,
     ) -> choices.Choices:
-        """Queue ``n`` choices of one chat (its prompt decoded once), each with its own reply parser."""
+        """Queue ``n`` choices of one chat, each with its own reply parser."""
         request, rendered = self._chat_rendered(messages, kwargs)
         parts = choices.Choices(openai_shapes.collect_chat, [choices.choice_requests(request, n)])
         response_id = openai_shapes.new_id("chatcmpl")

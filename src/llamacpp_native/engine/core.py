@@ -36,12 +36,6 @@ def _close_engines_at_exit() -> None:
         engine.close()
 
 
-SHARE_PROMPT_KV = False
-"""Whether n choices copy the first choice's prompt KV.  Off: after other requests had
-used the slots, the shared choices came out wrong (tests/server/test_server_choices.py
-run after test_server_chat.py); to be fixed before it is turned on again."""
-
-
 class Engine(DecodeLoop):
     """One decode loop over one context, serving every caller at once (continuous batching).
 
@@ -109,22 +103,15 @@ class Engine(DecodeLoop):
     def submit_choices(self, requests: Sequence[GenerationRequest]) -> list[RequestStream]:
         """Queue n choices of one prompt (OpenAI's ``n``); their streams, in order.
 
-        The requests differ only in sampling (their seeds, say).  With ``SHARE_PROMPT_KV``
-        the prompt is decoded once, by the first; the others wait in slots of their own,
-        get its KV cache copied (``llama_memory_seq_cp``) and sample from its logits in the
-        same step.  It is off: each choice decodes its prompt (the prefix cache shares what
-        it can).
-        More choices than the context has slots (``n_parallel``) is a ``ValueError``.
+        The requests differ only in sampling (their seeds, say).  All are queued at once or
+        none is; each decodes its prompt in its own sequence (the prefix cache shares what it
+        can).  More choices than the context has slots (``n_parallel``) is a ``ValueError``.
         """
         if len(requests) > len(self.slots):
             raise ValueError(
                 f"n={len(requests)} choices need as many parallel sequences, but this model has "
                 f"{len(self.slots)} (n_parallel): ask for at most {len(self.slots)}"
             )
-        first = requests[0]
-        shared = not first.media and all(
-            r.prompt_tokens == first.prompt_tokens and r.lora == first.lora and not r.media for r in requests
-        )
         prepared: list[tuple[RequestStream, Job | None]] = []
         try:
             for request in requests:
@@ -135,10 +122,6 @@ class Engine(DecodeLoop):
                     job.sampler.close()
             raise
         jobs = [job for _stream, job in prepared if job is not None]
-        if SHARE_PROMPT_KV and shared and len(jobs) == len(prepared) > 1:
-            jobs[0].followers = jobs[1:]
-            for job in jobs[1:]:
-                job.leader = jobs[0]
         if jobs:
             self._enqueue(jobs)
         return [stream for stream, _job in prepared]

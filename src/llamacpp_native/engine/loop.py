@@ -162,12 +162,8 @@ class DecodeLoop:
                         stream.finish("error", error)
                     job.sampler.close()
                     continue
-            if job.leader is not None and not self._follow(job):
-                return
-            placed = self._place(job) if job.leader is None else None
+            placed = self._place(job)
             if placed is None:
-                if job.leader is not None:
-                    continue  # admitted beside its leader: it waits for the leader's prompt
                 return
             slot, shared = placed
             schedule.waiting.popleft()
@@ -184,55 +180,6 @@ class DecodeLoop:
                 stream = job.stream()
                 if stream is not None:
                     stream.cached_tokens = len(slot.tokens)
-
-    def _follow(self, job: Job) -> bool:
-        """Admit one of n choices beside its leader, into a slot of its own that gets the leader's
-        prompt copied once it is decoded (``_fork``); False while no slot (or KV room) is free.
-
-        A choice whose leader is gone or already past its prompt is placed like any request.
-        """
-        leader = job.leader
-        assert leader is not None
-        if leader.slot is None or job not in leader.followers:
-            job.leader = None
-            return True
-        free = [s for s in self.slots if s.job is None]
-        if not free:
-            return False
-        empty = [s for s in free if not s.tokens]
-        slot = empty[0] if empty else min(free, key=lambda s: s.last_used)
-        if not self._free_cells(len(job.tokens) + 1, keep=slot):
-            return False
-        self._forget(slot)
-        slot.lora = job.lora
-        schedule = self._schedule
-        schedule.waiting.popleft()
-        schedule.running.append(job)
-        slot.job, slot.last_used, job.slot, job.admitted = job, time.monotonic(), slot, True
-        return True
-
-    def _fork(self, leader: Job, forked: list[Job]) -> None:
-        """The leader's prompt is decoded: copy its KV to each waiting choice, which samples from the
-        leader's logits this very step (so n choices cost one prompt)."""
-        end = position(leader, len(leader.tokens))
-        assert leader.slot is not None
-        for follower in leader.followers:
-            follower.leader = None
-            slot = follower.slot
-            if slot is None or slot.job is not follower:
-                continue  # not admitted (or cancelled): it is placed, or retired, as any request
-            self.context.kv_copy(leader.slot.seq_id, slot.seq_id, 0, end)
-            slot.tokens = list(leader.tokens)
-            follower.output = leader.output
-            forked.append(follower)
-        leader.followers = []
-
-    @staticmethod
-    def _release_followers(job: Job) -> None:
-        """The leader will not fork (retired, preempted): its choices decode their prompts themselves."""
-        for follower in job.followers:
-            follower.leader = None
-        job.followers = []
 
     def _place(self, job: Job) -> tuple[Slot, int] | None:
         """Carry out the policy's placement of ``job`` (``policy.place``) and make room for its prompt."""
@@ -266,7 +213,6 @@ class DecodeLoop:
         if victim is None:
             return False
         assert victim.slot is not None
-        self._release_followers(victim)
         with schedule.cv:
             self._forget(victim.slot)
             victim.slot.job = None
@@ -299,7 +245,7 @@ class DecodeLoop:
         for job in jobs:
             job.output, job.in_batch, job.decodes_pending = -1, (), False
             slot = job.slot
-            if slot is None or job.leader is not None:
+            if slot is None:
                 continue
             if len(slot.tokens) < len(job.tokens):
                 prefilling = True
@@ -330,7 +276,7 @@ class DecodeLoop:
         batch = self._batch
         for job in jobs:
             slot = job.slot
-            if budget <= 0 or slot is None or len(slot.tokens) >= len(job.tokens) or job.leader is not None:
+            if budget <= 0 or slot is None or len(slot.tokens) >= len(job.tokens):
                 continue
             start = len(slot.tokens)
             end = start + budget
@@ -424,17 +370,12 @@ class DecodeLoop:
             return
         if status:
             context.check_status(status, "decode", log.errors)
-        forked: list[Job] = []
         for job in batch:
             assert job.slot is not None
             job.slot.tokens.extend(job.in_batch)
             if job.decodes_pending and job.pending is not None:
                 job.tokens.append(job.pending)
                 job.pending = None
-            elif job.followers and job.output >= 0:
-                self._fork(job, forked)
-        if forked:
-            batch.extend(forked)
 
     def _evict_idle(self) -> bool:
         idle = eviction_candidate(self.slots)
@@ -527,8 +468,6 @@ class DecodeLoop:
         if job not in self._schedule.running:
             return
         self._schedule.running.remove(job)
-        if job.followers:
-            self._release_followers(job)
         if not self._schedule.running:
             self._schedule.cv.notify_all()  # wakes wait_idle()
         if job.slot is not None:

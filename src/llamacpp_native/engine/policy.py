@@ -55,8 +55,6 @@ class Job:
     shift: int = 0  # tokens minus positions of its media: nonzero only under M-RoPE
     chain: Any = None  # the sampler's raw chain and grammar pointers, for the one sampling call per step
     grammar: Any = None
-    leader: Job | None = None  # one of n choices waiting for the first choice's prompt: no prefill of its own
-    followers: list[Job] = field(default_factory=list)  # the other choices, forked when the prompt is in
 
     @property
     def prefilling(self) -> bool:
