@@ -1,4 +1,4 @@
-"""Tiny random-weight GGUFs for the reranking and fill-in-the-middle tests, and a numpy reference.
+"""Tiny GGUFs for tests: rerank and fill-in-the-middle models, their numpy reference, an unknown architecture.
 
 ``write_reranker`` writes a one-block BERT cross-encoder with the classifier head llama.cpp's
 rank pooling reads (``cls`` then ``cls.output``, one score) and ``bert.pooling_type`` = rank;
@@ -279,3 +279,14 @@ def write_fim_model(path: Path, *, with_repo_tokens: bool = True, seed: int = 0)
     writer.write_tensors_to_file()
     writer.close()
     return ids
+
+
+def alien_model(path: Path, architecture: str) -> Path:
+    """A well-formed GGUF file of an architecture llama.cpp does not know (it says which in its log)."""
+    writer = gguf.GGUFWriter(str(path), architecture)
+    writer.add_tensor("weight", np.zeros((4, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

@@ -12,25 +12,13 @@ import os
 import threading
 from pathlib import Path
 
-import gguf
-import numpy as np
 import pytest
 
 from llamacpp_native import GrammarError, Llama, Model, ModelLoadError
 from llamacpp_native.binding import sampling
 from llamacpp_native.binding._library import CallLog, capture_log
 from llamacpp_native.grammar.gbnf import json_schema_conversion
-
-
-def alien_model(path: Path, architecture: str) -> Path:
-    """A well-formed GGUF file of an architecture llama.cpp does not know (it says which in its log)."""
-    writer = gguf.GGUFWriter(str(path), architecture)
-    writer.add_tensor("weight", np.zeros((4, 4), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+from tiny_models import alien_model
 
 
 def test_a_failed_load_quotes_llama_cpps_reason_and_still_logs_it(

@@ -11,27 +11,15 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-import gguf
-import numpy as np
 import pytest
 
 from llamacpp_native import GrammarError, Llama, Model, ModelLoadError
+from tiny_models import alien_model
 
 LEFT_RECURSIVE = 'root ::= x\nx ::= x "a"'
 """Parses, but llama.cpp refuses it while building the grammar, with the reason only in its log."""
 
 ROUNDS = 12
-
-
-def alien_model(path: Path, architecture: str) -> Path:
-    """A well-formed GGUF file of an architecture llama.cpp does not know (it says which in its log)."""
-    writer = gguf.GGUFWriter(str(path), architecture)
-    writer.add_tensor("weight", np.zeros((4, 4), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
 
 
 def failure_of(call: Callable[[], object]) -> Exception:
