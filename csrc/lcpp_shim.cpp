@@ -379,6 +379,30 @@ int32_t lcpp_sample_many(struct llama_context * ctx, const struct llama_vocab * 
     return failures;
 }
 
+int32_t lcpp_sample_draft(struct llama_context * ctx, const struct llama_vocab * vocab,
+                          struct llama_sampler * chain, struct llama_sampler * grammar, int32_t idx0,
+                          const llama_token * draft, int32_t n_draft, llama_token * tokens, char ** error) {
+    *error = nullptr;
+    int32_t n = 0;
+    for (int32_t i = 0; i <= n_draft; ++i) {
+        char * reason = nullptr;
+        const llama_token token = lcpp_sample(chain, grammar, ctx, idx0 + i, &reason);
+        if (token < 0) {
+            if (n == 0) {
+                *error = reason;
+                return -1;
+            }
+            std::free(reason);  // the tokens so far stand; the next step samples this position again
+            return n;
+        }
+        tokens[n++] = token;
+        if (i == n_draft || token != draft[i] || llama_vocab_is_eog(vocab, token)) {
+            break;
+        }
+    }
+    return n;
+}
+
 int lcpp_sampler_accept(struct llama_sampler * smpl, llama_token token, char ** error) {
     *error = nullptr;
     try {

@@ -104,6 +104,18 @@ int32_t lcpp_sample_many(struct llama_context * ctx, const struct llama_vocab * 
                          const int32_t * idxs, llama_token * tokens, bool * eog, char * pieces,
                          int32_t piece_stride, int32_t * piece_lens, char ** error);
 
+/* Verify a speculative draft of one sequence.  The batch held the sequence's
+ * next token at logits index idx0 and draft[0..n_draft) after it, each with
+ * logits.  Samples at idx0, idx0 + 1, ... (as lcpp_sample, accepting each token
+ * in the chain and grammar) while the token sampled equals the draft token it
+ * verifies and is not end-of-generation.  Writes the sampled tokens to tokens
+ * (room for n_draft + 1) and returns their number: the accepted draft tokens
+ * plus one.  Returns -1 with *error set when sampling failed at the first index;
+ * a later failure ends the run early instead, so what was sampled is kept. */
+int32_t lcpp_sample_draft(struct llama_context * ctx, const struct llama_vocab * vocab,
+                          struct llama_sampler * chain, struct llama_sampler * grammar, int32_t idx0,
+                          const llama_token * draft, int32_t n_draft, llama_token * tokens, char ** error);
+
 /* Sample a token at logits index `idx` with `chain` and an optional `grammar`
  * sampler (kept outside the chain), and accept it in both.  The grammar is
  * checked against the chain's choice first and applied to the whole vocabulary

@@ -353,6 +353,9 @@ int32_t lcpp_sample_many(struct llama_context * ctx, const struct llama_vocab * 
                          struct llama_sampler * const * chains, struct llama_sampler * const * grammars,
                          const int32_t * idxs, llama_token * tokens, bool * eog, char * pieces,
                          int32_t piece_stride, int32_t * piece_lens, char ** error);
+int32_t lcpp_sample_draft(struct llama_context * ctx, const struct llama_vocab * vocab,
+                          struct llama_sampler * chain, struct llama_sampler * grammar, int32_t idx0,
+                          const llama_token * draft, int32_t n_draft, llama_token * tokens, char ** error);
 int lcpp_sampler_accept(struct llama_sampler * smpl, llama_token token, char ** error);
 struct llama_sampler * lcpp_sampler_init_penalties(int32_t n_vocab, int32_t last_n, float repeat, float freq,
                                                    float present);

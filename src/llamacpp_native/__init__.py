@@ -23,6 +23,7 @@ from llamacpp_native.chat.media import MediaPolicy
 from llamacpp_native.chat.multimodal import Bitmap, MediaChunk, Multimodal, MultimodalPrompt
 from llamacpp_native.chat.templates import ChatTemplates, RenderedChat, parse_chat_output
 from llamacpp_native.engine.core import Engine
+from llamacpp_native.engine.speculative import DraftModel, PromptLookupDecoding
 from llamacpp_native.engine.types import (
     Cancellation,
     Chunk,
@@ -66,6 +67,9 @@ from llamacpp_native.events import (
 )
 from llamacpp_native.grammar.gbnf import LlamaGrammar, json_schema_to_grammar, read_grammar
 
+LlamaPromptLookupDecoding = PromptLookupDecoding
+"""llama-cpp-python's name for n-gram lookup drafting (``Llama(draft_model=LlamaPromptLookupDecoding())``)."""
+
 try:
     __version__ = version("llamacpp-integrations")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
@@ -101,6 +105,9 @@ __all__ = [
     "GrammarError",
     "GrammarSpec",
     "Llama",
+    "LlamaPromptLookupDecoding",
+    "DraftModel",
+    "PromptLookupDecoding",
     "LlamaError",
     "LlamaGrammar",
     "LoraAdapter",

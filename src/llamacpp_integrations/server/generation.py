@@ -145,7 +145,12 @@ class Generation:
         """llama-server's ``timings`` of this generation (so far)."""
         usage = self.usage
         cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
-        return self.timings.as_json(usage.get("prompt_tokens", 0), cached, usage.get("completion_tokens", 0))
+        details = usage.get("completion_tokens_details") or {}
+        accepted = details.get("accepted_prediction_tokens", 0)
+        drafted = (accepted + details.get("rejected_prediction_tokens", 0), accepted)
+        return self.timings.as_json(
+            usage.get("prompt_tokens", 0), cached, usage.get("completion_tokens", 0), drafted
+        )
 
     async def events(self) -> AsyncIterator[str]:
         """SSE data: each chunk, a usage chunk if asked, then ``[DONE]``; a late error is the last event."""

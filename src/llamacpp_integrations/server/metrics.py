@@ -32,6 +32,14 @@ class ModelGauges:
     kv_cache_tokens: int = 0
     """KV-cache cells held by running requests (an idle slot's cached prefix can be evicted: not counted)."""
     lora_adapters: tuple[str, ...] = ()
+    draft_tokens: int = 0
+    """Speculative guesses verified since the model loaded, and how many were kept."""
+    draft_tokens_accepted: int = 0
+
+    @property
+    def draft_acceptance(self) -> float:
+        """The fraction of speculative guesses kept (0 before any)."""
+        return self.draft_tokens_accepted / self.draft_tokens if self.draft_tokens else 0.0
 
     @property
     def waiting(self) -> int:
@@ -146,6 +154,23 @@ class Metrics:
         ):
             samples = [({label: g.model}, float(getattr(g, attribute))) for g in gauges]
             metric(name, "gauge", help_text, samples)
+        for name, kind, help_text, attribute in (
+            ("vllm:spec_decode_num_draft_tokens", "counter", "Speculative guesses verified.", "draft_tokens"),
+            (
+                "vllm:spec_decode_num_accepted_tokens",
+                "counter",
+                "Speculative guesses kept.",
+                "draft_tokens_accepted",
+            ),
+            (
+                "llamacpp:draft_acceptance_ratio",
+                "gauge",
+                "Fraction (0..1) of speculative guesses kept.",
+                "draft_acceptance",
+            ),
+        ):
+            samples = [({"model_name": g.model}, float(getattr(g, attribute))) for g in gauges]
+            metric(name, kind, help_text, samples)
         now = float(int(time.time()))
         lora = [
             (

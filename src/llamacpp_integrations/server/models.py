@@ -78,6 +78,8 @@ class ModelEntry:
             n_ctx=engine.n_ctx,
             kv_cache_tokens=sum(int(slot["n_cached"]) for slot in slots if slot["is_processing"]),
             lora_adapters=tuple(sorted(llama.lora_adapters)),
+            draft_tokens=stats["draft_tokens"],
+            draft_tokens_accepted=stats["draft_tokens_accepted"],
         )
 
 

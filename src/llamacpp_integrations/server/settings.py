@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from llamacpp_native import DraftModel, PromptLookupDecoding
 from llamacpp_native.binding.rpc import parse_endpoint
 from llamacpp_native.chat.media import MediaPolicy
 from llamacpp_native.errors import RpcServerError
@@ -104,6 +105,20 @@ class ModelOptions(BaseModel):
         "its clients choose (SSRF): only where that is acceptable.",
     )
     media_max_bytes: int = Field(default=10_000_000, ge=1, description="Largest image or audio file.")
+    model_draft: str | None = Field(
+        default=None,
+        description="A smaller .gguf with the same tokenizer that guesses tokens ahead (speculative "
+        "decoding; the output stays exactly the same).",
+    )
+    spec_type: str | None = Field(
+        default=None,
+        pattern="^(none|draft|ngram|ngram-simple)$",
+        description="Speculative decoding without a draft model: 'ngram' guesses from the prompt and "
+        "reply so far (default: 'draft' with --model_draft, else none).",
+    )
+    draft_max: int | None = Field(
+        default=None, ge=1, le=64, description="Tokens guessed ahead per step (default 8 draft, 10 ngram)."
+    )
     media_timeout: float = Field(default=10.0, gt=0, description="Seconds an http(s) image fetch may take.")
 
     @field_validator("chat_template_file")
@@ -112,6 +127,12 @@ class ModelOptions(BaseModel):
         if value is not None and not Path(value).is_file():
             raise ValueError(f"chat template file not found: {value}")
         return value
+
+    @model_validator(mode="after")
+    def _check_speculation(self) -> ModelOptions:
+        if self.spec_type == "draft" and self.model_draft is None:
+            raise ValueError("--spec_type draft needs --model_draft (a draft .gguf)")
+        return self
 
     @field_validator("rpc")
     @classmethod
@@ -155,9 +176,13 @@ class ModelSettings(ModelOptions):
     def llama_kwargs(self, verbose: bool) -> dict[str, Any]:
         """Keyword arguments for ``llamacpp_native.Llama``."""
         media = {"mmproj", "media_path", "allow_remote_media", "media_max_bytes", "media_timeout"}
+        speculative = {"model_draft", "spec_type", "draft_max"}
         options = self.model_dump(
-            exclude={"model", "model_alias", "rpc", "tensor_split", "chat_template_file", "n_predict"} | media
+            exclude={"model", "model_alias", "rpc", "tensor_split", "chat_template_file", "n_predict"}
+            | media
+            | speculative
         )
+        options["draft_model"] = self.speculation()
         if self.chat_template_file:
             options["chat_template"] = Path(self.chat_template_file).read_text(encoding="utf-8")
         if self.rpc:
@@ -174,6 +199,15 @@ class ModelSettings(ModelOptions):
                 timeout=self.media_timeout,
             )
         return {**options, "verbose": verbose}
+
+    def speculation(self) -> DraftModel | PromptLookupDecoding | None:
+        """Speculative decoding as ``--model_draft``, ``--spec_type`` and ``--draft_max`` ask for it."""
+        guesses = {} if self.draft_max is None else {"num_pred_tokens": self.draft_max}
+        if self.spec_type in ("ngram", "ngram-simple"):
+            return PromptLookupDecoding(**guesses)
+        if self.model_draft is None or self.spec_type == "none":
+            return None
+        return DraftModel(self.model_draft, **guesses)
 
 
 class ServerSettings(BaseSettings, ModelOptions):

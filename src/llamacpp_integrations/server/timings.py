@@ -31,11 +31,14 @@ class Timings:
         if self.ended is None:
             self.ended = time.perf_counter()
 
-    def as_json(self, prompt_tokens: int, cached_tokens: int, predicted_tokens: int) -> dict[str, Any]:
+    def as_json(
+        self, prompt_tokens: int, cached_tokens: int, predicted_tokens: int, drafted: tuple[int, int] = (0, 0)
+    ) -> dict[str, Any]:
         """``{cache_n, prompt_n, prompt_ms, ..., predicted_per_second}`` as llama-server reports them.
 
         ``prompt_n`` counts the prompt tokens decoded for this request (those not
-        taken from the prefix cache, which ``cache_n`` counts).
+        taken from the prefix cache, which ``cache_n`` counts).  Under speculative decoding
+        ``drafted`` (guesses verified, guesses kept) adds ``draft_n`` and ``draft_n_accepted``.
         """
         now = time.perf_counter()
         ended = self.ended if self.ended is not None else now
@@ -43,7 +46,7 @@ class Timings:
         prompt_n = max(prompt_tokens - cached_tokens, 0)
         prompt_ms = (first - self.started) * 1000.0
         predicted_ms = (ended - first) * 1000.0
-        return {
+        timings: dict[str, Any] = {
             "cache_n": cached_tokens,
             "prompt_n": prompt_n,
             "prompt_ms": prompt_ms,
@@ -54,3 +57,6 @@ class Timings:
             "predicted_per_token_ms": predicted_ms / predicted_tokens if predicted_tokens else 0.0,
             "predicted_per_second": predicted_tokens * 1000.0 / predicted_ms if predicted_ms > 0 else 0.0,
         }
+        if drafted[0]:
+            timings["draft_n"], timings["draft_n_accepted"] = drafted
+        return timings

@@ -51,7 +51,13 @@ class CompletionShaper:
             logprobs = openai_shapes.completion_logprobs(chunk.logprobs, self._offset)
             self._offset += sum(len(item.text) for item in chunk.logprobs)
         token_usage = (
-            openai_shapes.usage(chunk.prompt_tokens, chunk.completion_tokens, chunk.cached_tokens)
+            openai_shapes.usage(
+                chunk.prompt_tokens,
+                chunk.completion_tokens,
+                chunk.cached_tokens,
+                chunk.draft_tokens,
+                chunk.draft_accepted,
+            )
             if chunk.finish_reason
             else None
         )
@@ -101,7 +107,13 @@ class ChatShaper:
             elif isinstance(event, Finish):
                 finish = event.reason
             elif isinstance(event, Usage):
-                usage = openai_shapes.usage(event.prompt_tokens, event.completion_tokens, event.cached_tokens)
+                usage = openai_shapes.usage(
+                    event.prompt_tokens,
+                    event.completion_tokens,
+                    event.cached_tokens,
+                    event.draft_tokens,
+                    event.draft_accepted,
+                )
         if not delta and not logprobs and finish is None:
             return []
         block = openai_shapes.chat_logprobs(logprobs) if logprobs else None

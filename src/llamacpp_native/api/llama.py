@@ -35,6 +35,7 @@ from llamacpp_native.chat.multimodal import Multimodal
 from llamacpp_native.chat.templates import ChatTemplates, check_reasoning_format
 from llamacpp_native.engine.core import Engine
 from llamacpp_native.engine.request_stream import RequestStream
+from llamacpp_native.engine.speculative import as_speculation
 from llamacpp_native.engine.types import Cancellation, Chunk, GenerationRequest, GenerationResult
 
 
@@ -64,6 +65,12 @@ class Llama(LlamaChat, LlamaRerank, LlamaEmbeddings, LlamaInfill):
     paths or ``file://``) and, where the projector has an audio encoder,
     ``input_audio`` parts.  ``media_policy`` says where their bytes may come from;
     remote ``http(s)`` URLs are refused unless it allows them.
+
+    Speculative decoding: ``draft_model`` is a path to a smaller GGUF with the same
+    tokenizer (or ``DraftModel(path, num_pred_tokens=...)``), or
+    ``PromptLookupDecoding()`` for n-gram lookup in the prompt and reply with no draft
+    model, as in llama-cpp-python.  The output is exactly what decoding without it
+    gives; ``usage.completion_tokens_details`` counts the guesses kept and dropped.
     """
 
     def __init__(
@@ -109,6 +116,7 @@ class Llama(LlamaChat, LlamaRerank, LlamaEmbeddings, LlamaInfill):
         mmproj_path: str | os.PathLike[str] | None = None,
         chat_handler: Any = None,
         media_policy: MediaPolicy = LOCAL,
+        draft_model: Any = None,
     ) -> None:
         set_verbose(verbose)
         self.reasoning_format = check_reasoning_format(reasoning_format)
@@ -184,7 +192,11 @@ class Llama(LlamaChat, LlamaRerank, LlamaEmbeddings, LlamaInfill):
                 raise
             with capture_log() as context_log:
                 self._engine = Engine(
-                    self.model, n_slots=n_parallel, lora=default_lora, **self._context_kwargs
+                    self.model,
+                    n_slots=n_parallel,
+                    lora=default_lora,
+                    speculative=as_speculation(draft_model),
+                    **self._context_kwargs,
                 )
             self._context_logs.append(context_log)
             if embedding:

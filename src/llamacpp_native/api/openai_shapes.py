@@ -15,14 +15,31 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
-def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
-    """The ``usage`` block; ``prompt_tokens_details.cached_tokens`` came from the prefix cache."""
-    return {
+def usage(
+    prompt_tokens: int,
+    completion_tokens: int,
+    cached_tokens: int = 0,
+    draft_tokens: int = 0,
+    draft_accepted: int = 0,
+) -> dict[str, Any]:
+    """The ``usage`` block; ``prompt_tokens_details.cached_tokens`` came from the prefix cache.
+
+    Under speculative decoding, ``completion_tokens_details`` counts the guesses that were
+    right (``accepted_prediction_tokens``) and wrong (``rejected_prediction_tokens``), the
+    fields OpenAI uses for predicted outputs.
+    """
+    block: dict[str, Any] = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
         "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }
+    if draft_tokens:
+        block["completion_tokens_details"] = {
+            "accepted_prediction_tokens": draft_accepted,
+            "rejected_prediction_tokens": draft_tokens - draft_accepted,
+        }
+    return block
 
 
 def completion_logprobs(items: list[TokenLogprob], offset: int) -> dict[str, Any]:

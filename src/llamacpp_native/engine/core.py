@@ -23,6 +23,7 @@ from llamacpp_native.binding.sampling import SamplerChain
 from llamacpp_native.engine.loop import DecodeLoop, decode_loop
 from llamacpp_native.engine.policy import Job, generation_limit
 from llamacpp_native.engine.request_stream import RequestStream
+from llamacpp_native.engine.speculative import Speculation, make_drafter
 from llamacpp_native.engine.types import Cancellation, Chunk, GenerationRequest, GenerationResult, aggregate
 from llamacpp_native.errors import ClosedError, MediaTooLargeError, MultimodalError
 
@@ -64,6 +65,10 @@ class Engine(DecodeLoop):
     behind it overtakes it (the queue stays first come, first served), so
     alternating sets cost batching, not correctness: no request ever runs under
     another's adapters.  ``lora`` is the set of requests that name none.
+
+    ``speculative`` (``PromptLookupDecoding`` or ``DraftModel``) adds guessed tokens after
+    each sequence's next token and keeps those its sampler agrees with: the same output,
+    in fewer steps when the guesses are good (``speculative.py``).
     """
 
     def __init__(
@@ -72,6 +77,7 @@ class Engine(DecodeLoop):
         *,
         n_slots: int = 4,
         lora: Iterable[tuple[LoraAdapter, float]] = (),
+        speculative: Speculation | None = None,
         **context_kwargs: Any,
     ) -> None:
         self.model = model
@@ -80,8 +86,19 @@ class Engine(DecodeLoop):
         # Only each sequence's last token needs logits: reserve n_slots outputs, not n_batch
         # (with a 262k vocabulary that is the difference between 2 MiB and 512 MiB).  A full
         # SWA cache keeps every cached prefix valid for reuse and copying.
-        context = Context(model, n_seq_max=n_slots, n_outputs_max=n_slots, swa_full=True, **context_kwargs)
-        super().__init__(model, context)
+        # A drafting sequence also needs logits for each of its guesses.
+        drafter = None if speculative is None else make_drafter(speculative, model, n_slots, context_kwargs)
+        outputs = n_slots * (1 + (drafter.n_max if drafter is not None else 0))
+        try:
+            context = Context(
+                model, n_seq_max=n_slots, n_outputs_max=outputs, swa_full=True, **context_kwargs
+            )
+        except BaseException:
+            if drafter is not None:
+                drafter.close()
+            raise
+        super().__init__(model, context, drafter)
+        self._drafter = drafter
         self._closed = False
         self._close_lock = threading.Lock()
         self.context.before_close = self._shut_down
@@ -229,6 +246,8 @@ class Engine(DecodeLoop):
                 "cached_tokens": sum(len(s.tokens) for s in self.slots),
                 "media_decoded": self._media_decoded,
                 "prompt_tokens_decoded": self._prompt_decoded,
+                "draft_tokens": self._drafted,
+                "draft_tokens_accepted": self._accepted,
             }
 
     def slot_stats(self) -> list[dict[str, int | bool]]:
@@ -287,6 +306,8 @@ class Engine(DecodeLoop):
             if stream is not None:
                 stream.finish("error", ClosedError("the model was closed while this generation was running"))
             job.sampler.close()
+        if self._drafter is not None:
+            self._drafter.close()
         _open_engines.discard(self)
 
     def _on_stream_change(self, stream: RequestStream) -> None:

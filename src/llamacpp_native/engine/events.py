@@ -53,11 +53,16 @@ class Finish:
 
 @dataclass(slots=True)
 class Usage:
-    """Token counts of the request; ``cached_tokens`` of the prompt came from the prefix cache."""
+    """Token counts of the request; ``cached_tokens`` of the prompt came from the prefix cache.
+
+    ``draft_tokens`` speculative guesses were verified, of which ``draft_accepted`` were right.
+    """
 
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
+    draft_tokens: int = 0
+    draft_accepted: int = 0
 
 
 Event: TypeAlias = TextDelta | ReasoningDelta | ToolCallDelta | LogprobsDelta | Finish | Usage

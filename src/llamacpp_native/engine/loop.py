@@ -28,6 +28,7 @@ from llamacpp_native.engine.policy import (
     preemption_victim,
 )
 from llamacpp_native.engine.request_stream import MAX_BACKLOG, RequestStream, wake_all
+from llamacpp_native.engine.speculative import Drafter
 from llamacpp_native.engine.types import TokenLogprob
 from llamacpp_native.errors import ClosedError, GrammarError
 
@@ -83,8 +84,12 @@ class DecodeLoop:
     requests arrive through ``_schedule``; ``Engine`` adds the callers' side.
     """
 
-    def __init__(self, model: Model, context: Context) -> None:
+    def __init__(self, model: Model, context: Context, drafter: Drafter | None = None) -> None:
         self.model = model
+        self.drafter = drafter
+        """Speculative decoding's source of guesses (``speculative``); None decodes one token per step."""
+        self._drafted = 0  # draft tokens verified, and how many of them were accepted
+        self._accepted = 0
         self.vocab = model.vocab
         self.context = context
         self.n_ctx = context.n_ctx
@@ -105,6 +110,7 @@ class DecodeLoop:
         self._eog = ffi.new("bool[]", n_slots)
         self._lengths = ffi.new("int32_t[]", n_slots)
         self._error = ffi.new("char **")
+        self._verified = ffi.new("llama_token[]", (drafter.n_max if drafter else 0) + 1)
         # Raw handles for the decode thread (the context is freed only after that thread ends).
         self._ctx = context.handle
         self._batch = context.batch
@@ -260,13 +266,22 @@ class DecodeLoop:
         budget = min(self.context.n_batch, self.n_ctx - cells_in_use(self.slots))
         chosen = generating[:budget]
         add = lib.lcpp_batch_add
-        for i, job in enumerate(chosen):
+        if self.drafter is not None and chosen:
+            self.drafter.draft(chosen, budget - len(chosen))
+        for job in chosen:
             slot = job.slot
             assert slot is not None and job.pending is not None
-            job.output = i
-            job.in_batch, job.decodes_pending = (job.pending,), True
-            add(batch, job.pending, len(slot.tokens) - job.shift, slot.seq_id, True)
-        budget -= len(chosen)
+            job.output = batch.n_tokens
+            job.decodes_pending = True
+            pos = len(slot.tokens) - job.shift
+            add(batch, job.pending, pos, slot.seq_id, True)
+            if job.draft:
+                for k, token in enumerate(job.draft, 1):
+                    add(batch, token, pos + k, slot.seq_id, True)
+                job.in_batch = (job.pending, *job.draft)
+            else:
+                job.in_batch = (job.pending,)
+        budget -= batch.n_tokens
         if prefilling:
             self._fill_prompts(jobs, budget, chosen)
         return chosen
@@ -364,7 +379,7 @@ class DecodeLoop:
             for job in batch:
                 assert job.slot is not None
                 self.context.kv_remove(job.slot.seq_id, position(job, len(job.slot.tokens)), -1)
-                job.output = -1
+                job.output, job.draft = -1, []
             if not self._schedule.closing:
                 context.clear_abort()
             return
@@ -388,10 +403,13 @@ class DecodeLoop:
         """Sample every job whose logits are ready (one native call), hand the tokens out, wake readers."""
         plain: list[Job] = []
         scored: list[Job] = []
+        woken: list[RequestStream] = []
         for job in batch:
             if job.output >= 0:
-                (plain if job.request.logprobs is None else scored).append(job)
-        woken: list[RequestStream] = []
+                if job.draft:
+                    self._verify(job, woken)
+                else:
+                    (plain if job.request.logprobs is None else scored).append(job)
         if plain:
             chains, grammars, indices = self._chains, self._grammars, self._indices
             tokens, eog, lengths = self._tokens, self._eog, self._lengths
@@ -418,6 +436,41 @@ class DecodeLoop:
             end = bool(lib.llama_vocab_is_eog(self._vocab_ptr, token))
             self._hand_out(job, token, end, self.vocab.token_to_piece(token), logprob, woken)
         wake_all(woken)
+
+    def _verify(self, job: Job, woken: list[RequestStream]) -> None:
+        """Sample a job that decoded a draft: keep the guesses its sampler agrees with, drop the rest."""
+        draft, job.draft = job.draft, []
+        sampled = self._verified
+        count = lib.lcpp_sample_draft(
+            self._ctx, self._vocab_ptr, job.chain, job.grammar, job.output,
+            draft, len(draft), sampled, self._error,
+        )  # fmt: skip
+        if count < 0:
+            self._fail([job], GrammarError(take_message(self._error) or "sampling failed"))
+            return
+        accepted = count - 1
+        slot = job.slot
+        assert slot is not None
+        if accepted < len(draft):
+            keep = len(slot.tokens) - (len(draft) - accepted)
+            if self.context.kv_remove(slot.seq_id, position(job, keep), -1):
+                del slot.tokens[keep:]
+            else:  # this memory cannot drop a sequence's tail (a recurrent model): stop drafting
+                self._forget(slot)
+                self.drafter = None
+        job.tokens.extend(draft[:accepted])
+        self._drafted += len(draft)
+        self._accepted += accepted
+        stream = job.stream()
+        if stream is not None:
+            stream.draft_tokens += len(draft)
+            stream.draft_accepted += accepted
+        for i in range(count):
+            token = sampled[i]
+            end = bool(lib.llama_vocab_is_eog(self._vocab_ptr, token))
+            self._hand_out(job, token, end, b"" if end else self.vocab.token_to_piece(token), None, woken)
+            if slot.job is not job:
+                return  # it ended
 
     def _hand_out(
         self,

@@ -103,5 +103,13 @@ class ChatOutput:
                 if not cut and parser.tool_calls:
                     reason = "tool_calls"
             events.append(Finish(reason))
-            events.append(Usage(chunk.prompt_tokens, chunk.completion_tokens, chunk.cached_tokens))
+            events.append(
+                Usage(
+                    chunk.prompt_tokens,
+                    chunk.completion_tokens,
+                    chunk.cached_tokens,
+                    chunk.draft_tokens,
+                    chunk.draft_accepted,
+                )
+            )
         return events

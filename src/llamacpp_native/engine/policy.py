@@ -55,6 +55,8 @@ class Job:
     shift: int = 0  # tokens minus positions of its media: nonzero only under M-RoPE
     chain: Any = None  # the sampler's raw chain and grammar pointers, for the one sampling call per step
     grammar: Any = None
+    draft: list[int] = field(default_factory=list)  # speculative guesses put into the batch after ``pending``
+    draft_state: Any = None  # the drafter's per-job state (an n-gram index)
 
     @property
     def prefilling(self) -> bool:

@@ -131,6 +131,9 @@ class RequestStream:
         self.limit = limit
         self.cached_tokens = 0
         """Prompt tokens served from the prefix cache (known once the request is admitted)."""
+        self.draft_tokens = 0
+        """Speculative guesses verified so far, and how many of them were right."""
+        self.draft_accepted = 0
         self._output = SequenceOutput(request, limit)
         self._on_change = on_change  # tells the engine that this stream was cancelled or drained
         self._lock = threading.Condition()
@@ -310,6 +313,8 @@ class RequestStream:
                 len(self.request.prompt_tokens),
                 len(output.tokens),
                 self.cached_tokens,
+                self.draft_tokens,
+                self.draft_accepted,
             )
         )
         self._finished = True

@@ -96,6 +96,9 @@ class Chunk:
     completion_tokens: int = 0
     cached_tokens: int = 0
     """Prompt tokens served from the prefix cache (on the last chunk)."""
+    draft_tokens: int = 0
+    """Speculative guesses verified for this request, and how many were right (on the last chunk)."""
+    draft_accepted: int = 0
 
 
 @dataclass
@@ -110,6 +113,8 @@ class GenerationResult:
     logprobs: list[TokenLogprob] | None = None
     seconds: float = 0.0
     cached_tokens: int = 0
+    draft_tokens: int = 0
+    draft_accepted: int = 0
 
 
 class Cancellation:
@@ -167,4 +172,6 @@ def aggregate(chunks: Iterator[Chunk]) -> GenerationResult:
         logprobs or None,
         time.perf_counter() - started,
         last.cached_tokens,
+        last.draft_tokens,
+        last.draft_accepted,
     )
