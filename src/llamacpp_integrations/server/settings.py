@@ -112,7 +112,7 @@ class ModelOptions(BaseModel):
     )
     spec_type: str | None = Field(
         default=None,
-        pattern="^(none|draft|ngram|ngram-simple)$",
+        pattern="^(none|draft|draft-simple|ngram|ngram-simple)$",
         description="Speculative decoding without a draft model: 'ngram' guesses from the prompt and "
         "reply so far (default: 'draft' with --model_draft, else none).",
     )
@@ -130,7 +130,7 @@ class ModelOptions(BaseModel):
 
     @model_validator(mode="after")
     def _check_speculation(self) -> ModelOptions:
-        if self.spec_type == "draft" and self.model_draft is None:
+        if self.spec_type in ("draft", "draft-simple") and self.model_draft is None:
             raise ValueError("--spec_type draft needs --model_draft (a draft .gguf)")
         return self
 
