@@ -38,7 +38,8 @@ def test_guesses_are_counted_in_usage_timings_and_metrics(ngram_server: RunningS
     details = answer["usage"]["completion_tokens_details"]
     assert details["accepted_prediction_tokens"] > 0
     assert answer["timings"]["draft_n_accepted"] == details["accepted_prediction_tokens"]
-    assert answer["timings"]["draft_n"] == details["accepted_prediction_tokens"] + details["rejected_prediction_tokens"]
+    verified = details["accepted_prediction_tokens"] + details["rejected_prediction_tokens"]
+    assert answer["timings"]["draft_n"] == verified
     metrics = metric_values(httpx.get(f"{ngram_server.url}/metrics", timeout=30).text)
     assert total(metrics, "vllm:spec_decode_num_accepted_tokens") >= details["accepted_prediction_tokens"]
     assert total(metrics, "vllm:spec_decode_num_draft_tokens") >= answer["timings"]["draft_n"]

@@ -1,10 +1,10 @@
 """Several choices in one response: OpenAI's ``n``, and a batch of completion prompts.
 
 Each choice is its own engine request and stream; the n choices of one prompt are submitted
-together (``Engine.submit_choices``), each decoding its prompt (the prefix cache shares what it
-can).  Here their chunk dicts are interleaved as they come, each under its choice's
-``index``, and the usage is summed: every prompt counted once, every choice's completion
-tokens.  A single choice never comes here.
+together (``Engine.submit_choices``): the first decodes the prompt, the others copy its KV.
+Here their chunk dicts are interleaved as they come, each under its choice's ``index``, and
+the usage is summed: every prompt counted once, every choice's completion tokens.  A single
+choice never comes here.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from llamacpp_native.binding.lora import LoraAdapter, LoraSet, normalise_lora
 from llamacpp_native.binding.model import Model
 from llamacpp_native.binding.sampling import SamplerChain
 from llamacpp_native.engine.loop import DecodeLoop, decode_loop
-from llamacpp_native.engine.policy import Job, generation_limit
+from llamacpp_native.engine.policy import MIN_COPIED_PREFIX, Job, generation_limit
 from llamacpp_native.engine.request_stream import RequestStream
 from llamacpp_native.engine.speculative import Speculation, make_drafter
 from llamacpp_native.engine.types import Cancellation, Chunk, GenerationRequest, GenerationResult, aggregate
@@ -121,8 +121,10 @@ class Engine(DecodeLoop):
         """Queue n choices of one prompt (OpenAI's ``n``); their streams, in order.
 
         The requests differ only in sampling (their seeds, say).  All are queued at once or
-        none is; each decodes its prompt in its own sequence (the prefix cache shares what it
-        can).  More choices than the context has slots (``n_parallel``) is a ``ValueError``.
+        none is.  The first decodes the prompt; the others wait for that, then copy its KV
+        (``llama_memory_seq_cp``) and decode only the prompt's last token, for logits of their
+        own (a prompt of at most ``MIN_COPIED_PREFIX`` tokens is decoded by each).  More choices
+        than the context has slots (``n_parallel``) is a ``ValueError``.
         """
         if len(requests) > len(self.slots):
             raise ValueError(
@@ -139,6 +141,9 @@ class Engine(DecodeLoop):
                     job.sampler.close()
             raise
         jobs = [job for _stream, job in prepared if job is not None]
+        if jobs and len(jobs[0].tokens) > MIN_COPIED_PREFIX:  # a shorter prompt is not copied
+            for job in jobs[1:]:
+                job.after = jobs[0]
         if jobs:
             self._enqueue(jobs)
         return [stream for stream, _job in prepared]

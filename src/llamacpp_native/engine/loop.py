@@ -156,6 +156,8 @@ class DecodeLoop:
         schedule = self._schedule
         while schedule.waiting:
             job = schedule.waiting[0]
+            if job.after is not None and self._prompt_on_its_way(job.after):
+                return
             if job.lora != self.context.lora:
                 if schedule.running:
                     return
@@ -186,6 +188,12 @@ class DecodeLoop:
                 stream = job.stream()
                 if stream is not None:
                     stream.cached_tokens = len(slot.tokens)
+
+    def _prompt_on_its_way(self, leader: Job) -> bool:
+        """Whether an n-choices leader's prompt is still to be decoded: its followers wait, then copy it."""
+        if leader.slot is not None and leader.slot.job is leader:
+            return leader.prefilling
+        return leader in self._schedule.waiting  # not admitted yet (or preempted); gone: no wait
 
     def _place(self, job: Job) -> tuple[Slot, int] | None:
         """Carry out the policy's placement of ``job`` (``policy.place``) and make room for its prompt."""

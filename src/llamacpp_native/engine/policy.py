@@ -57,6 +57,7 @@ class Job:
     grammar: Any = None
     draft: list[int] = field(default_factory=list)  # speculative guesses put into the batch after ``pending``
     draft_state: Any = None  # the drafter's per-job state (an n-gram index)
+    after: Job | None = None  # an n-choices leader whose decoded prompt this job copies (it waits for it)
 
     @property
     def prefilling(self) -> bool:
