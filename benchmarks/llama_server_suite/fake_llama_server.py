@@ -11,7 +11,7 @@ Each flag falls in one of three groups:
 * ignored: a flag whose behaviour ours already has or that changes nothing a client sees
   (``--embedding``: our embedding routes are always on; ``--cont-batching``; ``--no-ui``; ...).
   Each is printed to stderr, so a test log shows what was dropped;
-* refused: a feature we do not have (``--lora``, ``--model-draft``, router
+* refused: a feature we do not have (``--lora``, EAGLE-3 or MTP drafting, router
   mode, MCP, built-in tools, ...). The script prints why and exits with status 2, so the
   test that asked for it fails, honestly, at start.
 
@@ -64,6 +64,12 @@ VALUED = {
     "-n": "--n_predict",
     "--n-predict": "--n_predict",
     "--pooling": "--pooling",
+    "-md": "--model_draft",
+    "--model-draft": "--model_draft",
+    "--spec-draft-model": "--model_draft",
+    "--spec-draft-n-max": "--draft_max",
+    "--draft-max": "--draft_max",
+    "--draft": "--draft_max",
 }
 
 # Flags without a value that ours matches already (always on, or nothing to do).
@@ -89,19 +95,21 @@ IGNORED_VALUED = {
     "--temp": "the server-wide default temperature is not settable; requests set their own",
     "-ub": "the micro-batch size is llama.cpp's default",
     "--ubatch-size": "the micro-batch size is llama.cpp's default",
+    "--spec-draft-n-min": "ours guesses whenever it finds a guess; there is no minimum",
+    "--draft-min": "ours guesses whenever it finds a guess; there is no minimum",
+    "-ngld": "the draft model runs on the CPU here",
+    "--spec-draft-ngl": "the draft model runs on the CPU here",
 }
+
+# llama-server's --spec-type values -> ours.
+SPEC_TYPES = {"none": "none", "ngram-simple": "ngram", "draft-simple": "draft"}
 
 # Features we do not have: the test that needs one fails at start, with this reason.
 REFUSED = {
     "--lora": "LoRA adapters at start (the server has no --lora)",
     "--lora-scaled": "LoRA adapters at start (the server has no --lora)",
-    "-md": "speculative decoding",
-    "--model-draft": "speculative decoding",
-    "--spec-type": "speculative decoding",
-    "--spec-draft-n-max": "speculative decoding",
-    "--spec-draft-n-min": "speculative decoding",
-    "--spec-synth-len": "speculative decoding",
-    "--spec-synth-rates": "speculative decoding",
+    "--spec-synth-len": "synthetic draft acceptance (benchmarking only)",
+    "--spec-synth-rates": "synthetic draft acceptance (benchmarking only)",
     "--tags": "model tags",
     "--slot-save-path": "saving and restoring slots",
     "--grp-attn-n": "group attention (self-extend)",
@@ -195,6 +203,11 @@ def translate(argv: list[str]) -> list[str]:
             if given not in REASONING_FORMATS:
                 raise Refused(f"--reasoning-format {given!r}")
             ours += ["--reasoning_format", REASONING_FORMATS[given]]
+        elif flag == "--spec-type":
+            given = take()
+            if given not in SPEC_TYPES:
+                raise Refused(f"--spec-type {given!r}: ours has {sorted(SPEC_TYPES)}")
+            ours += ["--spec_type", SPEC_TYPES[given]]
         elif flag in ("-v", "--verbose"):
             ours.append("--verbose")
         elif flag in REFUSED:
