@@ -46,6 +46,13 @@ def test_guesses_are_counted_in_usage_timings_and_metrics(ngram_server: RunningS
     assert 0 < total(metrics, "llamacpp:draft_acceptance_ratio") <= 1
 
 
+def test_llama_cpps_native_completion_reports_the_guesses(ngram_server: RunningServer) -> None:
+    body = {"prompt": COPY, "n_predict": 20, "temperature": 0}
+    answer = httpx.post(f"{ngram_server.url}/completion", json=body, timeout=120).json()
+    assert answer["tokens_predicted"] == 20
+    assert answer["timings"]["draft_n"] >= answer["timings"]["draft_n_accepted"] > 0
+
+
 def test_a_stream_ends_with_the_same_text_and_usage(ngram_server: RunningServer) -> None:
     whole = copy_completion(ngram_server.url)
     body = {"prompt": COPY, "max_tokens": 20, "temperature": 0, "stream": True}

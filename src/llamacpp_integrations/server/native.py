@@ -55,6 +55,7 @@ class NativeCompletion:
         self.stopping_word = ""
         self.predicted = 0
         self.cached = 0
+        self.drafted = (0, 0)  # speculative guesses verified and kept, for timings
         self._stream = stream
         self._prompt_text = prompt_text
         self._stops = body.stops()
@@ -113,6 +114,7 @@ class NativeCompletion:
                 yield text, chunk.tokens, chunk.logprobs or []
         self.timings.end()
         self.cached = stream.cached_tokens
+        self.drafted = (stream.draft_tokens, stream.draft_accepted)
 
     async def response(self) -> dict[str, Any]:
         """The whole answer as one llama-server completion object."""
@@ -176,7 +178,7 @@ class NativeCompletion:
             "stop_type": self.stop_type,
             "stopping_word": self.stopping_word,
             "tokens_cached": prompt_n + self.predicted,
-            "timings": self.timings.as_json(prompt_n, self.cached, self.predicted),
+            "timings": self.timings.as_json(prompt_n, self.cached, self.predicted, self.drafted),
         }
 
     async def close(self) -> None:
