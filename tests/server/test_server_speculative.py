@@ -78,7 +78,13 @@ def test_a_draft_model_server_answers_as_the_plain_one(
     drafted.stop()
 
 
-def test_spec_type_draft_without_a_draft_model_is_refused_at_start(model_path: Path, tmp_path: Path) -> None:
-    server = RunningServer(flags(model_path, "--spec_type", "draft"), tmp_path / "server.log", None)
+@pytest.mark.parametrize(
+    ("extra", "reason"),
+    [(["--spec_type", "draft"], "--model_draft"), (["--model_draft", "/no/such/draft.gguf"], "not found")],
+)
+def test_bad_speculative_flags_are_refused_at_start(
+    model_path: Path, tmp_path: Path, extra: list[str], reason: str
+) -> None:
+    server = RunningServer(flags(model_path, *extra), tmp_path / "server.log", None)
     assert server.process.wait(timeout=120) != 0
-    assert "--model_draft" in server.log()
+    assert reason in server.log()

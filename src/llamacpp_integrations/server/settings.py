@@ -128,6 +128,13 @@ class ModelOptions(BaseModel):
             raise ValueError(f"chat template file not found: {value}")
         return value
 
+    @field_validator("model_draft")
+    @classmethod
+    def _check_draft_file(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).is_file():
+            raise ValueError(f"draft model file not found: {value}")
+        return value
+
     @model_validator(mode="after")
     def _check_speculation(self) -> ModelOptions:
         if self.spec_type in ("draft", "draft-simple") and self.model_draft is None:
