@@ -15,7 +15,7 @@ from langchain_core.prompts import PromptTemplate
 
 from llamacpp_integrations.langchain import ChatLlamaCpp, LlamaCpp
 from llamacpp_integrations.langchain._settings import LOAD_SETTINGS
-from llamacpp_native import ModelNotFoundError
+from llamacpp_native import ModelNotFoundError, PromptLookupDecoding
 
 
 class TokenCollector(BaseCallbackHandler):
@@ -171,6 +171,18 @@ def test_lora_path_loads_lazily_and_selects_its_own_shared_model(
     assert tuned.invoke(prompt) != base.invoke(prompt)
     assert tuned.invoke(prompt, lora={}) == base.invoke(prompt)  # a call may drop the adapter
     assert chat.invoke("Count from 1 to 5.").content
+
+
+def test_draft_model_speeds_up_a_copy_without_changing_it(lc_params: dict[str, Any]) -> None:
+    code = "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n"
+    prompt = f"Repeat this code exactly:\n{code}\nHere it is again:\n"
+    plain = LlamaCpp(**{**lc_params, "max_tokens": 20})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a field of its own, not an unknown keyword
+        drafted = LlamaCpp(**{**lc_params, "max_tokens": 20}, draft_model=PromptLookupDecoding())
+    assert drafted.invoke(prompt) == plain.invoke(prompt)
+    assert drafted.llama is not plain.llama  # another load setting: another model
+    assert drafted.llama.engine.stats()["draft_tokens_accepted"] > 0
 
 
 def test_grammar_and_grammar_path_are_exclusive() -> None:

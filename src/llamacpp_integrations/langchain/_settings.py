@@ -140,6 +140,11 @@ class LlamaCppLoadSettings(BaseModel):
     offload_kqv: bool | None = Field(
         default=None, description="Keep the KV cache with the offloaded layers (None: yes)."
     )
+    draft_model: Any = Field(
+        default=None,
+        description="Speculative decoding: a draft GGUF path, DraftModel(...) or PromptLookupDecoding() "
+        "(llama-cpp-python's draft_model); the output stays the same.",
+    )
     model_kwargs: dict[str, Any] = Field(
         default_factory=dict,
         description="More llamacpp_native.Llama load settings, or per-call sampling settings (typical_p...).",
@@ -225,6 +230,7 @@ class LlamaCppLoadSettings(BaseModel):
             "lora_path": self.lora_path,
             "lora_scale": self.lora_scale if self.lora_path else None,
             "lora_adapters": self.lora_adapters or None,
+            "draft_model": self.draft_model,
         }
         settings.update({k: v for k, v in self.model_kwargs.items() if k in LOAD_SETTINGS})
         return {k: v for k, v in settings.items() if v is not None}
