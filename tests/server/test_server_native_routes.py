@@ -283,6 +283,16 @@ def test_apply_template_renders_the_chat_prompt(http: httpx.Client) -> None:
     assert not prompt.rstrip().endswith("Name a colour.")  # the template opened the model's turn
 
 
+def test_apply_template_without_the_generation_prompt_ends_at_the_last_turn(http: httpx.Client) -> None:
+    messages = [{"role": "user", "content": "Name a colour."}]
+    opened = http.post("/apply-template", json={"messages": messages}).json()["prompt"]
+    response = http.post("/apply-template", json={"messages": messages, "add_generation_prompt": False})
+    assert response.status_code == 200, response.text
+    closed = response.json()["prompt"]
+    assert "Name a colour." in closed
+    assert opened.startswith(closed) and len(opened) > len(closed)  # only the assistant's opening is missing
+
+
 def test_apply_template_refuses_bad_messages(http: httpx.Client) -> None:
     no_messages: dict[str, list[Any]] = {"messages": []}
     assert assert_openai_error(http.post("/apply-template", json=no_messages), 400)["param"] == "messages"

@@ -91,3 +91,58 @@ def test_a_missing_chat_template_file_stops_the_server_at_start(tmp_path: Path, 
 
     with pytest.raises(SystemExit):
         parse_settings(["--model", str(model_path), "--chat_template_file", str(tmp_path / "nope.jinja")])
+
+
+@pytest.fixture(scope="module")
+def not_thinking_server(
+    start_server: Callable[..., RunningServer], model_path: Path, chat_templates_dir: Path
+) -> Iterator[RunningServer]:
+    """Qwen3's template with ``--reasoning off`` (llama-server's flag): thinking off unless asked for."""
+    template = str(chat_templates_dir / "Qwen-Qwen3-0.6B.jinja")
+    flags = ["--chat_template_file", template, "--n_ctx", "1024", "--reasoning", "off"]
+    server = start_server("--model", str(model_path), *flags)
+    yield server
+    server.stop()
+
+
+QWEN3_TURN = "<|im_start|>assistant\n"
+EMPTY_THINKING = "<think>\n\n</think>\n\n"
+"""What Qwen3's template puts after the assistant's opening when ``enable_thinking`` is false."""
+
+
+def _prompt(server: RunningServer, **extra: Any) -> str:
+    response = httpx.post(f"{server.url}/apply-template", json={"messages": HELLO, **extra}, timeout=60)
+    assert response.status_code == 200, response.text
+    return str(response.json()["prompt"])
+
+
+def test_reasoning_off_closes_the_thinking_unless_a_request_asks_for_it(
+    not_thinking_server: RunningServer, thinking_server: RunningServer
+) -> None:
+    assert _prompt(not_thinking_server).endswith(QWEN3_TURN + EMPTY_THINKING)
+    thinking_asked = _prompt(not_thinking_server, chat_template_kwargs={"enable_thinking": True})
+    assert thinking_asked.endswith(QWEN3_TURN)  # the request's own kwargs win over the flag
+    assert _prompt(thinking_server).endswith(QWEN3_TURN)  # the default (auto): the template decides
+
+
+def test_reasoning_off_reaches_the_chat_route(not_thinking_server: RunningServer) -> None:
+    url = f"{not_thinking_server.url}/v1/chat/completions"
+    body = {"messages": HELLO, "max_tokens": 1}
+    closed = httpx.post(url, json=body, timeout=120).json()["usage"]["prompt_tokens"]
+    asked = {**body, "chat_template_kwargs": {"enable_thinking": True}}
+    opened = httpx.post(url, json=asked, timeout=120).json()["usage"]["prompt_tokens"]
+    assert closed > opened  # the empty thinking block is part of the prompt
+
+
+@pytest.mark.parametrize(("given", "read"), [("on", "on"), ("true", "on"), ("0", "off"), ("auto", "auto")])
+def test_reasoning_flag_values(model_path: Path, given: str, read: str) -> None:
+    from llamacpp_integrations.server.settings import parse_settings
+
+    assert parse_settings(["--model", str(model_path), "--reasoning", given]).reasoning == read
+
+
+def test_an_unknown_reasoning_value_stops_the_server_at_start(model_path: Path) -> None:
+    from llamacpp_integrations.server.settings import parse_settings
+
+    with pytest.raises(SystemExit):
+        parse_settings(["--model", str(model_path), "--reasoning", "sometimes"])

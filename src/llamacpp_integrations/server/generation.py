@@ -43,11 +43,17 @@ def _check_strict_schemas(body: ChatCompletionRequest) -> None:
 
 
 async def llama_kwargs(lease: Lease, body: CompletionRequest | ChatCompletionRequest) -> dict[str, Any]:
-    """The keyword arguments of ``Llama`` for ``body``: strict schemas checked, ``ignore_eos`` applied."""
+    """The keyword arguments of ``Llama`` for ``body``: strict schemas checked, ``ignore_eos`` applied,
+    and the model's default template variables (``--reasoning``) under the request's own."""
     if isinstance(body, ChatCompletionRequest):
         _check_strict_schemas(body)
     end_tokens = await lease.entry.end_tokens() if body.ignore_eos else []
-    return body.llama_kwargs(end_tokens)
+    kwargs = body.llama_kwargs(end_tokens)
+    defaults = lease.entry.settings.template_defaults()
+    if isinstance(body, ChatCompletionRequest) and defaults:
+        given = kwargs.get("chat_template_kwargs")
+        kwargs["chat_template_kwargs"] = {**defaults, **given} if isinstance(given, dict) else defaults
+    return kwargs
 
 
 class Generation:

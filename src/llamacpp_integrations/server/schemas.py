@@ -330,10 +330,21 @@ class ChatCompletionRequest(GenerationBody):
         ),
         description="Most thinking tokens; then the end-of-thinking tag is forced (default: the server's).",
     )
+    json_schema: dict[str, Any] | None = Field(
+        default=None,
+        description="llama-server's shorthand: a JSON schema the reply follows, as response_format "
+        "json_schema would set it (response_format wins when both are given).",
+    )
+
+    @model_validator(mode="after")
+    def _logprobs_for_top_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")  # OpenAI refuses it the same way
+        return self
 
     def output_schema(self) -> dict[str, Any] | None:
-        """The JSON schema the reply follows (``response_format``), checked to be a valid schema."""
-        schema = self.response_format.json_schema_dict() if self.response_format else None
+        """The reply's JSON schema (``response_format``, else ``json_schema``), checked to be valid."""
+        schema = self.response_format.json_schema_dict() if self.response_format else self.json_schema
         if schema is not None:
             check_schema(schema)
         return schema
@@ -360,6 +371,14 @@ class ChatCompletionRequest(GenerationBody):
         if schema is not None:
             kwargs["response_format"] = {"type": "json_schema", "json_schema": {"schema": schema}}
         return kwargs
+
+
+class ApplyTemplateRequest(ChatCompletionRequest):
+    """``POST /apply-template``: a chat body, and whether the assistant's turn is opened."""
+
+    add_generation_prompt: bool = Field(
+        default=True, description="End the prompt with the opening of the assistant's turn."
+    )
 
 
 class EmbeddingRequest(_Body):

@@ -72,6 +72,12 @@ class ModelOptions(BaseModel):
         pattern="^(none|auto|deepseek|deepseek-legacy)$",
         description="A thinking model's reasoning: apart as reasoning_content (auto), or in content (none).",
     )
+    reasoning: str = Field(
+        default="auto",
+        pattern="^(on|off|auto)$",
+        description="Thinking in chat replies (llama-server's --reasoning): 'on' or 'off' sets the "
+        "template's enable_thinking for requests that do not set it; 'auto' leaves it to the template.",
+    )
     reasoning_budget: int = Field(
         default=-1,
         ge=-1,
@@ -120,6 +126,21 @@ class ModelOptions(BaseModel):
         default=None, ge=1, le=64, description="Tokens guessed ahead per step (default 8 draft, 10 ngram)."
     )
     media_timeout: float = Field(default=10.0, gt=0, description="Seconds an http(s) image fetch may take.")
+
+    @field_validator("reasoning", mode="before")
+    @classmethod
+    def _reasoning_word(cls, value: Any) -> Any:
+        """llama-server's spellings of on and off (``true``, ``1``, ``enabled``, ...) are taken too."""
+        lowered = str(value).strip().lower() if isinstance(value, (str, bool)) else value
+        if lowered in ("true", "1", "enabled"):
+            return "on"
+        if lowered in ("false", "0", "disabled"):
+            return "off"
+        return lowered
+
+    def template_defaults(self) -> dict[str, Any]:
+        """Chat template variables every chat request gets unless it sets them (``--reasoning``)."""
+        return {} if self.reasoning == "auto" else {"enable_thinking": self.reasoning == "on"}
 
     @field_validator("chat_template_file")
     @classmethod
@@ -185,7 +206,15 @@ class ModelSettings(ModelOptions):
         media = {"mmproj", "media_path", "allow_remote_media", "media_max_bytes", "media_timeout"}
         speculative = {"model_draft", "spec_type", "draft_max"}
         options = self.model_dump(
-            exclude={"model", "model_alias", "rpc", "tensor_split", "chat_template_file", "n_predict"}
+            exclude={
+                "model",
+                "model_alias",
+                "rpc",
+                "tensor_split",
+                "chat_template_file",
+                "n_predict",
+                "reasoning",
+            }
             | media
             | speculative
         )

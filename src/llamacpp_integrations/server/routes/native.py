@@ -15,13 +15,13 @@ from fastapi.responses import JSONResponse, Response
 
 from llamacpp_integrations.server.auth import require_api_key
 from llamacpp_integrations.server.errors import ERROR_RESPONSES, APIError
-from llamacpp_integrations.server.generation import EventStream, until_disconnected
+from llamacpp_integrations.server.generation import EventStream, llama_kwargs, until_disconnected
 from llamacpp_integrations.server.infill import InfillRequest
 from llamacpp_integrations.server.middleware import request_record
 from llamacpp_integrations.server.models import Lease
 from llamacpp_integrations.server.native import NativeCompletion, normalize, props, slots
 from llamacpp_integrations.server.schemas import (
-    ChatCompletionRequest,
+    ApplyTemplateRequest,
     NativeCompletionRequest,
     NativeEmbeddingRequest,
 )
@@ -97,13 +97,27 @@ async def embedding(body: NativeEmbeddingRequest, request: Request) -> JSONRespo
 
 
 @router.post("/apply-template", responses=ERROR_RESPONSES)
-async def apply_template(body: ChatCompletionRequest, request: Request) -> dict[str, str]:
-    """Chat messages (and tools) -> ``{"prompt": text}``, rendered with the model's chat template."""
+async def apply_template(body: ApplyTemplateRequest, request: Request) -> dict[str, str]:
+    """Chat messages (and tools) -> ``{"prompt": text}``, rendered with the model's chat template.
+
+    ``add_generation_prompt: false`` leaves out the opening of the assistant's turn.
+    """
     lease = await server_state(request).registry.acquire(body.model)
     try:
-        kwargs = body.llama_kwargs([])
-        options = {name: kwargs[name] for name in _RENDER_OPTIONS if name in kwargs}
-        rendered = await asyncio.to_thread(lease.llama.render_chat, kwargs["messages"], **options)
+        kwargs = await llama_kwargs(lease, body)
+        llama = lease.llama
+        if body.add_generation_prompt:
+            options = {name: kwargs[name] for name in _RENDER_OPTIONS if name in kwargs}
+            rendered = await asyncio.to_thread(llama.render_chat, kwargs["messages"], **options)
+        else:
+            rendered = await asyncio.to_thread(
+                llama.chat_templates.render,
+                kwargs["messages"],
+                tools=kwargs.get("tools"),
+                add_generation_prompt=False,
+                reasoning_format=kwargs.get("reasoning_format") or llama.reasoning_format,
+                chat_template_kwargs=kwargs.get("chat_template_kwargs"),
+            )
     finally:
         lease.release()
     return {"prompt": rendered.prompt}
