@@ -57,7 +57,8 @@ def test_protected_endpoints_refuse_without_the_key(
 ) -> None:
     headers = {"Authorization": authorization} if authorization else {}
     response = httpx.request(method, keyed_server.url + path, json=body, headers=headers, timeout=60)
-    assert_openai_error(response, 401, "invalid_api_key")
+    error = assert_openai_error(response, 401, "invalid_api_key")
+    assert error["type"] == "authentication_error"  # OpenAI's and llama-server's type for a bad key
 
 
 @pytest.mark.parametrize(("method", "path", "body"), PROTECTED, ids=[f"{m} {p}" for m, p, _ in PROTECTED])
@@ -67,6 +68,17 @@ def test_protected_endpoints_answer_with_the_key(
     headers = {"Authorization": f"Bearer {KEY}"}
     response = httpx.request(method, keyed_server.url + path, json=body, headers=headers, timeout=60)
     assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(("method", "path", "body"), PROTECTED, ids=[f"{m} {p}" for m, p, _ in PROTECTED])
+def test_the_key_may_come_as_x_api_key(
+    keyed_server: RunningServer, method: str, path: str, body: object
+) -> None:
+    url = keyed_server.url + path
+    response = httpx.request(method, url, json=body, headers={"x-api-key": KEY}, timeout=60)
+    assert response.status_code == 200, response.text
+    wrong = httpx.request(method, url, json=body, headers={"x-api-key": "wrong"}, timeout=60)
+    assert_openai_error(wrong, 401, "invalid_api_key")
 
 
 def test_health_and_docs_need_no_key(keyed_server: RunningServer) -> None:

@@ -7,15 +7,13 @@ has Anthropic's shape; the key may come as ``x-api-key`` as well as ``Authorizat
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from llamacpp_integrations.server.anthropic_messages import (
     CountTokensRequest,
@@ -24,32 +22,14 @@ from llamacpp_integrations.server.anthropic_messages import (
     MessagesRequest,
     error_body,
 )
+from llamacpp_integrations.server.auth import require_api_key
 from llamacpp_integrations.server.chat_events import ChatEvents, answer, count_prompt_tokens
-from llamacpp_integrations.server.errors import APIError, api_error
+from llamacpp_integrations.server.errors import api_error
 from llamacpp_integrations.server.generation import llama_kwargs
 from llamacpp_integrations.server.middleware import request_record
 from llamacpp_integrations.server.state import server_state
 
 logger = logging.getLogger("llamacpp_integrations.server")
-
-_bearer = HTTPBearer(auto_error=False, description="The key the server was started with (--api_key).")
-
-
-def require_key(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    x_api_key: Annotated[str | None, Header(description="The server's --api_key.")] = None,
-) -> None:
-    """Refuse with 401 unless the server has no key or ``x-api-key`` or the bearer token is it."""
-    expected = server_state(request).settings.api_key
-    if expected is None:
-        return
-    for given in (x_api_key, credentials.credentials if credentials is not None else None):
-        if given is not None and hmac.compare_digest(given.encode(), expected.encode()):
-            return
-    raise APIError(
-        401, "Missing or wrong API key: send the header 'x-api-key: <key>'", code="invalid_api_key"
-    )
 
 
 class AnthropicRoute(APIRoute):
@@ -70,7 +50,7 @@ class AnthropicRoute(APIRoute):
         return handle
 
 
-router = APIRouter(dependencies=[Depends(require_key)], tags=["anthropic"], route_class=AnthropicRoute)
+router = APIRouter(dependencies=[Depends(require_api_key)], tags=["anthropic"], route_class=AnthropicRoute)
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": description}
