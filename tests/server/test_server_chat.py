@@ -262,6 +262,32 @@ def test_grammar_field_constrains_the_reply(client: openai.OpenAI, model_name: s
     assert result.choices[0].message.content in ("yes", "no")
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/chat/completions"])
+def test_a_top_level_json_schema_constrains_the_reply(http: httpx.Client, model_name: str, path: str) -> None:
+    body = {
+        "model": model_name,
+        "messages": [{"role": "user", "content": "Pick a colour."}],
+        "max_tokens": 16,
+        "json_schema": {"const": "teal"},  # llama-server's shorthand for response_format json_schema
+    }
+    response = http.post(path, json=body)
+    assert response.status_code == 200, response.text
+    assert json.loads(response.json()["choices"][0]["message"]["content"]) == "teal"
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions/input_tokens", "/chat/completions/input_tokens"])
+def test_input_tokens_counts_the_prompt_a_chat_would_use(
+    client: openai.OpenAI, http: httpx.Client, model_name: str, path: str
+) -> None:
+    messages = [{"role": "system", "content": "Be brief."}, *HELLO]
+    counted = http.post(path, json={"model": model_name, "messages": messages})
+    assert counted.status_code == 200, counted.text
+    reply = client.chat.completions.create(model=model_name, messages=messages, max_tokens=1)  # type: ignore[arg-type]
+    assert reply.usage is not None
+    assert counted.json() == {"input_tokens": reply.usage.prompt_tokens}
+    assert_openai_error(http.post(path, json={"model": model_name, "messages": []}), 400)
+
+
 def test_a_repeated_system_prompt_comes_from_the_prefix_cache(client: openai.OpenAI, model_name: str) -> None:
     system = "You are a careful assistant. " + " ".join(
         f"Rule {i}: answer briefly and politely." for i in range(40)

@@ -36,6 +36,15 @@ TOO_LONG = "hello " * 2500
             {"messages": [{"role": "user", "content": 5}]}, "messages.0.content", id="content a number"
         ),
         pytest.param({"messages": HELLO, "stop": 5}, "stop", id="stop a number"),
+        pytest.param({"messages": HELLO, "top_logprobs": 2}, None, id="top_logprobs without logprobs"),
+        pytest.param(
+            {"messages": HELLO, "logprobs": False, "top_logprobs": 2}, None, id="top_logprobs, logprobs false"
+        ),
+        pytest.param(
+            {"messages": [*HELLO, *[{"role": "assistant", "content": "a"}] * 2]},
+            "messages",
+            id="two assistant turns at the end",
+        ),
         pytest.param(
             {"messages": HELLO, "tool_choice": "sometimes"}, "tool_choice", id="tool_choice unknown"
         ),
@@ -132,7 +141,9 @@ def test_a_prompt_over_the_context_is_400_before_any_stream_byte(
         body["prompt"] = TOO_LONG
     else:
         body["messages"] = [{"role": "user", "content": TOO_LONG}]
-    assert_openai_error(http.post(endpoint, json=body), 400, "context_length_exceeded")
+    error = assert_openai_error(http.post(endpoint, json=body), 400, "context_length_exceeded")
+    assert error["type"] == "exceed_context_size_error"  # llama-server's type; the code is OpenAI's
+    assert error["n_prompt_tokens"] > error["n_ctx"] == 2048  # one request may fill the shared context
 
 
 def test_a_declared_body_over_the_limit_is_413_unread(server: RunningServer) -> None:

@@ -8,6 +8,7 @@ last-resort 500 that still has the shape).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -68,6 +69,7 @@ class APIError(Exception):
         param: str | None = None,
         code: str | None = None,
         headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -76,10 +78,13 @@ class APIError(Exception):
         self.param = param
         self.code = code
         self.headers = dict(headers or {})
+        self.extra = dict(extra or {})
+        """Fields added to the error object after OpenAI's four (llama-server's ``n_ctx``, ...)."""
 
     def body(self) -> dict[str, Any]:
         """The JSON body: ``{"error": {...}}``."""
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        fields = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
+        return {"error": {**fields, **self.extra}}
 
     def response(self) -> JSONResponse:
         """This error as a response."""
@@ -113,6 +118,18 @@ def shutting_down() -> APIError:
     return APIError(503, "The server is shutting down", "server_error", code="server_shutting_down")
 
 
+_OVERFLOW_COUNTS = re.compile(r"has (\d+) tokens but the context window is (\d+) tokens")
+
+
+def context_overflow(error: ContextOverflowError) -> APIError:
+    """400 for a prompt over the context: OpenAI's code ``context_length_exceeded`` with llama-server's
+    type ``exceed_context_size_error`` and, where the engine's message states them, its ``n_prompt_tokens``
+    and ``n_ctx`` (the tokens one request may use here: the whole shared context)."""
+    found = _OVERFLOW_COUNTS.search(str(error))
+    extra = {"n_prompt_tokens": int(found[1]), "n_ctx": int(found[2])} if found else None
+    return APIError(400, str(error), "exceed_context_size_error", code="context_length_exceeded", extra=extra)
+
+
 def api_error(error: BaseException) -> APIError:
     """The OpenAI-shaped error for any exception (typed engine errors first)."""
     if isinstance(error, APIError):
@@ -122,7 +139,7 @@ def api_error(error: BaseException) -> APIError:
     if isinstance(error, HTTPException):  # a body that cannot be read, ...
         return _http_error(error)
     if isinstance(error, ContextOverflowError):
-        return APIError(400, str(error), code="context_length_exceeded")
+        return context_overflow(error)
     if isinstance(error, ClosedError):
         return shutting_down()
     if isinstance(error, GenerationCancelled):

@@ -6,12 +6,15 @@ is its native ``/completion``: see ``routes/native.py``).
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from llamacpp_integrations.server.auth import require_api_key
-from llamacpp_integrations.server.errors import ERROR_RESPONSES
-from llamacpp_integrations.server.generation import EventStream, Generation, until_disconnected
+from llamacpp_integrations.server.chat_events import count_prompt_tokens
+from llamacpp_integrations.server.errors import ERROR_RESPONSES, APIError
+from llamacpp_integrations.server.generation import EventStream, Generation, llama_kwargs, until_disconnected
 from llamacpp_integrations.server.middleware import request_record
 from llamacpp_integrations.server.schemas import ChatCompletionRequest, CompletionRequest
 from llamacpp_integrations.server.state import server_state
@@ -37,7 +40,29 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
 @router.post("/chat/completions", responses=_ANSWERS, include_in_schema=False)
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
     """Answer a conversation (``chat.completion``), with tools and structured output."""
+    _check_turns(body)
     return await _generate(body, request)
+
+
+@router.post("/v1/chat/completions/input_tokens", responses=ERROR_RESPONSES)
+@router.post("/chat/completions/input_tokens", responses=ERROR_RESPONSES, include_in_schema=False)
+async def count_chat_tokens(body: ChatCompletionRequest, request: Request) -> dict[str, int]:
+    """``{"input_tokens": n}``: the prompt tokens this chat would use (its ``usage.prompt_tokens``)."""
+    _check_turns(body)
+    lease = await server_state(request).registry.acquire(body.model)
+    try:
+        kwargs = await llama_kwargs(lease, body)
+        return {"input_tokens": await asyncio.to_thread(count_prompt_tokens, lease.llama, kwargs)}
+    finally:
+        lease.release()
+
+
+def _check_turns(body: ChatCompletionRequest) -> None:
+    """Two assistant turns at the end are refused (400), as llama-server refuses them: the last
+    assistant turn is a whole turn here, so a second one in a row is almost surely a client bug."""
+    roles = [message.role for message in body.messages[-2:]]
+    if roles == ["assistant", "assistant"]:
+        raise APIError(400, "The messages end with two assistant turns in a row", param="messages")
 
 
 async def _generate(body: CompletionRequest | ChatCompletionRequest, request: Request) -> Response:
