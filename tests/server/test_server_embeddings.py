@@ -5,9 +5,12 @@ from __future__ import annotations
 import base64
 import math
 import struct
+from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import openai
+from server_support import RunningServer, assert_openai_error
 
 N_EMBD = 640
 """Gemma 3 270M's embedding width."""
@@ -45,3 +48,16 @@ def _distance(a: list[float], b: list[float]) -> float:
     """Cosine distance."""
     dot = sum(x * y for x, y in zip(a, b, strict=True))
     return 1 - dot / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+
+
+def test_pooling_none_is_refused_on_v1_embeddings_as_llama_server_refuses_it(
+    start_server: Callable[..., RunningServer], model_path: Path
+) -> None:
+    server = start_server("--model", str(model_path), "--n_ctx", "512", "--pooling", "none")
+    try:
+        refused = httpx.post(f"{server.url}/v1/embeddings", json={"input": "hello hello"}, timeout=60)
+        assert_openai_error(refused, 400, "not_supported")
+        native = httpx.post(f"{server.url}/embedding", json={"content": "hello hello"}, timeout=60)
+        assert native.status_code == 200, native.text  # llama-server's own route still answers
+    finally:
+        server.stop()

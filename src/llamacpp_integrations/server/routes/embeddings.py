@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from llamacpp_integrations.server.auth import require_api_key
-from llamacpp_integrations.server.errors import ERROR_RESPONSES
+from llamacpp_integrations.server.errors import ERROR_RESPONSES, APIError
 from llamacpp_integrations.server.middleware import request_record
 from llamacpp_integrations.server.schemas import EmbeddingRequest
 from llamacpp_integrations.server.state import server_state
@@ -28,6 +28,13 @@ async def create_embedding(body: EmbeddingRequest, request: Request) -> dict[str
     texts = body.texts()
     lease = await server_state(request).registry.acquire(body.model)
     try:
+        if lease.entry.settings.pooling == "none":  # no pooled vector per input, as OpenAI's shape needs
+            raise APIError(
+                400,
+                "This model is served with --pooling none: /v1/embeddings needs pooled vectors "
+                "(serve it with --pooling mean, cls or last, or use llama-server's /embedding)",
+                code="not_supported",
+            )
         result = await asyncio.to_thread(lease.llama.create_embedding, texts, lease.alias)
     finally:
         lease.release()
