@@ -296,14 +296,66 @@ int32_t lcpp_decode_sequence(struct llama_context * ctx, struct llama_batch * ba
     return 0;
 }
 
+namespace {
+
+// The candidates a chain samples from: the whole vocabulary in id order, or, when `top` > 0, only
+// the `top` highest logits (ties to the lower id), in id order.  The caller sets `top` only where
+// the chain's choice cannot depend on any other token (see SamplerChain.prefilter): one pass that
+// skips each block of 64 logits none of which beats the current `top`-th best.
+llama_token_data_array lcpp_candidates(const float * logits, int32_t n_vocab, int32_t top,
+                                       std::vector<llama_token_data> & out) {
+    if (top <= 0 || static_cast<int64_t>(top) * 8 >= n_vocab) {
+        out.resize(static_cast<size_t>(n_vocab));
+        for (int32_t i = 0; i < n_vocab; ++i) {
+            out[static_cast<size_t>(i)] = llama_token_data{i, logits[i], 0.0f};
+        }
+        return llama_token_data_array{out.data(), out.size(), -1, false};
+    }
+    const auto lower = [](const llama_token_data & a, const llama_token_data & b) {
+        return a.logit > b.logit || (a.logit == b.logit && a.id < b.id);
+    };  // a min-heap under this order keeps its weakest (lowest logit, then highest id) in front
+    out.clear();
+    for (int32_t i = 0; i < top; ++i) {
+        out.push_back(llama_token_data{i, logits[i], 0.0f});
+    }
+    std::make_heap(out.begin(), out.end(), lower);
+    float threshold = out.front().logit;
+    const auto offer = [&](int32_t i) {
+        if (logits[i] > threshold) {
+            std::pop_heap(out.begin(), out.end(), lower);
+            out.back() = llama_token_data{i, logits[i], 0.0f};
+            std::push_heap(out.begin(), out.end(), lower);
+            threshold = out.front().logit;
+        }
+    };
+    constexpr int32_t block = 64;  // a count (not a bool) of the block's hits: compilers vectorize it
+    int32_t i = top;
+    for (; i + block <= n_vocab; i += block) {
+        const float bar = threshold;
+        int32_t hits = 0;
+        for (int32_t j = 0; j < block; ++j) {
+            hits += logits[i + j] > bar;
+        }
+        if (hits > 0) {
+            for (int32_t j = 0; j < block; ++j) {
+                offer(i + j);
+            }
+        }
+    }
+    for (; i < n_vocab; ++i) {
+        offer(i);
+    }
+    std::sort(out.begin(), out.end(), [](const llama_token_data & a, const llama_token_data & b) { return a.id < b.id; });
+    return llama_token_data_array{out.data(), out.size(), -1, false};
+}
+
+}  // namespace
+
 llama_token lcpp_sample(struct llama_sampler * chain, struct llama_sampler * grammar, struct llama_context * ctx,
-                        int32_t idx, char ** error) {
+                        int32_t idx, int32_t top, char ** error) {
     *error = nullptr;
     try {
-        if (grammar == nullptr) {
-            return llama_sampler_sample(chain, ctx, idx);
-        }
-        if (lcpp_is_grammar_sampler(grammar)) {
+        if (grammar != nullptr && lcpp_is_grammar_sampler(grammar)) {
             return lcpp_grammar_sample(chain, grammar, ctx, idx);
         }
         const float * logits = llama_get_logits_ith(ctx, idx);
@@ -312,15 +364,17 @@ llama_token lcpp_sample(struct llama_sampler * chain, struct llama_sampler * gra
         }
         const int32_t n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(llama_get_model(ctx)));
         thread_local std::vector<llama_token_data> candidates;
-        candidates.resize(n_vocab);
-        const auto fill = [&]() {
-            for (int32_t i = 0; i < n_vocab; ++i) {
-                candidates[i] = llama_token_data{i, logits[i], 0.0f};
-            }
-            return llama_token_data_array{candidates.data(), static_cast<size_t>(n_vocab), -1, false};
-        };
-        llama_token_data_array all = fill();
+        llama_token_data_array all = lcpp_candidates(logits, n_vocab, top, candidates);
         llama_sampler_apply(chain, &all);
+        if (all.selected < 0 || static_cast<size_t>(all.selected) >= all.size) {
+            throw std::runtime_error("the sampler chain selected no token");
+        }
+        if (grammar == nullptr) {
+            const llama_token token = all.data[all.selected].id;
+            llama_sampler_accept(chain, token);
+            return token;
+        }
+        const auto fill = [&]() { return lcpp_candidates(logits, n_vocab, 0, candidates); };
         llama_token token = all.data[all.selected].id;
         llama_token_data single{token, 1.0f, 0.0f};
         llama_token_data_array one{&single, 1, -1, false};
@@ -351,13 +405,13 @@ void lcpp_batch_add_run(struct llama_batch * batch, const llama_token * tokens, 
 
 int32_t lcpp_sample_many(struct llama_context * ctx, const struct llama_vocab * vocab, int32_t n,
                          struct llama_sampler * const * chains, struct llama_sampler * const * grammars,
-                         const int32_t * idxs, llama_token * tokens, bool * eog, char * pieces,
+                         const int32_t * tops, const int32_t * idxs, llama_token * tokens, bool * eog, char * pieces,
                          int32_t piece_stride, int32_t * piece_lens, char ** error) {
     *error = nullptr;
     int32_t failures = 0;
     for (int32_t i = 0; i < n; ++i) {
         char * reason = nullptr;
-        const llama_token token = lcpp_sample(chains[i], grammars[i], ctx, idxs[i], &reason);
+        const llama_token token = lcpp_sample(chains[i], grammars[i], ctx, idxs[i], tops[i], &reason);
         tokens[i] = token;
         eog[i] = false;
         piece_lens[i] = 0;
@@ -380,13 +434,13 @@ int32_t lcpp_sample_many(struct llama_context * ctx, const struct llama_vocab * 
 }
 
 int32_t lcpp_sample_draft(struct llama_context * ctx, const struct llama_vocab * vocab,
-                          struct llama_sampler * chain, struct llama_sampler * grammar, int32_t idx0,
+                          struct llama_sampler * chain, struct llama_sampler * grammar, int32_t top, int32_t idx0,
                           const llama_token * draft, int32_t n_draft, llama_token * tokens, char ** error) {
     *error = nullptr;
     int32_t n = 0;
     for (int32_t i = 0; i <= n_draft; ++i) {
         char * reason = nullptr;
-        const llama_token token = lcpp_sample(chain, grammar, ctx, idx0 + i, &reason);
+        const llama_token token = lcpp_sample(chain, grammar, ctx, idx0 + i, top, &reason);
         if (token < 0) {
             if (n == 0) {
                 *error = reason;

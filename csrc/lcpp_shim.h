@@ -93,15 +93,15 @@ int32_t lcpp_decode_sequence(struct llama_context * ctx, struct llama_batch * ba
 void lcpp_batch_add_run(struct llama_batch * batch, const llama_token * tokens, int32_t n, llama_pos pos0,
                         llama_seq_id seq_id, bool logits_last);
 
-/* Sample n sequences after one decode, each with its own chain and optional
- * grammar (as lcpp_sample), at logits index idxs[i].  Writes tokens[i] (-1 where
+/* Sample n sequences after one decode, each with its own chain, optional
+ * grammar and candidate count tops[i] (as lcpp_sample), at logits index idxs[i].  Writes tokens[i] (-1 where
  * sampling failed; *error then holds the first failure's reason), eog[i], and the
  * token's text piece at pieces + i * piece_stride with its length in
  * piece_lens[i] (negative: the piece needs that many bytes).  Returns the number
  * of failures. */
 int32_t lcpp_sample_many(struct llama_context * ctx, const struct llama_vocab * vocab, int32_t n,
                          struct llama_sampler * const * chains, struct llama_sampler * const * grammars,
-                         const int32_t * idxs, llama_token * tokens, bool * eog, char * pieces,
+                         const int32_t * tops, const int32_t * idxs, llama_token * tokens, bool * eog, char * pieces,
                          int32_t piece_stride, int32_t * piece_lens, char ** error);
 
 /* Verify a speculative draft of one sequence.  The batch held the sequence's
@@ -113,17 +113,21 @@ int32_t lcpp_sample_many(struct llama_context * ctx, const struct llama_vocab * 
  * plus one.  Returns -1 with *error set when sampling failed at the first index;
  * a later failure ends the run early instead, so what was sampled is kept. */
 int32_t lcpp_sample_draft(struct llama_context * ctx, const struct llama_vocab * vocab,
-                          struct llama_sampler * chain, struct llama_sampler * grammar, int32_t idx0,
+                          struct llama_sampler * chain, struct llama_sampler * grammar, int32_t top, int32_t idx0,
                           const llama_token * draft, int32_t n_draft, llama_token * tokens, char ** error);
 
 /* Sample a token at logits index `idx` with `chain` and an optional `grammar`
  * sampler (kept outside the chain), and accept it in both.  The grammar is
  * checked against the chain's choice first and applied to the whole vocabulary
  * only when it rejects that choice, as llama.cpp's own common sampler does.
+ * With `top` > 0 the chain's first try sees only the `top` highest logits (in
+ * id order): the caller promises that its choice cannot depend on any other
+ * token (greedy, or top-k with k + the tokens its earlier stages may lower <=
+ * top), which saves building the whole vocabulary's candidates.  0: all.
  * Returns the token, or -1 with *error set when llama.cpp threw (for example a
  * grammar that admits nothing more). */
 llama_token lcpp_sample(struct llama_sampler * chain, struct llama_sampler * grammar,
-                        struct llama_context * ctx, int32_t idx, char ** error);
+                        struct llama_context * ctx, int32_t idx, int32_t top, char ** error);
 
 /* Repeat/frequency/presence penalties over the last `last_n` tokens, computed
  * exactly as llama.cpp's llama_sampler_init_penalties does, but touching only

@@ -346,15 +346,15 @@ void lcpp_batch_add(struct llama_batch * batch, llama_token token, llama_pos pos
 int32_t lcpp_decode_sequence(struct llama_context * ctx, struct llama_batch * batch, int32_t n_batch,
                              const llama_token * tokens, int32_t n, llama_pos pos0, llama_seq_id seq_id);
 llama_token lcpp_sample(struct llama_sampler * chain, struct llama_sampler * grammar, struct llama_context * ctx,
-                        int32_t idx, char ** error);
+                        int32_t idx, int32_t top, char ** error);
 void lcpp_batch_add_run(struct llama_batch * batch, const llama_token * tokens, int32_t n, llama_pos pos0,
                         llama_seq_id seq_id, bool logits_last);
 int32_t lcpp_sample_many(struct llama_context * ctx, const struct llama_vocab * vocab, int32_t n,
                          struct llama_sampler * const * chains, struct llama_sampler * const * grammars,
-                         const int32_t * idxs, llama_token * tokens, bool * eog, char * pieces,
+                         const int32_t * tops, const int32_t * idxs, llama_token * tokens, bool * eog, char * pieces,
                          int32_t piece_stride, int32_t * piece_lens, char ** error);
 int32_t lcpp_sample_draft(struct llama_context * ctx, const struct llama_vocab * vocab,
-                          struct llama_sampler * chain, struct llama_sampler * grammar, int32_t idx0,
+                          struct llama_sampler * chain, struct llama_sampler * grammar, int32_t top, int32_t idx0,
                           const llama_token * draft, int32_t n_draft, llama_token * tokens, char ** error);
 int lcpp_sampler_accept(struct llama_sampler * smpl, llama_token token, char ** error);
 struct llama_sampler * lcpp_sampler_init_penalties(int32_t n_vocab, int32_t last_n, float repeat, float freq,

@@ -183,6 +183,30 @@ def _reasoning_budget(vocab: Vocab, budget: ReasoningBudget) -> Any:
     return sampler
 
 
+def prefilter(p: SamplingParams) -> int:
+    """How many of the highest raw logits the chain's choice can depend on; 0 for the whole vocabulary.
+
+    Greedy depends on the highest, top-k on the k highest.  A stage before them that only lowers
+    logits (a negative logit bias, a repeat penalty > 1, non-negative frequency and presence
+    penalties) can push at most as many tokens out as it lowers, so those are added; a stage that
+    may raise a logit, or force a token (the reasoning budget), needs the whole vocabulary.
+    """
+    top = 1 if p.temperature <= 0 else p.top_k
+    if top <= 0 or p.reasoning is not None:
+        return 0
+    if p.logit_bias:
+        if any(bias > 0 for bias in p.logit_bias.values()):
+            return 0
+        top += len(p.logit_bias)
+    if p.repeat_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0:
+        if p.repeat_penalty < 1.0 or p.frequency_penalty < 0.0 or p.presence_penalty < 0.0:
+            return 0
+        if p.penalty_last_n < 0:
+            return 0
+        top += p.penalty_last_n
+    return top
+
+
 class SamplerChain:
     """A native sampler chain plus an optional grammar sampler; each freed exactly once.
 
@@ -210,6 +234,8 @@ class SamplerChain:
         for stage in self._stages(vocab, params):
             lib.llama_sampler_chain_add(raw, stage)  # the chain owns the stage from here
         self._error = ffi.new("char **")
+        self.prefilter = prefilter(params)
+        """How many of the highest logits the chain's choice can depend on (0: all of them)."""
 
     def _stages(self, vocab: Vocab, p: SamplingParams) -> list[Any]:
         stages: list[Any] = []
@@ -291,7 +317,8 @@ class SamplerChain:
 
     def sample(self, context: Any, index: int = -1) -> int:
         """Sample (and accept) a token from ``context``'s logits at output ``index``."""
-        token = int(lib.lcpp_sample(self.handle, self.grammar_handle, context.handle, index, self._error))
+        handle, grammar = self.handle, self.grammar_handle
+        token = int(lib.lcpp_sample(handle, grammar, context.handle, index, self.prefilter, self._error))
         if token < 0:
             self.raise_native_error()
         return token

@@ -165,7 +165,7 @@ class Engine(DecodeLoop):
                 sampler.close()
                 raise
         job = Job(request, weakref.ref(stream), sampler, limit, lora, list(request.prompt_tokens))
-        job.chain, job.grammar = sampler.handle, sampler.grammar_handle
+        job.chain, job.grammar, job.top = sampler.handle, sampler.grammar_handle, sampler.prefilter
         if request.media:
             job.media = dict(request.media)
             job.shift = sum(chunk.n_tokens - chunk.n_pos for _start, chunk in request.media)

@@ -105,6 +105,7 @@ class DecodeLoop:
         n_slots = len(self.slots)
         self._chains = ffi.new("struct llama_sampler *[]", n_slots)
         self._grammars = ffi.new("struct llama_sampler *[]", n_slots)
+        self._tops = ffi.new("int32_t[]", n_slots)
         self._indices = ffi.new("int32_t[]", n_slots)
         self._tokens = ffi.new("llama_token[]", n_slots)
         self._eog = ffi.new("bool[]", n_slots)
@@ -419,12 +420,12 @@ class DecodeLoop:
                 else:
                     (plain if job.request.logprobs is None else scored).append(job)
         if plain:
-            chains, grammars, indices = self._chains, self._grammars, self._indices
+            chains, grammars, tops, indices = self._chains, self._grammars, self._tops, self._indices
             tokens, eog, lengths = self._tokens, self._eog, self._lengths
             for i, job in enumerate(plain):
-                chains[i], grammars[i], indices[i] = job.chain, job.grammar, job.output
+                chains[i], grammars[i], tops[i], indices[i] = job.chain, job.grammar, job.top, job.output
             failures = lib.lcpp_sample_many(
-                self._ctx, self._vocab_ptr, len(plain), chains, grammars, indices,
+                self._ctx, self._vocab_ptr, len(plain), chains, grammars, tops, indices,
                 tokens, eog, self._pieces, self._piece_stride, lengths, self._error,
             )  # fmt: skip
             message = take_message(self._error) if failures else None
@@ -450,7 +451,7 @@ class DecodeLoop:
         draft, job.draft = job.draft, []
         sampled = self._verified
         count = lib.lcpp_sample_draft(
-            self._ctx, self._vocab_ptr, job.chain, job.grammar, job.output,
+            self._ctx, self._vocab_ptr, job.chain, job.grammar, job.top, job.output,
             draft, len(draft), sampled, self._error,
         )  # fmt: skip
         if count < 0:

@@ -55,6 +55,7 @@ class Job:
     shift: int = 0  # tokens minus positions of its media: nonzero only under M-RoPE
     chain: Any = None  # the sampler's raw chain and grammar pointers, for the one sampling call per step
     grammar: Any = None
+    top: int = 0  # the sampler's prefilter: how many of the highest logits it samples from (0: all)
     draft: list[int] = field(default_factory=list)  # speculative guesses put into the batch after ``pending``
     draft_state: Any = None  # the drafter's per-job state (an n-gram index)
     after: Job | None = None  # an n-choices leader whose decoded prompt this job copies (it waits for it)

@@ -248,7 +248,7 @@ class ModelDrafter(Drafter):
             self.context.check_status(status, "decoding the draft model")
 
     def _sample(self, ctx: Any, index: int) -> int:
-        token = int(lib.lcpp_sample(self._greedy, ffi.NULL, ctx, index, self._error))
+        token = int(lib.lcpp_sample(self._greedy, ffi.NULL, ctx, index, 1, self._error))
         if token < 0:
             raise GrammarError(take_message(self._error) or "the draft model's sampling failed")
         return token
