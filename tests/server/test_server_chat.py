@@ -80,6 +80,19 @@ def test_raw_chat_stream_ends_in_done(http: httpx.Client, model_name: str) -> No
     assert all(json.loads(p)["object"] == "chat.completion.chunk" for p in payloads[:-1])
 
 
+@pytest.mark.parametrize("tools", [False, True], ids=["text", "tools"])
+def test_streamed_deltas_never_carry_empty_content(http: httpx.Client, model_name: str, tools: bool) -> None:
+    body: dict[str, Any] = {"model": model_name, "messages": HELLO, "max_tokens": 4, "stream": True}
+    if tools:
+        body |= {"tools": [WEATHER_TOOL], "tool_choice": "required"}
+    with http.stream("POST", "/v1/chat/completions", json=body) as response:
+        chunks = [json.loads(p) for p in sse_data(list(response.iter_lines()))[:-1]]
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    assert deltas[0]["role"] == "assistant" and deltas[0]["content"] is None  # as llama-server opens
+    assert all(d.get("content") != "" for d in deltas)  # text deltas are never empty
+    assert all("content" not in d for d in deltas[1:] if "tool_calls" in d)
+
+
 def test_logprobs_give_each_token_its_top_alternatives(client: openai.OpenAI, model_name: str) -> None:
     result = client.chat.completions.create(
         model=model_name, messages=HELLO, max_tokens=4, logprobs=True, top_logprobs=2, extra_body=NO_END

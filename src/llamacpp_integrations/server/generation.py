@@ -164,7 +164,7 @@ class Generation:
         try:
             async for chunk in self._source:
                 last = self._take(chunk)
-                yield _json(last)
+                yield _json(_without_empty_content(last) if self.chat else last)
             self._finished = True
             if self._include_usage and last is not None:
                 yield _json({**last, "choices": [], "usage": self.usage})
@@ -231,6 +231,22 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
 async def _disconnect(request: Request) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
+
+
+def _without_empty_content(chunk: dict[str, Any]) -> dict[str, Any]:
+    """A chat chunk whose deltas carry no ``content: ""``: null beside the role, else left out.
+
+    As llama-server streams them (and OpenAI's last chunk, ``delta: {}``); clients read a
+    missing or null content as no text, and some of them check that a content delta is not empty.
+    """
+    for choice in chunk["choices"]:
+        delta = choice.get("delta")
+        if delta and delta.get("content") == "":
+            if "role" in delta:
+                delta["content"] = None
+            else:
+                del delta["content"]
+    return chunk
 
 
 def _json(value: dict[str, Any]) -> str:
