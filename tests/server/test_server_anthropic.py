@@ -70,7 +70,29 @@ def test_a_message_is_answered_in_anthropics_shape(claude: anthropic.Anthropic) 
     assert message.stop_reason == "end_turn" and message.stop_sequence is None
     assert message.usage.output_tokens > 0
     counted = claude.messages.count_tokens(model="any", messages=SAY_HELLO)
-    assert message.usage.input_tokens == counted.input_tokens > 0
+    assert _prompt_tokens(message.usage) == counted.input_tokens > 0
+
+
+def _prompt_tokens(usage: Any) -> int:
+    """All the prompt's tokens: Anthropic counts those read from the cache apart from ``input_tokens``."""
+    return int(usage.input_tokens + (usage.cache_read_input_tokens or 0))
+
+
+def test_a_repeated_prompt_reports_its_cached_tokens_as_anthropic_does(claude: anthropic.Anthropic) -> None:
+    counted = claude.messages.count_tokens(model="any", messages=SAY_HELLO).input_tokens
+    claude.messages.create(model="any", max_tokens=4, messages=SAY_HELLO, extra_body=HELLO)
+    again = claude.messages.create(model="any", max_tokens=4, messages=SAY_HELLO, extra_body=HELLO)
+    assert again.usage.cache_read_input_tokens and again.usage.cache_read_input_tokens > 0
+    assert again.usage.input_tokens + again.usage.cache_read_input_tokens == counted
+
+
+def test_the_stream_announces_the_prompt_tokens_in_message_start(claude: anthropic.Anthropic) -> None:
+    counted = claude.messages.count_tokens(model="any", messages=SAY_HELLO).input_tokens
+    with claude.messages.stream(model="any", max_tokens=4, messages=SAY_HELLO, extra_body=HELLO) as stream:
+        start = next(event for event in stream if event.type == "message_start")
+        final = stream.get_final_message()
+    assert start.message.usage.input_tokens == counted
+    assert _prompt_tokens(final.usage) == counted
 
 
 def test_the_system_prompt_may_be_text_or_blocks(claude: anthropic.Anthropic) -> None:
@@ -155,7 +177,7 @@ def test_tool_use_and_tool_result_blocks_make_the_chat_prompt(
     reply = client.chat.completions.create(
         model="any", messages=chat, max_tokens=2, extra_body={"grammar": 'root ::= "Ok"'}
     )
-    assert reply.usage is not None and message.usage.input_tokens == reply.usage.prompt_tokens
+    assert reply.usage is not None and _prompt_tokens(message.usage) == reply.usage.prompt_tokens
 
 
 def test_a_reply_cut_at_max_tokens_says_so(claude: anthropic.Anthropic) -> None:
@@ -173,7 +195,7 @@ def test_a_stop_sequence_ends_the_text_and_is_named(claude: anthropic.Anthropic)
     assert message.content[0].type == "text" and message.content[0].text == "Hello"
     assert message.stop_reason == "stop_sequence" and message.stop_sequence == " th"
     assert (
-        message.usage.input_tokens
+        _prompt_tokens(message.usage)
         == claude.messages.count_tokens(model="any", messages=SAY_HELLO).input_tokens
     )
     assert 0 < message.usage.output_tokens < 16
@@ -423,7 +445,7 @@ def test_a_base64_image_block_reaches_the_model_with_mmproj(vision: anthropic.An
         == vision.messages.count_tokens(model="any", messages=text_only).input_tokens + TOKENS_PER_IMAGE + 2
     )
     message = vision.messages.create(model="any", max_tokens=16, messages=with_image, extra_body=HELLO)
-    assert message.usage.input_tokens == counted
+    assert _prompt_tokens(message.usage) == counted
     assert message.content[0].type == "text" and message.content[0].text == "Hello there"
 
 

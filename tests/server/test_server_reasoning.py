@@ -146,3 +146,51 @@ def test_an_unknown_reasoning_value_stops_the_server_at_start(model_path: Path) 
 
     with pytest.raises(SystemExit):
         parse_settings(["--model", str(model_path), "--reasoning", "sometimes"])
+
+
+LIST_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "list_files",
+        "description": "List files",
+        "parameters": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]},
+    },
+}
+EARLIER_THINKING = "The folder listing comes first."
+
+
+def test_earlier_reasoning_content_reaches_the_template(thinking_server: RunningServer) -> None:
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "list_files", "arguments": '{"path": "."}'},
+    }
+    messages = [
+        {"role": "user", "content": "Fix the bug."},
+        {"role": "assistant", "content": "", "reasoning_content": EARLIER_THINKING, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "main.py"},
+    ]
+    assert EARLIER_THINKING in _prompt(thinking_server, messages=messages, tools=[LIST_TOOL])
+
+
+def test_earlier_anthropic_thinking_blocks_reach_the_template(thinking_server: RunningServer) -> None:
+    def count(thinking: list[dict[str, Any]]) -> int:
+        use = {"type": "tool_use", "id": "toolu_1", "name": "list_files", "input": {"path": "."}}
+        body = {
+            "model": "any",
+            "tools": [{"name": "list_files", "input_schema": LIST_TOOL["function"]["parameters"]}],  # type: ignore[index]
+            "messages": [
+                {"role": "user", "content": "Fix the bug."},
+                {"role": "assistant", "content": [*thinking, use]},
+                {
+                    "role": "user",
+                    "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "main.py"}],
+                },
+            ],
+        }
+        response = httpx.post(f"{thinking_server.url}/v1/messages/count_tokens", json=body, timeout=60)
+        assert response.status_code == 200, response.text
+        return int(response.json()["input_tokens"])
+
+    block = {"type": "thinking", "thinking": EARLIER_THINKING, "signature": ""}
+    assert count([block]) > count([])

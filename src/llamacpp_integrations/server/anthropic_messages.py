@@ -119,9 +119,11 @@ class ToolResultBlock(_Block):
 
 
 class ThinkingBlock(_Block):
-    """Earlier thinking: accepted and left out (chat templates drop the thinking of earlier turns)."""
+    """Earlier thinking: the turn's ``reasoning_content``, for templates that show it (most drop it);
+    redacted thinking is left out."""
 
     type: Literal["thinking", "redacted_thinking"]
+    thinking: str = ""
 
 
 ContentBlock = Annotated[
@@ -225,6 +227,7 @@ class CountTokensRequest(SamplingBody):
                 continue
             parts: list[dict[str, Any]] = []
             calls: list[dict[str, Any]] = []
+            thinking: list[str] = []
             for block in message.content:
                 if isinstance(block, ToolResultBlock):
                     content = block.content if isinstance(block.content, str) else _parts(block.content)
@@ -240,10 +243,14 @@ class CountTokensRequest(SamplingBody):
                     )
                 elif isinstance(block, (TextBlock, ImageBlock)):
                     parts += _parts([block])
-            if parts or calls:
+                elif isinstance(block, ThinkingBlock) and block.thinking and message.role == "assistant":
+                    thinking.append(block.thinking)
+            if parts or calls or thinking:
                 turn: dict[str, Any] = {"role": message.role, "content": parts or None}
                 if calls:
                     turn["tool_calls"] = calls
+                if thinking:
+                    turn["reasoning_content"] = "\n\n".join(thinking)
                 messages.append(turn)
         return messages
 
@@ -309,9 +316,10 @@ class MessageRenderer:
         }
         return cls(message, body.stop_sequences or [])
 
-    def start(self) -> list[dict[str, Any]]:
-        """``message_start`` (the prompt's tokens are counted at the end, in ``message_delta``)."""
-        usage = {"input_tokens": 0, "output_tokens": 0}
+    def start(self, prompt_tokens: int = 0) -> list[dict[str, Any]]:
+        """``message_start`` with the prompt's tokens (how many come from the prefix cache is known only
+        at the end: ``message_delta`` has the final counts)."""
+        usage = {"input_tokens": prompt_tokens, "cache_read_input_tokens": 0, "output_tokens": 0}
         return [{"type": "message_start", "message": {**self.message, "content": [], "usage": usage}}]
 
     def feed(self, batch: list[Event]) -> list[dict[str, Any]]:
@@ -357,7 +365,11 @@ class MessageRenderer:
             reason = "stop_sequence"
         else:
             reason = {"length": "max_tokens", "tool_calls": "tool_use"}.get(self._reason, "end_turn")
-        counts = {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens}
+        counts = {  # Anthropic's split: input_tokens are those not read from the (prefix) cache
+            "input_tokens": usage.prompt_tokens - usage.cached_tokens,
+            "cache_read_input_tokens": usage.cached_tokens,
+            "output_tokens": usage.completion_tokens,
+        }
         self.message.update(
             content=self.content, stop_reason=reason, stop_sequence=stop_sequence, usage=counts
         )
@@ -439,9 +451,10 @@ class MessageRun:
         self.chat = chat
         self.renderer = MessageRenderer.for_request(body, chat.lease.alias)
 
-    async def _events(self) -> AsyncIterator[dict[str, Any]]:
+    async def _events(self, count_first: bool = False) -> AsyncIterator[dict[str, Any]]:
         renderer = self.renderer
-        for event in renderer.start():
+        prompt_tokens = await self.chat.prompt_tokens() if count_first else 0
+        for event in renderer.start(prompt_tokens):
             yield event
         async with contextlib.aclosing(self.chat.batches()) as batches:
             async for batch in batches:
@@ -473,7 +486,7 @@ class MessageRun:
     async def events(self) -> AsyncIterator[ServerSentEvent]:
         """Anthropic's stream; an error after it began is its last event, ``error``."""
         try:
-            async for event in self._events():
+            async for event in self._events(count_first=True):
                 yield named_event(event)
         except Exception as error:
             yield named_event(error_body(api_error(error)))

@@ -204,6 +204,9 @@ class ChatMessage(_Body):
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
+    reasoning_content: str | None = Field(
+        default=None, description="An earlier assistant turn's thinking, for templates that show it."
+    )
 
     def as_llama(self) -> dict[str, Any]:
         """The message as the chat template reads it (text parts joined, arguments as JSON text)."""
@@ -215,6 +218,8 @@ class ChatMessage(_Body):
             message["name"] = self.name
         if self.tool_call_id is not None:
             message["tool_call_id"] = self.tool_call_id
+        if self.reasoning_content:
+            message["reasoning_content"] = self.reasoning_content
         if self.tool_calls:
             message["tool_calls"] = [
                 {
