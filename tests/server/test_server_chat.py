@@ -301,6 +301,16 @@ def test_input_tokens_counts_the_prompt_a_chat_would_use(
     assert_openai_error(http.post(path, json={"model": model_name, "messages": []}), 400)
 
 
+def test_verbose_adds_llama_servers_debug_object(http: httpx.Client, model_name: str) -> None:
+    body = {"model": model_name, "messages": [{"role": "user", "content": "Name a book."}], "max_tokens": 2}
+    debug = http.post("/v1/chat/completions", json={**body, "verbose": True}).json()
+    assert "Name a book." in debug["__verbose"]["prompt"]  # the prompt as the template rendered it
+    assert debug["__verbose"]["tokens_evaluated"] == debug["usage"]["prompt_tokens"]
+    assert debug["__verbose"]["content"] == debug["choices"][0]["message"]["content"]
+    for plain in ({}, {"verbose": False}):  # off unless asked for, on a server without --verbose
+        assert "__verbose" not in http.post("/v1/chat/completions", json={**body, **plain}).json()
+
+
 def test_a_repeated_system_prompt_comes_from_the_prefix_cache(client: openai.OpenAI, model_name: str) -> None:
     system = "You are a careful assistant. " + " ".join(
         f"Rule {i}: answer briefly and politely." for i in range(40)

@@ -99,6 +99,12 @@ class ChatEvents:
             self.lease.release()
 
 
+def render_prompt(llama: Llama, kwargs: Mapping[str, Any]) -> str:
+    """The prompt text a chat (``llama_kwargs``' result) is rendered to.  Blocking: run it in a thread."""
+    options = {name: kwargs[name] for name in RENDER_OPTIONS if name in kwargs}
+    return llama.render_chat(kwargs["messages"], **options).prompt
+
+
 def count_prompt_tokens(llama: Llama, kwargs: Mapping[str, Any]) -> int:
     """The prompt tokens of a chat (``llama_kwargs``' result), as its ``Usage.prompt_tokens`` counts them.
 

@@ -335,6 +335,11 @@ class ChatCompletionRequest(GenerationBody):
         ),
         description="Most thinking tokens; then the end-of-thinking tag is forced (default: the server's).",
     )
+    verbose: bool | None = Field(
+        default=None,
+        description="Add llama-server's '__verbose' debug object (the rendered prompt, counts) to a "
+        "non-streamed reply (default: whether the server runs with --verbose).",
+    )
     json_schema: dict[str, Any] | None = Field(
         default=None,
         description="llama-server's shorthand: a JSON schema the reply follows, as response_format "

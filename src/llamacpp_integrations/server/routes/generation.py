@@ -7,12 +7,13 @@ is its native ``/completion``: see ``routes/native.py``).
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from llamacpp_integrations.server.auth import require_api_key
-from llamacpp_integrations.server.chat_events import count_prompt_tokens
+from llamacpp_integrations.server.chat_events import count_prompt_tokens, render_prompt
 from llamacpp_integrations.server.errors import ERROR_RESPONSES, APIError
 from llamacpp_integrations.server.generation import EventStream, Generation, llama_kwargs, until_disconnected
 from llamacpp_integrations.server.middleware import request_record
@@ -66,11 +67,41 @@ def _check_turns(body: ChatCompletionRequest) -> None:
 
 
 async def _generate(body: CompletionRequest | ChatCompletionRequest, request: Request) -> Response:
-    lease = await server_state(request).registry.acquire(body.model, generation=True)
+    state = server_state(request)
+    lease = await state.registry.acquire(body.model, generation=True)
+    prompt = None
+    if _verbose_asked(body, state.settings.verbose):
+        try:
+            prompt = await asyncio.to_thread(render_prompt, lease.llama, await llama_kwargs(lease, body))
+        except BaseException:
+            lease.release()
+            raise
     generation = await Generation.start(lease, body, request_record(request.scope))
     if body.stream:
         return EventStream(generation)
     try:
-        return JSONResponse(await until_disconnected(request, generation.response()))
+        result = await until_disconnected(request, generation.response())
     finally:
         await generation.close()
+    if prompt is not None:
+        result["__verbose"] = _verbose(prompt, result)
+    return JSONResponse(result)
+
+
+def _verbose_asked(body: CompletionRequest | ChatCompletionRequest, server_verbose: bool) -> bool:
+    """Whether a whole chat reply gets ``__verbose``: the request's ``verbose``, else the server's flag."""
+    if not isinstance(body, ChatCompletionRequest) or body.stream:
+        return False
+    return body.verbose if body.verbose is not None else server_verbose
+
+
+def _verbose(prompt: str, result: dict[str, Any]) -> dict[str, Any]:
+    """llama-server's debug object of a finished chat: what the template rendered, and the counts."""
+    usage = result.get("usage") or {}
+    return {
+        "prompt": prompt,
+        "content": result["choices"][0]["message"].get("content") or "",
+        "tokens_evaluated": usage.get("prompt_tokens", 0),
+        "tokens_predicted": usage.get("completion_tokens", 0),
+        "timings": result.get("timings"),
+    }
