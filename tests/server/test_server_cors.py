@@ -93,6 +93,36 @@ def test_a_star_allows_every_origin(model_path: Path) -> None:
     assert loading.headers["access-control-allow-origin"] == "*"
 
 
+LOCAL = [
+    "http://localhost",
+    "http://localhost:8080",
+    "http://127.0.0.1:3000",
+    "http://[::1]",
+    "https://[::1]:3000",
+]
+NOT_LOCAL = [
+    "http://evil.example",
+    "http://notlocalhost",
+    "http://localhost.evil.example",
+    "http://127.0.0.2",
+]
+
+
+@pytest.mark.parametrize("origin", LOCAL + NOT_LOCAL)
+def test_the_localhost_keyword_allows_pages_of_this_machine_only(model_path: Path, origin: str) -> None:
+    app = create_app(ServerSettings(model=str(model_path), cors_origins="localhost, https://app.example"))
+    client = TestClient(app)  # outside ``with``: no model loads; CORS answers before any route
+    preflight = client.options("/completion", headers={"Origin": origin, **PREFLIGHT})
+    if origin in LOCAL:
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == origin  # reflected, never *
+    else:
+        assert_openai_error(preflight, 400, "cors_not_allowed")
+        assert "access-control-allow-origin" not in preflight.headers
+    listed = client.options("/completion", headers={"Origin": APP, **PREFLIGHT})
+    assert listed.headers["access-control-allow-origin"] == APP  # listed origins still work beside it
+
+
 @pytest.mark.parametrize("origins", ["app.example", "https://a.example,ftp://b.example"])
 def test_an_origin_without_a_scheme_is_refused_at_start(model_path: Path, origins: str) -> None:
     with pytest.raises(ValidationError, match="CORS origin"):

@@ -10,7 +10,12 @@ from fastapi import FastAPI
 
 from llamacpp_integrations import __version__
 from llamacpp_integrations.server.errors import install_handlers
-from llamacpp_integrations.server.middleware import BodyLimitMiddleware, CorsMiddleware, RequestLogMiddleware
+from llamacpp_integrations.server.middleware import (
+    LOCAL_ORIGINS,
+    BodyLimitMiddleware,
+    CorsMiddleware,
+    RequestLogMiddleware,
+)
 from llamacpp_integrations.server.routes import ROUTERS
 from llamacpp_integrations.server.settings import ServerSettings
 from llamacpp_integrations.server.state import ServerState
@@ -60,7 +65,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
     if origins:  # around every answer (errors, 413 and 401 included); preflights answered before auth
         app.add_middleware(
             CorsMiddleware,
-            allow_origins=origins,
+            allow_origins=[origin for origin in origins if origin != "localhost"],
+            allow_origin_regex=LOCAL_ORIGINS if "localhost" in origins else None,
             allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["*"],
             expose_headers=["Retry-After"],

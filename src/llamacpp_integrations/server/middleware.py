@@ -155,6 +155,10 @@ class BodyLimitMiddleware:
         await error.response()(scope, receive, send)
 
 
+LOCAL_ORIGINS = r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?"
+"""The origins ``--cors_origins localhost`` allows: pages served from this machine, on any port."""
+
+
 class CorsMiddleware(CORSMiddleware):
     """Starlette's CORS middleware, whose refused preflight has OpenAI's error shape (still 400)."""
 

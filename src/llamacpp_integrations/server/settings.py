@@ -271,7 +271,8 @@ class ServerSettings(BaseSettings, ModelOptions):
     cors_origins: str | None = Field(
         default=None,
         description="Comma-separated origins whose web pages may call the server (CORS), e.g. "
-        "https://app.example.com, or * for any (default: none, no CORS headers).",
+        "https://app.example.com; 'localhost' for any port of localhost, 127.0.0.1 or [::1] (as "
+        "llama-server's keyword); * for any (default: none, no CORS headers).",
     )
     verbose: bool = Field(default=False, description="Debug logging, llama.cpp's log included.")
     strict_model_name: bool = Field(
@@ -284,8 +285,8 @@ class ServerSettings(BaseSettings, ModelOptions):
     @classmethod
     def _check_cors_origins(cls, value: str | None) -> str | None:
         for origin in cls.origins_of(value):
-            if origin != "*" and not origin.startswith(("http://", "https://")):
-                raise ValueError(f"a CORS origin is * or scheme://host[:port], not {origin!r}")
+            if origin not in ("*", "localhost") and not origin.startswith(("http://", "https://")):
+                raise ValueError(f"a CORS origin is *, localhost or scheme://host[:port], not {origin!r}")
         return value
 
     @staticmethod
