@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
@@ -51,6 +52,8 @@ def test_metrics_count_requests_and_tokens(http: httpx.Client, model_name: str) 
     assert http.post("/v1/completions", json=body).status_code == 200
     response = http.get("/metrics")
     assert response.headers["content-type"].startswith("text/plain")
+    started = int(response.headers["Process-Start-Time-Unix"])  # llama-server's header
+    assert 0 <= time.time() - started < 24 * 3600
     after = metric_values(response.text)
     assert (
         total(after, "llamacpp_completion_tokens_total")

@@ -63,7 +63,8 @@ async def metrics(request: Request) -> PlainTextResponse:
     """Prometheus text: requests, tokens in and out, tokens/s, and per model its slots and queue."""
     state = server_state(request)
     text = state.metrics.render(state.registry.gauges())
-    return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+    started = {"Process-Start-Time-Unix": str(int(_STARTED))}  # llama-server's header: rates need it
+    return PlainTextResponse(text, media_type="text/plain; version=0.0.4", headers=started)
 
 
 def _model_card(entry: ModelEntry) -> dict[str, Any]:
