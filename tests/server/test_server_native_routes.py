@@ -213,6 +213,14 @@ def test_a_prompt_over_the_context_is_400_context_length_exceeded(http: httpx.Cl
     assert_openai_error(response, 400, "context_length_exceeded")
 
 
+def test_generation_settings_list_the_logit_biases_ignore_eos_included(http: httpx.Client) -> None:
+    ended = _complete(http, prompt="Hi", n_predict=1, **NO_END)["generation_settings"]["logit_bias"]
+    assert ended and all(entry["bias"] is None for entry in ended)  # the end tokens' bans: -inf is null
+    assert _complete(http, prompt="Hi", n_predict=1)["generation_settings"]["logit_bias"] == []
+    nudged = _complete(http, prompt="Hi", n_predict=1, logit_bias=[[42, 1.5]])["generation_settings"]
+    assert nudged["logit_bias"] == [{"bias": 1.5, "token": 42}]
+
+
 def test_logit_bias_false_bans_a_token(http: httpx.Client) -> None:
     body = {"prompt": "The capital of France is", "n_predict": 1, "return_tokens": True, **GREEDY}
     banned = _complete(http, **body)["tokens"][0]

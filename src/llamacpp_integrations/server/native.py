@@ -257,6 +257,10 @@ def generation_settings(
         "n_probs": body.n_probs if body is not None else 0,
         "grammar": sampling.grammar.text if sampling.grammar is not None else "",
         "samplers": SAMPLERS,
+        "logit_bias": [  # llama-server's list; a ban (-inf, ignore_eos's end tokens included) is null
+            {"bias": bias if math.isfinite(bias) else None, "token": token}
+            for token, bias in sampling.logit_bias.items()
+        ],
     }
 
 
