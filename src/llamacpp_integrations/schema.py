@@ -67,10 +67,28 @@ def _is_typed_dict(obj: Any) -> bool:
 
 def check_schema(schema: Mapping[str, Any]) -> None:
     """Raise ``GrammarError`` if ``schema`` is not a valid JSON schema."""
+    validator_class(schema)
+
+
+def validator_class(schema: Mapping[str, Any]) -> type[Any]:
+    """The jsonschema validator of ``schema`` (``GrammarError`` if it is not a valid schema).
+
+    Its ``$schema``'s, else the newest draft's; a schema without ``$schema`` that only draft 7
+    allows (a list of ``items``, a tuple) is read as draft 7, as llama.cpp's converter reads it.
+    """
+    newest = jsonschema.validators.validator_for(schema)
     try:
-        jsonschema.validators.validator_for(schema).check_schema(schema)
+        newest.check_schema(schema)
     except jsonschema.SchemaError as error:
+        if "$schema" not in schema:
+            try:
+                jsonschema.Draft7Validator.check_schema(schema)
+            except jsonschema.SchemaError:
+                pass
+            else:
+                return jsonschema.Draft7Validator
         raise GrammarError(f"invalid JSON schema: {error.message} (at {list(error.absolute_path)})") from None
+    return newest
 
 
 def schema_to_grammar(schema: Any, *, strict: bool = False, max_depth: int | None = None) -> str:
@@ -127,8 +145,8 @@ def parse_and_validate(
         raise SchemaValidationError(
             f"output is not JSON ({error.msg} at {error.pos}): {text[:200]!r}"
         ) from None
-    validator_class = jsonschema.validators.validator_for(json_schema)
-    validator = validator_class(json_schema, format_checker=validator_class.FORMAT_CHECKER)
+    kind = validator_class(json_schema)
+    validator = kind(json_schema, format_checker=kind.FORMAT_CHECKER)
     failure = jsonschema.exceptions.best_match(validator.iter_errors(value))
     if failure is not None:
         where = "/".join(str(p) for p in failure.absolute_path) or "(root)"

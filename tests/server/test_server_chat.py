@@ -288,6 +288,26 @@ def test_a_top_level_json_schema_constrains_the_reply(http: httpx.Client, model_
     assert json.loads(response.json()["choices"][0]["message"]["content"]) == "teal"
 
 
+def _json_schema(given: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "json_schema", "json_schema": given}
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_a_draft7_tuple_schema_without_dollar_schema_is_accepted(
+    http: httpx.Client, model_name: str, strict: bool
+) -> None:
+    schema = {"type": "array", "items": [{"type": "integer"}], "minItems": 1, "maxItems": 1}
+    given = {"name": "one", "schema": schema, "strict": strict}
+    body = {"model": model_name, "messages": HELLO, "max_tokens": 40}
+    response = http.post("/v1/chat/completions", json={**body, "response_format": _json_schema(given)})
+    assert response.status_code == 200, response.text
+    value = json.loads(response.json()["choices"][0]["message"]["content"])  # 40 tokens hold any integer
+    assert isinstance(value, list) and len(value) == 1 and isinstance(value[0], int)
+    newest = {**schema, "$schema": "https://json-schema.org/draft/2020-12/schema"}  # items: one schema
+    refused = {**body, "response_format": _json_schema({"name": "one", "schema": newest})}
+    assert_openai_error(http.post("/v1/chat/completions", json=refused), 400)
+
+
 @pytest.mark.parametrize("path", ["/v1/chat/completions/input_tokens", "/chat/completions/input_tokens"])
 def test_input_tokens_counts_the_prompt_a_chat_would_use(
     client: openai.OpenAI, http: httpx.Client, model_name: str, path: str
