@@ -14,6 +14,7 @@ import uvicorn
 from llamacpp_integrations.server.app import create_app
 from llamacpp_integrations.server.generation import SHUTDOWN_GRACE_S
 from llamacpp_integrations.server.settings import ServerSettings, parse_settings
+from llamacpp_integrations.server.vertex import VertexRoutes
 from llamacpp_native.errors import ModelNotFoundError
 
 logger = logging.getLogger("llamacpp_integrations.server")
@@ -54,10 +55,15 @@ def serve(settings: ServerSettings) -> None:
     if warning is not None:
         logger.warning(warning)
     app = create_app(settings)
+    port = settings.port
+    vertex = VertexRoutes.from_environment()
+    if vertex is not None and vertex.port is not None and vertex.port != port:
+        logger.warning("Vertex AI: listening on AIP_HTTP_PORT %d, not %d", vertex.port, port)
+        port = vertex.port
     config = uvicorn.Config(
         app,
         host=settings.host,
-        port=settings.port,
+        port=port,
         log_config=None,  # our logging configuration; one access line per request comes from the app
         access_log=False,
         timeout_graceful_shutdown=int(SHUTDOWN_GRACE_S) + 5,

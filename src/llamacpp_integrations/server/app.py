@@ -19,6 +19,7 @@ from llamacpp_integrations.server.middleware import (
 from llamacpp_integrations.server.routes import ROUTERS
 from llamacpp_integrations.server.settings import ServerSettings
 from llamacpp_integrations.server.state import ServerState
+from llamacpp_integrations.server.vertex import VertexRoutes, add_vertex_routes
 
 DESCRIPTION = """An OpenAI-compatible server for local GGUF models (llama.cpp).
 
@@ -74,4 +75,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.add_middleware(RequestLogMiddleware, metrics=state.metrics)  # outermost: sees every answer
     for router in ROUTERS:
         app.include_router(router)
+    vertex = VertexRoutes.from_environment()
+    if vertex is not None:  # AIP_MODE=PREDICTION: a Vertex AI prediction container
+        add_vertex_routes(app, vertex, [route for router in ROUTERS for route in router.routes])
     return app
