@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from llamacpp_integrations.server.auth import require_api_key
+from llamacpp_integrations.server.chat_events import render_prompt
 from llamacpp_integrations.server.errors import ERROR_RESPONSES, APIError
 from llamacpp_integrations.server.generation import EventStream, llama_kwargs, until_disconnected
 from llamacpp_integrations.server.infill import InfillRequest
@@ -37,15 +38,6 @@ _ANSWERS = {
         "content": {"application/json": {}, "text/event-stream": {}},
     },
 }
-
-_RENDER_OPTIONS = (
-    "tools",
-    "tool_choice",
-    "response_format",
-    "parallel_tool_calls",
-    "reasoning_format",
-    "chat_template_kwargs",
-)
 
 
 @router.post("/completion", responses=_ANSWERS)
@@ -107,8 +99,7 @@ async def apply_template(body: ApplyTemplateRequest, request: Request) -> dict[s
         kwargs = await llama_kwargs(lease, body)
         llama = lease.llama
         if body.add_generation_prompt:
-            options = {name: kwargs[name] for name in _RENDER_OPTIONS if name in kwargs}
-            rendered = await asyncio.to_thread(llama.render_chat, kwargs["messages"], **options)
+            prompt = await asyncio.to_thread(render_prompt, llama, kwargs)
         else:
             rendered = await asyncio.to_thread(
                 llama.chat_templates.render,
@@ -118,9 +109,10 @@ async def apply_template(body: ApplyTemplateRequest, request: Request) -> dict[s
                 reasoning_format=kwargs.get("reasoning_format") or llama.reasoning_format,
                 chat_template_kwargs=kwargs.get("chat_template_kwargs"),
             )
+            prompt = rendered.prompt
     finally:
         lease.release()
-    return {"prompt": rendered.prompt}
+    return {"prompt": prompt}
 
 
 @router.get("/props", responses=ERROR_RESPONSES)
