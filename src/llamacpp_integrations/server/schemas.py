@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -123,8 +123,8 @@ class CompletionRequest(GenerationBody):
         if not prompt or any(isinstance(item, list) and not item for item in prompt):
             raise ValueError("prompt must hold at least one token, text or prompt")
         if all(isinstance(item, int) for item in prompt):
-            return [int(item) for item in prompt]
-        return [item if isinstance(item, str) else [int(t) for t in item] for item in prompt]
+            return [int(cast(int, item)) for item in prompt]
+        return [item if isinstance(item, str) else [int(t) for t in cast(list[int], item)] for item in prompt]
 
     @property
     def choices(self) -> int:
@@ -406,8 +406,10 @@ class EmbeddingRequest(_Body):
         if isinstance(given, str):
             return [given]
         if given and all(isinstance(item, int) for item in given):
-            return [[int(item) for item in given]]
-        inputs = [item if isinstance(item, str) else [int(t) for t in item] for item in given]
+            return [[int(cast(int, item)) for item in given]]
+        inputs: list[str | list[int]] = [
+            item if isinstance(item, str) else [int(t) for t in cast(list[int], item)] for item in given
+        ]
         if not inputs or any(isinstance(item, list) and not item for item in inputs):
             raise ValueError("input must hold at least one text or token id, and no empty token list")
         return inputs
