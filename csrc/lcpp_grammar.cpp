@@ -716,7 +716,7 @@ void top_candidates(const std::vector<llama_token_data> & base, size_t count, st
 }  // namespace
 
 llama_token lcpp_grammar_sample(struct llama_sampler * chain, struct llama_sampler * grammar_smpl,
-                                struct llama_context * ctx, int32_t idx) {
+                                struct llama_context * ctx, int32_t idx, int32_t top) {
     grammar_sampler * g = as_grammar(grammar_smpl);
     if (g == nullptr) {
         throw std::logic_error("not an lcpp grammar sampler");
@@ -727,11 +727,7 @@ llama_token lcpp_grammar_sample(struct llama_sampler * chain, struct llama_sampl
     }
     const int32_t n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(llama_get_model(ctx)));
     thread_local sample_scratch s;
-    s.all.resize(static_cast<size_t>(n_vocab));
-    for (int32_t i = 0; i < n_vocab; ++i) {
-        s.all[static_cast<size_t>(i)] = llama_token_data{i, logits[i], 0.0f};
-    }
-    llama_token_data_array all{s.all.data(), s.all.size(), -1, false};
+    llama_token_data_array all = lcpp_candidates(logits, n_vocab, top, s.all);  // the chain's unconstrained try
     llama_sampler_apply(chain, &all);
     if (all.selected < 0 || all.size == 0) {
         throw std::runtime_error("the sampler chain selected no token");

@@ -57,11 +57,20 @@ int32_t lcpp_grammar_admitted(struct llama_sampler * smpl, bool reference, llama
 #ifdef __cplusplus
 }
 
+#include <vector>
+
 /* C++ only (lcpp_shim.cpp): whether `smpl` was made by lcpp_grammar_init, and
- * sampling with it (throws on failure). */
+ * sampling with it (throws on failure); the chain's first, unconstrained try
+ * sees the `top` highest logits only (0: all), as in lcpp_sample. */
 bool lcpp_is_grammar_sampler(const struct llama_sampler * smpl);
 llama_token lcpp_grammar_sample(struct llama_sampler * chain, struct llama_sampler * grammar,
-                                struct llama_context * ctx, int32_t idx);
+                                struct llama_context * ctx, int32_t idx, int32_t top);
+
+/* C++ only (lcpp_shim.cpp): the candidates a chain samples from, in id order: the
+ * whole vocabulary, or with `top` > 0 only the `top` highest logits (ties to the
+ * lower id), stored in `out`. */
+llama_token_data_array lcpp_candidates(const float * logits, int32_t n_vocab, int32_t top,
+                                       std::vector<llama_token_data> & out);
 #endif
 
 #endif /* LCPP_GRAMMAR_H */

@@ -296,14 +296,12 @@ int32_t lcpp_decode_sequence(struct llama_context * ctx, struct llama_batch * ba
     return 0;
 }
 
-namespace {
-
 // The candidates a chain samples from: the whole vocabulary in id order, or, when `top` > 0, only
 // the `top` highest logits (ties to the lower id), in id order.  The caller sets `top` only where
 // the chain's choice cannot depend on any other token (see SamplerChain.prefilter): one pass that
 // skips each block of 64 logits none of which beats the current `top`-th best.
-llama_token_data_array lcpp_candidates(const float * logits, int32_t n_vocab, int32_t top,
-                                       std::vector<llama_token_data> & out) {
+extern "C++" llama_token_data_array lcpp_candidates(const float * logits, int32_t n_vocab, int32_t top,
+                                                    std::vector<llama_token_data> & out) {
     if (top <= 0 || static_cast<int64_t>(top) * 8 >= n_vocab) {
         out.resize(static_cast<size_t>(n_vocab));
         for (int32_t i = 0; i < n_vocab; ++i) {
@@ -349,14 +347,12 @@ llama_token_data_array lcpp_candidates(const float * logits, int32_t n_vocab, in
     return llama_token_data_array{out.data(), out.size(), -1, false};
 }
 
-}  // namespace
-
 llama_token lcpp_sample(struct llama_sampler * chain, struct llama_sampler * grammar, struct llama_context * ctx,
                         int32_t idx, int32_t top, char ** error) {
     *error = nullptr;
     try {
         if (grammar != nullptr && lcpp_is_grammar_sampler(grammar)) {
-            return lcpp_grammar_sample(chain, grammar, ctx, idx);
+            return lcpp_grammar_sample(chain, grammar, ctx, idx, top);
         }
         const float * logits = llama_get_logits_ith(ctx, idx);
         if (logits == nullptr) {

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from llamacpp_native import Context, Llama, SamplerChain, SamplingParams, Vocab, ffi, lib
+from llamacpp_native import Context, GrammarSpec, Llama, SamplerChain, SamplingParams, Vocab, ffi, lib
 from llamacpp_native.binding.sampling import ReasoningBudget, prefilter
 
 
@@ -53,6 +53,8 @@ def test_the_prefilter_covers_every_token_a_stage_may_move() -> None:
         {"temperature": 0.0, "repeat_penalty": 1.5, "penalty_last_n": 16},
         {"temperature": 1.0, "top_k": 20, "frequency_penalty": 0.5, "presence_penalty": 0.5, "seed": 5},
         {"temperature": 1.0, "top_k": 8, "seed": 11, "lowered": 6},  # pushes the six likeliest out
+        {"temperature": 0.0, "grammar": 1},  # the grammar rejects most first choices here
+        {"temperature": 1.0, "top_k": 40, "seed": 13, "grammar": 1},
     ],
 )
 def test_the_highest_logits_give_the_tokens_the_whole_vocabulary_gives(
@@ -60,6 +62,8 @@ def test_the_highest_logits_give_the_tokens_the_whole_vocabulary_gives(
 ) -> None:
     options = dict(settings)
     lowered = int(options.pop("lowered", 0))
+    if options.pop("grammar", 0):
+        options["grammar"] = GrammarSpec('root ::= ("yes" | "no" | " maybe" | [0-9])+')  # type: ignore[assignment]
     if lowered:
         options["logit_bias"] = {token: -8.0 for token in likeliest(context, vocab, lowered)}  # type: ignore[assignment]
     params = SamplingParams(**options)  # type: ignore[arg-type]
@@ -68,5 +72,5 @@ def test_the_highest_logits_give_the_tokens_the_whole_vocabulary_gives(
         assert fast.prefilter > 0
         picked = [fast.sample(context) for _ in range(300)]
         assert picked == [whole.sample(context) for _ in range(300)]
-    if params.temperature > 0:
+    if params.temperature > 0 and params.grammar is None:
         assert len(set(picked)) > 1  # a real sample, not one forced token
