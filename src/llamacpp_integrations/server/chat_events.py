@@ -22,6 +22,7 @@ from llamacpp_integrations.server.generation import EventStream, Streamable, lla
 from llamacpp_integrations.server.middleware import RequestRecord
 from llamacpp_integrations.server.models import Lease
 from llamacpp_integrations.server.schemas import ChatCompletionRequest
+from llamacpp_integrations.server.state import server_state
 from llamacpp_native import Llama
 from llamacpp_native.events import Event, Usage
 
@@ -113,6 +114,16 @@ def count_prompt_tokens(llama: Llama, kwargs: Mapping[str, Any]) -> int:
     options = {name: kwargs[name] for name in RENDER_OPTIONS if name in kwargs}
     rendered = llama.render_chat(kwargs["messages"], **options)
     return len(llama.chat_request(rendered).prompt_tokens)
+
+
+async def input_tokens(request: Request, body: ChatCompletionRequest) -> dict[str, int]:
+    """``{"input_tokens": n}``: the prompt tokens ``body`` would use on its model."""
+    lease = await server_state(request).registry.acquire(body.model)
+    try:
+        kwargs = await llama_kwargs(lease, body)
+        return {"input_tokens": await asyncio.to_thread(count_prompt_tokens, lease.llama, kwargs)}
+    finally:
+        lease.release()
 
 
 class Run(Streamable, Protocol):

@@ -133,43 +133,50 @@ class Metrics:
         ):
             samples = [({"model": g.model}, float(getattr(g, attribute))) for g in gauges]
             metric(name, "gauge", help_text, samples)
-        for name, label, help_text, attribute in (
-            ("llamacpp_requests_waiting", "model", "Requests waiting for a slot.", "waiting"),
+        gauge, counter = "gauge", "counter"
+        for name, label, kind, help_text, attribute in (
+            ("llamacpp_requests_waiting", "model", gauge, "Requests waiting for a slot.", "waiting"),
             (
                 "llamacpp_kv_cache_usage_ratio",
                 "model",
+                gauge,
                 "Fraction of the KV cache held by running requests.",
                 "kv_cache_usage",
             ),
-            ("llamacpp:requests_processing", "model", "Requests running in a slot.", "busy_slots"),
-            ("llamacpp:requests_deferred", "model", "Requests waiting for a slot.", "waiting"),
-            ("vllm:num_requests_running", "model_name", "Requests running in a slot.", "busy_slots"),
-            ("vllm:num_requests_waiting", "model_name", "Requests waiting for a slot.", "waiting"),
+            ("llamacpp:requests_processing", "model", gauge, "Requests running in a slot.", "busy_slots"),
+            ("llamacpp:requests_deferred", "model", gauge, "Requests waiting for a slot.", "waiting"),
+            ("vllm:num_requests_running", "model_name", gauge, "Requests running in a slot.", "busy_slots"),
+            ("vllm:num_requests_waiting", "model_name", gauge, "Requests waiting for a slot.", "waiting"),
             (
                 "vllm:kv_cache_usage_perc",
                 "model_name",
+                gauge,
                 "Fraction (0..1) of the KV cache held by running requests.",
                 "kv_cache_usage",
             ),
-        ):
-            samples = [({label: g.model}, float(getattr(g, attribute))) for g in gauges]
-            metric(name, "gauge", help_text, samples)
-        for name, kind, help_text, attribute in (
-            ("vllm:spec_decode_num_draft_tokens", "counter", "Speculative guesses verified.", "draft_tokens"),
+            (
+                "vllm:spec_decode_num_draft_tokens",
+                "model_name",
+                counter,
+                "Speculative guesses verified.",
+                "draft_tokens",
+            ),
             (
                 "vllm:spec_decode_num_accepted_tokens",
-                "counter",
+                "model_name",
+                counter,
                 "Speculative guesses kept.",
                 "draft_tokens_accepted",
             ),
             (
                 "llamacpp:draft_acceptance_ratio",
-                "gauge",
+                "model_name",
+                gauge,
                 "Fraction (0..1) of speculative guesses kept.",
                 "draft_acceptance",
             ),
         ):
-            samples = [({"model_name": g.model}, float(getattr(g, attribute))) for g in gauges]
+            samples = [({label: g.model}, float(getattr(g, attribute))) for g in gauges]
             metric(name, kind, help_text, samples)
         now = float(int(time.time()))
         lora = [

@@ -98,7 +98,7 @@ class Engine(DecodeLoop):
                 drafter.close()
             raise
         super().__init__(model, context, drafter)
-        self._drafter = drafter
+        self._drafter = drafter  # freed at close even if the loop stopped drafting (self.drafter None)
         self._closed = False
         self._close_lock = threading.Lock()
         self.context.before_close = self._shut_down

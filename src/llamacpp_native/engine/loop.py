@@ -277,20 +277,22 @@ class DecodeLoop:
         add = lib.lcpp_batch_add
         if self.drafter is not None and chosen:
             self.drafter.draft(chosen, budget - len(chosen))
+        added = 0  # tokens in the batch so far: each job's next token, then its guesses
         for job in chosen:
             slot = job.slot
             assert slot is not None and job.pending is not None
-            job.output = batch.n_tokens
-            job.decodes_pending = True
+            job.output, job.decodes_pending = added, True
             pos = len(slot.tokens) - job.shift
             add(batch, job.pending, pos, slot.seq_id, True)
+            added += 1
             if job.draft:
                 for k, token in enumerate(job.draft, 1):
                     add(batch, token, pos + k, slot.seq_id, True)
                 job.in_batch = (job.pending, *job.draft)
+                added += len(job.draft)
             else:
                 job.in_batch = (job.pending,)
-        budget -= batch.n_tokens
+        budget -= added
         if prefilling:
             self._fill_prompts(jobs, budget, chosen)
         return chosen

@@ -115,7 +115,6 @@ class Drafter:
     """What the decode loop asks each step: drafts for the generating jobs, within a token budget."""
 
     n_max: int
-    n_outputs: int = 1  # logits each drafted sequence needs per step, beyond its next token's
 
     def draft(self, jobs: Sequence[Job], room: int) -> None:
         """Set ``job.draft`` for each of ``jobs``, in all at most ``room`` tokens."""

@@ -6,7 +6,6 @@ has Anthropic's shape; the key may come as ``x-api-key`` as well as ``Authorizat
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -23,9 +22,8 @@ from llamacpp_integrations.server.anthropic_messages import (
     error_body,
 )
 from llamacpp_integrations.server.auth import require_api_key
-from llamacpp_integrations.server.chat_events import ChatEvents, answer, count_prompt_tokens
+from llamacpp_integrations.server.chat_events import ChatEvents, answer, input_tokens
 from llamacpp_integrations.server.errors import api_error
-from llamacpp_integrations.server.generation import llama_kwargs
 from llamacpp_integrations.server.middleware import request_record
 from llamacpp_integrations.server.state import server_state
 
@@ -85,10 +83,4 @@ async def create_message(body: MessagesRequest, request: Request) -> Response:
 @router.post("/v1/messages/count_tokens", responses=_ERRORS)
 async def count_tokens(body: CountTokensRequest, request: Request) -> dict[str, int]:
     """``{"input_tokens": n}``: the prompt tokens a message request with these fields would use."""
-    chat = body.chat_request()
-    lease = await server_state(request).registry.acquire(chat.model)
-    try:
-        kwargs = await llama_kwargs(lease, chat)
-        return {"input_tokens": await asyncio.to_thread(count_prompt_tokens, lease.llama, kwargs)}
-    finally:
-        lease.release()
+    return await input_tokens(request, body.chat_request())

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from llamacpp_integrations.server.auth import require_api_key
-from llamacpp_integrations.server.chat_events import count_prompt_tokens, render_prompt
+from llamacpp_integrations.server.chat_events import input_tokens, render_prompt
 from llamacpp_integrations.server.errors import ERROR_RESPONSES, APIError
 from llamacpp_integrations.server.generation import EventStream, Generation, llama_kwargs, until_disconnected
 from llamacpp_integrations.server.middleware import request_record
@@ -50,12 +50,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
 async def count_chat_tokens(body: ChatCompletionRequest, request: Request) -> dict[str, int]:
     """``{"input_tokens": n}``: the prompt tokens this chat would use (its ``usage.prompt_tokens``)."""
     _check_turns(body)
-    lease = await server_state(request).registry.acquire(body.model)
-    try:
-        kwargs = await llama_kwargs(lease, body)
-        return {"input_tokens": await asyncio.to_thread(count_prompt_tokens, lease.llama, kwargs)}
-    finally:
-        lease.release()
+    return await input_tokens(request, body)
 
 
 def _check_turns(body: ChatCompletionRequest) -> None:
