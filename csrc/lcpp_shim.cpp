@@ -20,6 +20,7 @@
 
 struct lcpp_chat_templates {
     common_chat_templates_ptr ptr;
+    std::string builtin;  // a llama.cpp built-in template's name, rendered by llama_chat_apply_template
 };
 
 namespace {
@@ -170,12 +171,31 @@ int lcpp_chat_templates_init(const struct llama_model * model, const char * temp
     *out = nullptr;
     *err = nullptr;
     try {
-        auto tmpls = common_chat_templates_init(model, template_override ? template_override : "");
+        const std::string override_text = template_override ? template_override : "";
+        std::string builtin;
+        if (!override_text.empty() && override_text != "chatml" && override_text.find("{{") == std::string::npos &&
+            override_text.find("{%") == std::string::npos) {
+            std::vector<const char *> names(llama_chat_builtin_templates(nullptr, 0));
+            llama_chat_builtin_templates(names.data(), names.size());
+            std::string known;
+            for (const char * name : names) {
+                if (override_text == name) {
+                    builtin = name;
+                }
+                known += (known.empty() ? "" : ", ") + std::string(name);
+            }
+            if (builtin.empty()) {
+                *err = copy_string("'" + override_text +
+                                   "' is neither a Jinja chat template nor a built-in template name (" + known + ")");
+                return 1;
+            }
+        }
+        auto tmpls = common_chat_templates_init(model, override_text);
         if (!tmpls) {
             *err = copy_string("no chat template could be loaded");
             return 1;
         }
-        *out = new lcpp_chat_templates{std::move(tmpls)};
+        *out = new lcpp_chat_templates{std::move(tmpls), builtin};
         return 0;
     } catch (const std::exception & e) {
         *err = copy_string(e.what());
@@ -191,7 +211,7 @@ int lcpp_chat_apply(const lcpp_chat_templates * tmpls, const char * request_json
     return guarded(out, [&] {
         const common_json request = common_json::parse(request_json);
         common_chat_templates_inputs inputs;
-        inputs.use_jinja = true;
+        inputs.use_jinja = tmpls->builtin.empty();
         inputs.messages = common_chat_msgs_parse_oaicompat(request.at("messages"));
         if (request.contains("tools") && !request.at("tools").is_null()) {
             inputs.tools = common_chat_tools_parse_oaicompat(request.at("tools"));
@@ -201,6 +221,9 @@ int lcpp_chat_apply(const lcpp_chat_templates * tmpls, const char * request_json
         }
         inputs.parallel_tool_calls = request.value("parallel_tool_calls", false);
         inputs.add_generation_prompt = request.value("add_generation_prompt", true);
+        if (request.contains("continue_final_message")) {
+            inputs.continue_final_message = common_chat_continuation_parse(request.at("continue_final_message"));
+        }
         if (request.contains("json_schema") && !request.at("json_schema").is_null()) {
             inputs.json_schema = request.at("json_schema").dump();
         }
@@ -213,6 +236,10 @@ int lcpp_chat_apply(const lcpp_chat_templates * tmpls, const char * request_json
             }
         }
 
+        if (!inputs.use_jinja && (!inputs.tools.empty() || inputs.continue_final_message != COMMON_CHAT_CONTINUATION_NONE)) {
+            throw std::invalid_argument("the built-in chat template '" + tmpls->builtin +
+                                        "' cannot show tools or continue a turn: use a Jinja template");
+        }
         const common_chat_params params = common_chat_templates_apply(tmpls->ptr.get(), inputs);
         common_json result = common_json::object();
         result["prompt"] = params.prompt;

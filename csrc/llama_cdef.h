@@ -148,6 +148,7 @@ uint64_t llama_model_size(const struct llama_model * model);
 uint64_t llama_model_n_params(const struct llama_model * model);
 int32_t llama_model_desc(const struct llama_model * model, char * buf, size_t buf_size);
 const char * llama_model_chat_template(const struct llama_model * model, const char * name);
+int32_t llama_chat_builtin_templates(const char ** output, size_t len);
 bool llama_model_has_encoder(const struct llama_model * model);
 uint32_t llama_model_n_cls_out(const struct llama_model * model);
 int32_t llama_model_meta_count(const struct llama_model * model);

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 
 # llama-server flag -> our flag, for flags that take one value with the same meaning.
 VALUED = {
@@ -51,6 +50,7 @@ VALUED = {
     "-ctv": "--type_v",
     "--cache-type-v": "--type_v",
     "--chat-template-file": "--chat_template_file",
+    "--chat-template": "--chat_template",
     "--media-path": "--media_path",
     "--cors-origins": "--cors_origins",
     "--mmproj": "--mmproj",
@@ -151,16 +151,6 @@ def _note(message: str) -> None:
     print(f"fake_llama_server: {message}", file=sys.stderr, flush=True)
 
 
-def _chat_template(value: str) -> list[str]:
-    """``--chat-template``: a Jinja text becomes a template file; a built-in name is refused."""
-    if "{%" in value or "{{" in value:
-        handle, path = tempfile.mkstemp(prefix="chat-template-", suffix=".jinja")
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(value)
-        return ["--chat_template_file", path]
-    raise Refused(f"--chat-template {value!r}: llama.cpp's built-in templates by name")
-
-
 def _flash_attn(value: str) -> list[str]:
     lowered = value.lower()
     if lowered in ("on", "1", "true", "enabled"):
@@ -197,8 +187,6 @@ def translate(argv: list[str]) -> list[str]:
             ours += ["--pooling", "rank"]  # what llama-server's --reranking sets
         elif flag in ("-fa", "--flash-attn"):
             ours += _flash_attn(take())
-        elif flag == "--chat-template":
-            ours += _chat_template(take())
         elif flag == "--reasoning-format":
             given = take()
             if given not in REASONING_FORMATS:

@@ -123,3 +123,13 @@ def test_a_missing_model_file_is_refused_at_once(tmp_path: Path) -> None:
 def test_binding_beyond_loopback_without_a_key_warns(host: str, api_key: str | None, warns: bool) -> None:
     settings = ServerSettings(model="m.gguf", host=host, api_key=api_key)
     assert (security_warning(settings) is not None) == warns
+
+
+def test_a_built_in_template_is_named_or_refused(
+    model_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (model,) = parse_settings(["--model", str(model_path), "--chat_template", "command-r"]).model_list()
+    assert model.llama_kwargs(False)["chat_template"] == "command-r"
+    with pytest.raises(SystemExit):
+        parse_settings(["--model", str(model_path), "--chat_template", "llama-3"])
+    assert "not Jinja text nor a built-in template" in capsys.readouterr().err

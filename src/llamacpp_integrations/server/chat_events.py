@@ -33,6 +33,8 @@ RENDER_OPTIONS = (
     "parallel_tool_calls",
     "reasoning_format",
     "chat_template_kwargs",
+    "continue_final_message",
+    "add_generation_prompt",
 )
 """The keyword arguments of ``Llama.render_chat`` among those of a chat."""
 

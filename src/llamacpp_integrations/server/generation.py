@@ -26,6 +26,7 @@ from llamacpp_integrations.server.models import Lease
 from llamacpp_integrations.server.schemas import ChatCompletionRequest, CompletionRequest
 from llamacpp_integrations.server.timings import Timings
 from llamacpp_native.api import choices, openai_shapes
+from llamacpp_native.chat.continuation import opening_of, plan_continuation
 
 T = TypeVar("T")
 
@@ -42,11 +43,27 @@ def _check_strict_schemas(body: ChatCompletionRequest) -> None:
             check_strict(tool.function.parameters or {}, f"tool {tool.function.name!r}")
 
 
+def continued_opening(body: ChatCompletionRequest) -> str | None:
+    """The text of the assistant turn ``body`` continues, or None when it opens a new one.
+
+    What cannot be continued is a 400 naming the field (see ``plan_continuation``)."""
+    last = [{"role": m.role, "tool_calls": m.tool_calls} for m in body.messages[-2:]]
+    try:
+        continuation, _ = plan_continuation(last, body.continue_final_message, body.add_generation_prompt)
+    except ValueError as error:
+        raise APIError(
+            400, str(error), param="add_generation_prompt" if body.add_generation_prompt else "messages"
+        ) from None
+    return opening_of(body.messages[-1].as_llama(), continuation).content if continuation else None
+
+
 async def llama_kwargs(lease: Lease, body: CompletionRequest | ChatCompletionRequest) -> dict[str, Any]:
-    """The keyword arguments of ``Llama`` for ``body``: strict schemas checked, ``ignore_eos`` applied,
-    and the model's default template variables (``--reasoning``) under the request's own."""
+    """The keyword arguments of ``Llama`` for ``body``: strict schemas and continuation checked,
+    ``ignore_eos`` applied, and the model's default template variables (``--reasoning``) under
+    the request's own."""
     if isinstance(body, ChatCompletionRequest):
         _check_strict_schemas(body)
+        continued_opening(body)
     end_tokens = await lease.entry.end_tokens() if body.ignore_eos else []
     kwargs = body.llama_kwargs(end_tokens)
     defaults = lease.entry.settings.template_defaults()
@@ -82,8 +99,11 @@ class Generation:
         self._include_usage = body.include_usage
         self._with_logprobs = isinstance(body, CompletionRequest) and body.logprobs is not None
         self._check: Callable[[str], Any] | None = None
+        self._opening = ""
+        """The continued assistant turn's text, which a strict schema checks the reply after."""
         if isinstance(body, ChatCompletionRequest) and body.response_format and body.response_format.strict:
             self._check = partial(parse_and_validate, schema=body.output_schema())
+            self._opening = continued_opening(body) or ""
         self._text: dict[int, list[str]] = {}  # per choice
         self._finished = self._failed = self._closed = False
 
@@ -126,7 +146,8 @@ class Generation:
             text = self._text.setdefault(choice["index"], [])
             text.append(choice["delta"].get("content") or "")
             if choice["finish_reason"] == "stop":
-                self._check("".join(text))  # SchemaValidationError: the reply broke a strict schema
+                # SchemaValidationError: the reply broke a strict schema
+                self._check(self._opening + "".join(text))
         return chunk
 
     async def response(self) -> dict[str, Any]:

@@ -345,6 +345,15 @@ class ChatCompletionRequest(GenerationBody):
         description="llama-server's shorthand: a JSON schema the reply follows, as response_format "
         "json_schema would set it (response_format wins when both are given).",
     )
+    continue_final_message: bool | Literal["content", "reasoning_content"] | None = Field(
+        default=None,
+        description="Continue the last assistant message instead of starting a new turn; the reply "
+        "holds only what is added (default: continue when the last message is the assistant's).",
+    )
+    add_generation_prompt: bool | None = Field(
+        default=None,
+        description="Open a new assistant turn at the end of the prompt (default: unless continuing).",
+    )
 
     @model_validator(mode="after")
     def _logprobs_for_top_logprobs(self) -> ChatCompletionRequest:
@@ -371,6 +380,8 @@ class ChatCompletionRequest(GenerationBody):
             "parallel_tool_calls": self.parallel_tool_calls,
             "reasoning_format": self.reasoning_format,
             "chat_template_kwargs": self.chat_template_kwargs,
+            "continue_final_message": self.continue_final_message,
+            "add_generation_prompt": self.add_generation_prompt,
             "reasoning_budget": self.reasoning_budget,
             **self.common_kwargs(end_tokens),
         }
@@ -384,11 +395,8 @@ class ChatCompletionRequest(GenerationBody):
 
 
 class ApplyTemplateRequest(ChatCompletionRequest):
-    """``POST /apply-template``: a chat body, and whether the assistant's turn is opened."""
-
-    add_generation_prompt: bool = Field(
-        default=True, description="End the prompt with the opening of the assistant's turn."
-    )
+    """``POST /apply-template``: a chat body (``add_generation_prompt`` and
+    ``continue_final_message`` say how the prompt ends)."""
 
 
 class EmbeddingRequest(_Body):

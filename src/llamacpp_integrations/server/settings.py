@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from llamacpp_native import DraftModel, PromptLookupDecoding
 from llamacpp_native.binding.rpc import parse_endpoint
 from llamacpp_native.chat.media import MediaPolicy
+from llamacpp_native.chat.templates import builtin_template_names
 from llamacpp_native.errors import RpcServerError
 
 ENV_PREFIX = "LLAMACPP_"
@@ -66,6 +67,11 @@ class ModelOptions(BaseModel):
     )
     chat_template_file: str | None = Field(
         default=None, description="A Jinja chat template file used instead of the model's own."
+    )
+    chat_template: str | None = Field(
+        default=None,
+        description="A chat template used instead of the model's own: Jinja text, or the name of one of "
+        "llama.cpp's built-in templates (llama3, command-r, chatml, ...; no tools with those).",
     )
     reasoning_format: str = Field(
         default="auto",
@@ -141,6 +147,22 @@ class ModelOptions(BaseModel):
     def template_defaults(self) -> dict[str, Any]:
         """Chat template variables every chat request gets unless it sets them (``--reasoning``)."""
         return {} if self.reasoning == "auto" else {"enable_thinking": self.reasoning == "on"}
+
+    @field_validator("chat_template")
+    @classmethod
+    def _check_template_name(cls, value: str | None) -> str | None:
+        """A text without Jinja markup must name a built-in template (a typo is not a template)."""
+        if value is not None and "{{" not in value and "{%" not in value:
+            names = builtin_template_names()
+            if value not in names:
+                raise ValueError(f"{value!r} is not Jinja text nor a built-in template: {', '.join(names)}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_template(self) -> ModelOptions:
+        if self.chat_template is not None and self.chat_template_file is not None:
+            raise ValueError("give chat_template or chat_template_file, not both")
+        return self
 
     @field_validator("chat_template_file")
     @classmethod

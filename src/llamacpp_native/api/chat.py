@@ -26,6 +26,7 @@ from llamacpp_native.api.openai_requests import (
     schema_from_response_format,
 )
 from llamacpp_native.binding.sampling import GrammarSpec, ReasoningBudget
+from llamacpp_native.chat.continuation import opening_of, plan_continuation
 from llamacpp_native.chat.formats import template_for
 from llamacpp_native.chat.media import MediaSource, has_media, split_media
 from llamacpp_native.chat.multimodal import Bitmap, Multimodal, PromptMedia
@@ -66,9 +67,19 @@ class LlamaChat(LlamaBase):
         parallel_tool_calls: bool = False,
         reasoning_format: str | None = None,
         chat_template_kwargs: dict[str, Any] | None = None,
+        continue_final_message: bool | str | None = None,
+        add_generation_prompt: bool | None = None,
     ) -> RenderedChat:
-        """Render messages (and tools, response format) to a prompt, grammar and parser settings."""
+        """Render messages (and tools, response format) to a prompt, grammar and parser settings.
+
+        A last assistant message is continued unless ``continue_final_message=False`` or
+        ``add_generation_prompt=True`` (see
+        :func:`llamacpp_native.chat.continuation.plan_continuation`).
+        """
         check_tools(tools)
+        continuation, generation_prompt = plan_continuation(
+            messages, continue_final_message, add_generation_prompt
+        )
         messages, media = self._split_media(messages)
         offered, choice = normalise_tool_choice(tools, tool_choice)
         schema = schema_from_response_format(response_format)
@@ -82,7 +93,11 @@ class LlamaChat(LlamaBase):
             json_schema=schema,
             reasoning_format=self.reasoning_format if reasoning_format is None else reasoning_format,
             chat_template_kwargs=chat_template_kwargs,
+            continue_final_message=continuation,
+            add_generation_prompt=generation_prompt,
         )
+        if continuation:
+            rendered = dataclasses.replace(rendered, opening=opening_of(messages[-1], continuation))
         if media:
             rendered = dataclasses.replace(rendered, media=tuple(media))
         if not rendered.grammar:
@@ -304,15 +319,24 @@ class LlamaChat(LlamaBase):
         event loop is never blocked; bad input raises here, and the request is queued
         before this returns.
         """
+        return _aevents(*await self.achat_stream(messages, **kwargs))
+
+    async def achat_stream(
+        self, messages: Sequence[Mapping[str, Any]], **kwargs: Any
+    ) -> tuple[RequestStream, ChatOutput]:
+        """``achat_events``' two halves: the queued request's chunks and the processor that turns each
+        into events, for a caller that also reads the chunks (their tokens, the prompt's cached part).
+
+        Iterate the stream, pass each chunk to ``ChatOutput.feed``, and cancel the stream when done.
+        """
         request, output = await off_loop(_heavy_chat(messages, kwargs), self._chat, messages, kwargs)
-        return _aevents(self.engine.submit(request), output)
+        return self.engine.submit(request), output
 
     def _chat(
         self, messages: Sequence[Mapping[str, Any]], kwargs: dict[str, Any]
     ) -> tuple[GenerationRequest, ChatOutput]:
         request, rendered = self._chat_rendered(messages, kwargs)
-        parser = ReplyParser(rendered.parser_params) if rendered.needs_parser else None
-        return request, ChatOutput(parser)
+        return request, ChatOutput(_reply_parser(rendered))
 
     def _chat_choices(
         self,
@@ -326,10 +350,9 @@ class LlamaChat(LlamaBase):
         parts = choices.Choices(openai_shapes.collect_chat, [choices.choice_requests(request, n)])
         response_id = openai_shapes.new_id("chatcmpl")
         for index in range(n):
-            parser = ReplyParser(rendered.parser_params) if rendered.needs_parser else None
             shaper = ChatShaper(self.model_path, index)
             shaper.id = response_id
-            parts.add(_chat_shape(ChatOutput(parser), shaper), shaper.start())
+            parts.add(_chat_shape(ChatOutput(_reply_parser(rendered)), shaper), shaper.start())
         parts.submit(self.engine)
         if cancellation is not None:
             for stream in parts.streams:
@@ -349,8 +372,20 @@ class LlamaChat(LlamaBase):
             parallel_tool_calls=kwargs.pop("parallel_tool_calls", False),
             reasoning_format=kwargs.pop("reasoning_format", None),
             chat_template_kwargs=kwargs.pop("chat_template_kwargs", None),
+            continue_final_message=kwargs.pop("continue_final_message", None),
+            add_generation_prompt=kwargs.pop("add_generation_prompt", None),
         )
         return self.chat_request(rendered, **kwargs), rendered
+
+
+def _reply_parser(rendered: RenderedChat) -> ReplyParser | None:
+    """The parser of a reply that needs one; a continued turn's own text is read first, unsent."""
+    if not rendered.needs_parser:
+        return None
+    parser = ReplyParser(rendered.parser_params)
+    if rendered.opening is not None:
+        parser.skip_opening(rendered.opening)
+    return parser
 
 
 def _chat_shape(output: ChatOutput, shaper: ChatShaper) -> choices.Shape:

@@ -11,6 +11,7 @@ from typing import Any
 from llamacpp_native.binding._library import ffi, lib, take_string
 from llamacpp_native.binding.gate import Gate
 from llamacpp_native.binding.model import Model
+from llamacpp_native.chat.continuation import Opening
 from llamacpp_native.chat.media import MediaSource
 from llamacpp_native.errors import ChatTemplateError, ClosedError, GrammarError
 from llamacpp_native.grammar.json_schema import SchemaPreparer, for_prompt
@@ -35,6 +36,9 @@ class RenderedChat:
     """The images and audio of the messages, in the order of the media markers in ``prompt``."""
     thinking_tags: tuple[str, str] | None = None
     """The template's (start, end) thinking tags when the reply's thinking is parsed apart, else None."""
+    opening: Opening | None = None
+    """What the prompt already holds of the reply when it continues the last assistant turn
+    (see :mod:`llamacpp_native.chat.continuation`), else None."""
 
     @property
     def needs_parser(self) -> bool:
@@ -73,13 +77,16 @@ class ChatTemplates:
         grammar: str | None = None,
         reasoning_format: str = "auto",
         chat_template_kwargs: dict[str, Any] | None = None,
+        continue_final_message: bool | str = False,
     ) -> RenderedChat:
         """Render OpenAI-style ``messages`` (and ``tools``) to a prompt and grammar.
 
         ``reasoning_format`` (``none``, ``auto``, ``deepseek``, ``deepseek-legacy``)
         says whether a thinking model's reasoning is parsed apart from the content;
         ``chat_template_kwargs`` are extra template variables, such as
-        ``{"enable_thinking": False}``.
+        ``{"enable_thinking": False}``.  ``continue_final_message`` (``True``,
+        ``"content"`` or ``"reasoning_content"``) leaves the last assistant turn open for
+        the reply to continue (see :func:`llamacpp_native.chat.continuation.plan_continuation`).
 
         The grammar of ``json_schema`` and of the tools' parameters gets this
         package's additions to llama.cpp's converter (number bounds, property
@@ -93,6 +100,8 @@ class ChatTemplates:
         except (TypeError, ValueError, RecursionError):
             shown_schema, shown_tools = json_schema, tools
         options = _thinking_options(reasoning_format, chat_template_kwargs)
+        if continue_final_message:
+            options["continue_final_message"] = continue_final_message
         result = self._apply(
             messages,
             shown_tools,
@@ -187,6 +196,15 @@ class ChatTemplates:
             if self._handle is not None:
                 handle, self._handle = self._handle, None
                 ffi.release(handle)
+
+
+def builtin_template_names() -> list[str]:
+    """llama.cpp's built-in chat templates, which ``chat_template`` may name instead of Jinja text
+    (rendered by ``llama_chat_apply_template``: no tools, no continued turns)."""
+    count = lib.llama_chat_builtin_templates(ffi.NULL, 0)
+    names = ffi.new("const char *[]", count)
+    lib.llama_chat_builtin_templates(names, count)
+    return [ffi.string(name).decode() for name in names]
 
 
 REASONING_FORMATS = ("none", "auto", "deepseek", "deepseek-legacy")

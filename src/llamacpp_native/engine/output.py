@@ -9,10 +9,12 @@ returns only what changed, so the cost per token does not grow with the reply.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from typing import Any
 
 from llamacpp_native.binding._library import ffi, lib, take_message
+from llamacpp_native.chat.continuation import Opening
 from llamacpp_native.engine.events import (
     Event,
     Finish,
@@ -37,9 +39,19 @@ class ReplyParser:
         self._handle = ffi.gc(raw, lib.lcpp_chat_stream_free)
         self._deltas = ffi.new("const lcpp_chat_delta **")
         self._error = ffi.new("char **")
+        self._opening: Opening | None = None
+        self._left = ""
 
     def feed(self, text: str, mode: int, out: list[Event]) -> None:
         """Append ``text`` (``mode``: more to come, cut off, or the end) and add its deltas to ``out``."""
+        if self._opening is not None:
+            start = len(out)
+            self._feed(text, mode, out)
+            self._skip(out, start)
+        else:
+            self._feed(text, mode, out)
+
+    def _feed(self, text: str, mode: int, out: list[Event]) -> None:
         data = text.encode()
         count = lib.lcpp_chat_stream_feed(self._handle, data, len(data), mode, self._deltas, self._error)
         if count < 0:
@@ -62,6 +74,37 @@ class ReplyParser:
                         name or None,
                     )
                 )
+
+    def skip_opening(self, opening: Opening) -> None:
+        """Leave out of the events the reply's opening that the prompt already holds (a
+        continued assistant turn): llama.cpp's parser reads the reply from the turn's start,
+        and the events carry only what the model adds."""
+        self._opening = opening
+        self._left = opening.reasoning if opening.in_reasoning else opening.content
+
+    def _skip(self, out: list[Event], start: int) -> None:
+        """Drop the opening from the events from ``start`` on: the turn's closed reasoning,
+        and the continued part's text as far as the events repeat it."""
+        opening = self._opening
+        assert opening is not None
+        part = ReasoningDelta if opening.in_reasoning else TextDelta
+        kept = out[:start]
+        for event in out[start:]:
+            if self._opening is not None:
+                if isinstance(event, ReasoningDelta) and part is TextDelta:
+                    continue
+                if isinstance(event, part):
+                    left, text = self._left, event.text
+                    same = len(os.path.commonprefix([left, text]))
+                    if same == len(text) and same < len(left):
+                        self._left = left[same:]
+                        continue
+                    event = part(text[same:])
+                self._opening = None
+                if isinstance(event, TextDelta | ReasoningDelta) and not event.text:
+                    continue
+            kept.append(event)
+        out[:] = kept
 
     @property
     def tool_calls(self) -> int:

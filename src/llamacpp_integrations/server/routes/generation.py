@@ -41,7 +41,6 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
 @router.post("/chat/completions", responses=_ANSWERS, include_in_schema=False)
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
     """Answer a conversation (``chat.completion``), with tools and structured output."""
-    _check_turns(body)
     return await _generate(body, request)
 
 
@@ -49,16 +48,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
 @router.post("/chat/completions/input_tokens", responses=ERROR_RESPONSES, include_in_schema=False)
 async def count_chat_tokens(body: ChatCompletionRequest, request: Request) -> dict[str, int]:
     """``{"input_tokens": n}``: the prompt tokens this chat would use (its ``usage.prompt_tokens``)."""
-    _check_turns(body)
     return await input_tokens(request, body)
-
-
-def _check_turns(body: ChatCompletionRequest) -> None:
-    """Two assistant turns at the end are refused (400), as llama-server refuses them: the last
-    assistant turn is a whole turn here, so a second one in a row is almost surely a client bug."""
-    roles = [message.role for message in body.messages[-2:]]
-    if roles == ["assistant", "assistant"]:
-        raise APIError(400, "The messages end with two assistant turns in a row", param="messages")
 
 
 async def _generate(body: CompletionRequest | ChatCompletionRequest, request: Request) -> Response:

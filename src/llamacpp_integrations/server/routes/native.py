@@ -92,24 +92,13 @@ async def embedding(body: NativeEmbeddingRequest, request: Request) -> JSONRespo
 async def apply_template(body: ApplyTemplateRequest, request: Request) -> dict[str, str]:
     """Chat messages (and tools) -> ``{"prompt": text}``, rendered with the model's chat template.
 
-    ``add_generation_prompt: false`` leaves out the opening of the assistant's turn.
+    ``add_generation_prompt: false`` leaves out the opening of the assistant's turn; a last
+    assistant message is left open to be continued, as on the chat route.
     """
     lease = await server_state(request).registry.acquire(body.model)
     try:
         kwargs = await llama_kwargs(lease, body)
-        llama = lease.llama
-        if body.add_generation_prompt:
-            prompt = await asyncio.to_thread(render_prompt, llama, kwargs)
-        else:
-            rendered = await asyncio.to_thread(
-                llama.chat_templates.render,
-                kwargs["messages"],
-                tools=kwargs.get("tools"),
-                add_generation_prompt=False,
-                reasoning_format=kwargs.get("reasoning_format") or llama.reasoning_format,
-                chat_template_kwargs=kwargs.get("chat_template_kwargs"),
-            )
-            prompt = rendered.prompt
+        prompt = await asyncio.to_thread(render_prompt, lease.llama, kwargs)
     finally:
         lease.release()
     return {"prompt": prompt}
