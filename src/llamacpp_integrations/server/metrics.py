@@ -4,7 +4,8 @@ Besides our own ``llamacpp_*`` names, each model's load is exported under the na
 that the Gateway API Inference Extension's endpoint picker reads by default (vLLM's:
 ``vllm:num_requests_waiting``, ``vllm:num_requests_running``, ``vllm:kv_cache_usage_perc``,
 ``vllm:lora_requests_info``) and llama-server's (``llamacpp:requests_processing``,
-``llamacpp:requests_deferred``).
+``llamacpp:requests_deferred``).  llama-server's server-wide counters that we measure too
+(``llamacpp:tokens_predicted_total``, ...) carry no labels, as llama-server's do.
 """
 
 from __future__ import annotations
@@ -178,6 +179,20 @@ class Metrics:
         ):
             samples = [({label: g.model}, float(getattr(g, attribute))) for g in gauges]
             metric(name, kind, help_text, samples)
+        for name, help_text, total in (
+            ("llamacpp:tokens_predicted_total", "Tokens generated, by every model.", self.completion_tokens),
+            (
+                "llamacpp:spec_decode_num_draft_tokens_total",
+                "Speculative guesses verified, by every loaded model since it loaded.",
+                sum(g.draft_tokens for g in gauges),
+            ),
+            (
+                "llamacpp:spec_decode_num_accepted_tokens_total",
+                "Speculative guesses kept, by every loaded model since it loaded.",
+                sum(g.draft_tokens_accepted for g in gauges),
+            ),
+        ):
+            metric(name, counter, help_text, [({}, float(total))])
         now = float(int(time.time()))
         lora = [
             (

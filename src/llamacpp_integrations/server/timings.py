@@ -2,7 +2,9 @@
 
 ``prompt_ms`` runs from the moment the request is started (rendered, tokenized and
 queued) to its first generated output, so it includes any wait for a slot;
-``predicted_ms`` runs from that first output to the end.
+``predicted_ms`` runs from that first output to the end.  The first token comes with the
+prompt's last batch, so the generation rate counts the steps after it (``predicted_n - 1``),
+as llama-server's does.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class Timings:
         ended = self.ended if self.ended is not None else now
         first = self.first_output if self.first_output is not None else ended
         prompt_n = max(prompt_tokens - cached_tokens, 0)
+        steps = max(predicted_tokens - 1, 0)  # the first token cost no decode of its own
         prompt_ms = (first - self.started) * 1000.0
         predicted_ms = (ended - first) * 1000.0
         timings: dict[str, Any] = {
@@ -54,8 +57,8 @@ class Timings:
             "prompt_per_second": prompt_n * 1000.0 / prompt_ms if prompt_ms > 0 else 0.0,
             "predicted_n": predicted_tokens,
             "predicted_ms": predicted_ms,
-            "predicted_per_token_ms": predicted_ms / predicted_tokens if predicted_tokens else 0.0,
-            "predicted_per_second": predicted_tokens * 1000.0 / predicted_ms if predicted_ms > 0 else 0.0,
+            "predicted_per_token_ms": predicted_ms / steps if steps else 0.0,
+            "predicted_per_second": 1e3 / predicted_ms * steps if predicted_ms > 0 else 0.0,
         }
         if drafted[0]:
             timings["draft_n"], timings["draft_n_accepted"] = drafted
