@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from types import FrameType
@@ -35,9 +36,10 @@ class _Server(uvicorn.Server):
 
 def security_warning(settings: ServerSettings) -> str | None:
     """A warning when the server listens beyond this machine without an API key."""
-    if settings.api_key is not None or _is_loopback(settings.host):
+    exposed = [host for host in settings.hosts if not _is_loopback(host)]
+    if settings.api_key is not None or not exposed:
         return None
-    return f"binding {settings.host} without --api_key: anyone who can reach it can use the models"
+    return f"binding {', '.join(exposed)} without --api_key: anyone who can reach it can use the models"
 
 
 def _is_loopback(host: str) -> bool:
@@ -47,6 +49,30 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def bind_sockets(hosts: Sequence[str], port: int) -> list[socket.socket]:
+    """A TCP socket bound to ``port`` on each of ``hosts`` (port 0: the first one's free port, for all).
+
+    An address with a colon is IPv6 (only IPv6: ``::`` beside ``0.0.0.0`` is allowed).
+    Raises ``OSError`` (the sockets bound so far closed) when one address cannot be bound.
+    """
+    bound: list[socket.socket] = []
+    try:
+        for host in hosts:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            bound.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((host, port))
+            port = sock.getsockname()[1]
+    except OSError:
+        for sock in bound:
+            sock.close()
+        raise
+    return bound
 
 
 def serve(settings: ServerSettings) -> None:
@@ -60,15 +86,26 @@ def serve(settings: ServerSettings) -> None:
     if vertex is not None and vertex.port is not None and vertex.port != port:
         logger.warning("Vertex AI: listening on AIP_HTTP_PORT %d, not %d", vertex.port, port)
         port = vertex.port
+    try:
+        sockets = bind_sockets(settings.hosts, port)
+    except OSError as error:
+        sys.exit(f"error: cannot listen on {settings.host} port {port}: {error}")
+    for sock in sockets:
+        address, bound_port = sock.getsockname()[:2]
+        shown = f"[{address}]" if sock.family == socket.AF_INET6 else address
+        logger.info("listening on http://%s:%d", shown, bound_port)
     config = uvicorn.Config(
         app,
-        host=settings.host,
-        port=port,
+        host=settings.hosts[0],
+        port=sockets[0].getsockname()[1],
+        # h11 writes header names as the app gives them (httptools lowercases them): clients that look
+        # up llama-server's Process-Start-Time-Unix case-sensitively find it.
+        http="h11",
         log_config=None,  # our logging configuration; one access line per request comes from the app
         access_log=False,
         timeout_graceful_shutdown=int(SHUTDOWN_GRACE_S) + 5,
     )
-    _Server(config, app.state.server.request_shutdown).run()
+    _Server(config, app.state.server.request_shutdown).run(sockets=sockets)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

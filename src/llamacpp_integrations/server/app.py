@@ -14,6 +14,7 @@ from llamacpp_integrations.server.middleware import (
     LOCAL_ORIGINS,
     BodyLimitMiddleware,
     CorsMiddleware,
+    DisabledEndpointsMiddleware,
     RequestLogMiddleware,
 )
 from llamacpp_integrations.server.routes import ROUTERS
@@ -62,6 +63,13 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.state.server = state
     install_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    disabled: dict[str, str] = {}  # path -> the setting that turns it on
+    if not settings.metrics_endpoint:
+        disabled["/metrics"] = "metrics_endpoint"
+    if not settings.slots_endpoint:
+        disabled["/slots"] = "slots_endpoint"
+    if disabled:  # inside CORS and the request log: the 501 gets CORS headers and is counted
+        app.add_middleware(DisabledEndpointsMiddleware, disabled=disabled)
     origins = settings.origins_of(settings.cors_origins)
     if origins:  # around every answer (errors, 413 and 401 included); preflights answered before auth
         app.add_middleware(

@@ -1,9 +1,11 @@
-"""ASGI middleware: the request body limit (413), CORS, and one log line plus metrics per request."""
+"""ASGI middleware: the request body limit (413), CORS, endpoints turned off (501), and one log line
+plus metrics per request."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from starlette.datastructures import Headers
@@ -151,6 +153,30 @@ class BodyLimitMiddleware:
             f"The request body is larger than the limit of {self.max_bytes} bytes",
             code="request_too_large",
             headers={"Connection": "close"},
+        )
+        await error.response()(scope, receive, send)
+
+
+class DisabledEndpointsMiddleware:
+    """Answers 501 (``not_supported_error``, as llama-server) on the paths the server was started without.
+
+    ``disabled`` maps each path to the setting that turns it on, named in the message.
+    """
+
+    def __init__(self, app: ASGIApp, disabled: Mapping[str, str]) -> None:
+        self.app = app
+        self.disabled = dict(disabled)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        setting = self.disabled.get(scope["path"]) if scope["type"] == "http" else None
+        if setting is None:
+            await self.app(scope, receive, send)
+            return
+        error = APIError(
+            501,
+            f"This server does not serve {scope['path']}; start it with --{setting} true",
+            "not_supported_error",
+            code="endpoint_disabled",
         )
         await error.response()(scope, receive, send)
 

@@ -47,7 +47,7 @@ async def health(request: Request) -> Response:
 @router.get("/v1/models", dependencies=_protected, responses=ERROR_RESPONSES)
 @router.get("/models", dependencies=_protected, responses=ERROR_RESPONSES, include_in_schema=False)
 async def list_models(request: Request) -> dict[str, Any]:
-    """Every model served here, loaded or not."""
+    """Every model served here, loaded or not: its id (its first alias in sorted order), aliases and tags."""
     entries = server_state(request).registry.entries
     return {"object": "list", "data": [_model_card(entry) for entry in entries]}
 
@@ -60,16 +60,23 @@ async def retrieve_model(model: str, request: Request) -> dict[str, Any]:
 
 @router.get("/metrics", dependencies=_protected, response_class=PlainTextResponse)
 async def metrics(request: Request) -> PlainTextResponse:
-    """Prometheus text: requests, tokens in and out, tokens/s, and per model its slots and queue."""
+    """Prometheus text: requests, tokens in and out, tokens/s, and per model its slots and queue.
+
+    The ``Process-Start-Time-Unix`` header (llama-server's, for rates) keeps its capitals.
+    """
     state = server_state(request)
     text = state.metrics.render(state.registry.gauges())
-    started = {"Process-Start-Time-Unix": str(int(_STARTED))}  # llama-server's header: rates need it
-    return PlainTextResponse(text, media_type="text/plain; version=0.0.4", headers=started)
+    response = PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+    # Raw ASGI bytes: Starlette lowercases the names given as headers=; the HTTP layer (h11) keeps these.
+    response.raw_headers.append((b"Process-Start-Time-Unix", str(_STARTED).encode()))
+    return response
 
 
 def _model_card(entry: ModelEntry) -> dict[str, Any]:
     return {
         "id": entry.alias,
+        "aliases": entry.settings.aliases,
+        "tags": entry.settings.tags,
         "object": "model",
         "created": _STARTED,
         "owned_by": "llamacpp-integrations",
