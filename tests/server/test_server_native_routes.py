@@ -171,7 +171,6 @@ def test_completions_without_v1_is_the_native_route(http: httpx.Client) -> None:
     [
         pytest.param({"n_predict": 2}, "prompt", id="missing prompt"),
         pytest.param({"prompt": 5}, "prompt", id="prompt a number"),
-        pytest.param({"prompt": ["one", "two"]}, "prompt", id="two prompts"),
         pytest.param({"prompt": []}, "prompt", id="empty list"),
         pytest.param({"prompt": [1, [2, 3]]}, "prompt", id="ids and a list"),
         pytest.param({"prompt": "x", "n_predict": -2}, "n_predict", id="n_predict below -1"),

@@ -15,10 +15,10 @@ from typing import Any
 
 from llamacpp_integrations import __version__
 from llamacpp_integrations.schema import schema_to_grammar
-from llamacpp_integrations.server.errors import api_error
+from llamacpp_integrations.server.errors import APIError, api_error
 from llamacpp_integrations.server.middleware import RequestRecord
 from llamacpp_integrations.server.models import Lease
-from llamacpp_integrations.server.schemas import NativeCompletionRequest
+from llamacpp_integrations.server.schemas import NativeCompletionRequest, NativePrompt, NativePromptObject
 from llamacpp_integrations.server.timings import Timings
 from llamacpp_native import GenerationRequest, Llama, TokenLogprob
 from llamacpp_native.chat.formats import template_for
@@ -34,7 +34,8 @@ class NativeCompletion:
 
     Stop strings are matched here, not in the engine, so that the answer names the one
     that ended the text (``stop_type: "word"``, ``stopping_word``); the sequence is then
-    cancelled, which frees its slot at the engine's next step.
+    cancelled, which frees its slot at the engine's next step.  ``index`` is the prompt's
+    place in a batch (``NativeBatch``).
     """
 
     def __init__(
@@ -46,10 +47,12 @@ class NativeCompletion:
         prompt_text: str,
         record: RequestRecord,
         timings: Timings,
+        index: int = 0,
     ) -> None:
         self.lease = lease
         self.body = body
         self.request = request
+        self.index = index
         self.timings = timings
         self.stop_type = "none"
         self.stopping_word = ""
@@ -64,20 +67,34 @@ class NativeCompletion:
 
     @classmethod
     async def start(
-        cls, lease: Lease, body: NativeCompletionRequest, record: RequestRecord
+        cls,
+        lease: Lease,
+        body: NativeCompletionRequest,
+        record: RequestRecord,
+        prompt: NativePrompt,
+        index: int = 0,
     ) -> NativeCompletion:
-        """Check ``body`` and queue it on ``lease``'s model; raises (nothing sent yet) if it cannot run.
+        """Check ``body`` and queue ``prompt`` (one of ``body.prompts()``) on ``lease``'s model; raises
+        (nothing sent yet) if it cannot run.
 
         A body without ``n_predict`` (or ``max_tokens``) gets the model's ``--n_predict``.
         """
         try:
+            if body.post_sampling_probs and body.n_probs:
+                raise APIError(
+                    400,
+                    "post_sampling_probs is not supported yet: n_probs gives the model's probabilities "
+                    "before sampling (logprob, top_logprobs)",
+                    code="not_supported",
+                    param="post_sampling_probs",
+                )
             if "n_predict" not in body.model_fields_set:
                 body = body.model_copy(update={"n_predict": lease.entry.settings.n_predict})
             end_tokens = await lease.entry.end_tokens() if body.ignore_eos else []
             llama = lease.llama
 
             def begin() -> tuple[GenerationRequest, RequestStream | None, str, Timings]:
-                request = completion_request(llama, body, end_tokens)
+                request = completion_request(llama, body, prompt, end_tokens)
                 prompt_text = llama.detokenize(request.prompt_tokens, special=True).decode("utf-8", "replace")
                 timings = Timings()
                 # n_predict 0 asks for no token: nothing is queued.
@@ -88,7 +105,7 @@ class NativeCompletion:
         except BaseException:
             lease.release()
             raise
-        return cls(lease, body, request, stream, prompt_text, record, timings)
+        return cls(lease, body, request, stream, prompt_text, record, timings, index)
 
     async def _pieces(self) -> AsyncIterator[tuple[str, list[int], list[TokenLogprob]]]:
         """Each engine chunk's text (cut at a stop string), token ids and logprobs; notes how it ended."""
@@ -142,7 +159,7 @@ class NativeCompletion:
         try:
             async for text, ids, logprobs in self._pieces():
                 event: dict[str, Any] = {
-                    "index": 0,
+                    "index": self.index,
                     "content": text,
                     "tokens": ids,
                     "stop": False,
@@ -164,7 +181,7 @@ class NativeCompletion:
         prompt_n = len(self.request.prompt_tokens)
         n_predict = self.body.n_predict
         return {
-            "index": 0,
+            "index": self.index,
             "content": content,
             "tokens": tokens,
             "stop": True,
@@ -186,9 +203,9 @@ class NativeCompletion:
         if self._closed:
             return
         self._closed = True
-        self._record.prompt_tokens = len(self.request.prompt_tokens)
-        self._record.completion_tokens = self.predicted
-        self._record.cancelled = not (self._finished or self._failed)
+        self._record.prompt_tokens += len(self.request.prompt_tokens)
+        self._record.completion_tokens += self.predicted
+        self._record.cancelled |= not (self._finished or self._failed)
         try:
             if self._stream is not None:
                 self._stream.cancel()
@@ -196,20 +213,77 @@ class NativeCompletion:
             self.lease.release()
 
 
+class NativeBatch:
+    """Several ``/completion`` prompts of one request: a list of completion objects, or their SSE
+    events interleaved as they come (each carries its prompt's ``index``)."""
+
+    def __init__(self, completions: list[NativeCompletion]) -> None:
+        self.completions = completions
+
+    async def response(self) -> list[dict[str, Any]]:
+        """Each prompt's completion object, in the prompts' order."""
+        try:
+            return list(await asyncio.gather(*(completion.response() for completion in self.completions)))
+        finally:
+            await self.close()
+
+    async def events(self) -> AsyncIterator[str]:
+        """Every prompt's events, each sent as soon as it is ready."""
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
+
+        async def pump(source: AsyncIterator[str]) -> None:
+            try:
+                async for event in source:
+                    await queue.put(event)
+            finally:
+                queue.put_nowait(None)
+
+        tasks = [asyncio.ensure_future(pump(completion.events())) for completion in self.completions]
+        try:
+            running = len(tasks)
+            while running:
+                event = await queue.get()
+                if event is None:
+                    running -= 1
+                else:
+                    yield event
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.close()
+
+    async def close(self) -> None:
+        """Stop every prompt's generation and release its model (safe to call again)."""
+        for completion in self.completions:
+            await completion.close()
+
+
 def completion_request(
-    llama: Llama, body: NativeCompletionRequest, end_tokens: list[int]
+    llama: Llama, body: NativeCompletionRequest, given: NativePrompt, end_tokens: list[int]
 ) -> GenerationRequest:
-    """The engine request for ``body`` (no stop strings: the caller matches them).
+    """The engine request for ``body`` on its prompt ``given`` (no stop strings: the caller matches them).
 
     A mixed prompt's strings are tokenized where they stand, with BOS before a leading string.
+    A JSON prompt's ``multimodal_data`` is refused (400): media go through the chat routes.
     """
-    parts = body.one_prompt()
+    if isinstance(given, NativePromptObject):
+        if given.multimodal_data is not None:
+            reason = (
+                "the model does not support multimodal requests (no --mmproj)"
+                if llama.multimodal is None
+                else "send media to /v1/chat/completions"
+            )
+            raise APIError(
+                400, f"multimodal_data is not supported on /completion: {reason}", code="not_supported"
+            )
+        given = given.prompt_string
     prompt: str | list[int]
-    if isinstance(parts, str):
-        prompt = parts
+    if isinstance(given, str):
+        prompt = given
     else:
         prompt = []
-        for index, part in enumerate(parts):
+        for index, part in enumerate(given):
             if isinstance(part, str):
                 prompt += llama.tokenize(part, add_bos=index == 0, special=True)
             else:
@@ -265,16 +339,17 @@ def generation_settings(
 
 
 def probabilities(items: list[TokenLogprob]) -> list[dict[str, Any]]:
-    """llama-server's ``completion_probabilities`` (the alternatives carry their text, not their id)."""
+    """llama-server's ``completion_probabilities``: each token's id, text, bytes and logprob, and its
+    ``top_logprobs`` alike (``bytes`` are the token's own, which may hold part of a character)."""
     return [
         {
             "id": item.token,
             "token": item.text,
             "logprob": item.logprob,
-            "bytes": list(item.text.encode("utf-8")),
+            "bytes": list(item.piece),
             "top_logprobs": [
-                {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
-                for text, logprob in item.top
+                {"id": token, "token": text, "logprob": logprob, "bytes": list(piece)}
+                for token, (text, logprob), piece in zip(item.top_ids, item.top, item.top_pieces, strict=True)
             ],
         }
         for item in items

@@ -440,8 +440,16 @@ class DetokenizeRequest(_Body):
     tokens: list[int]
 
 
-NativePrompt = str | list[int | str]
-"""One llama-server prompt: text, token ids, or both mixed (each string tokenized where it stands)."""
+class NativePromptObject(_Body):
+    """llama-server's JSON prompt: ``{"prompt_string": text or mixed ids, "multimodal_data": [base64]}``."""
+
+    prompt_string: str | list[int | str]
+    multimodal_data: list[str] | None = None
+
+
+NativePrompt = str | list[int | str] | NativePromptObject
+"""One llama-server prompt: text, token ids, or both mixed (each string tokenized where it stands),
+or a JSON prompt object."""
 
 
 class NativeCompletionRequest(SamplingBody):
@@ -452,8 +460,9 @@ class NativeCompletionRequest(SamplingBody):
     """
 
     model: str | None = Field(default=None, description="A served model's name; omitted = the default.")
-    prompt: str | list[int | str | list[int | str]] = Field(
-        description='Text, token ids, or both mixed ([12, 34, "text", 56]): one prompt per request.'
+    prompt: str | NativePromptObject | list[int | str | NativePromptObject | list[int | str]] = Field(
+        description='Text, token ids, or both mixed ([12, 34, "text", 56]), or {"prompt_string": ...}; '
+        "a list of several such prompts (no id at its top level) is a batch, answered with a list."
     )
     n_predict: int = Field(
         default=-1,
@@ -468,6 +477,10 @@ class NativeCompletionRequest(SamplingBody):
     cache_prompt: bool = Field(default=True, description="Accepted; the prefix cache is always used.")
     return_tokens: bool = Field(default=False, description="Return the generated token ids in 'tokens'.")
     n_probs: int = Field(default=0, ge=0, le=INT32_MAX, description="Top alternatives per generated token.")
+    post_sampling_probs: bool = Field(
+        default=False,
+        description="n_probs as probabilities after the sampler chain (not supported yet: 400 with n_probs).",
+    )
     json_schema: dict[str, Any] | None = Field(default=None, description="A JSON schema the output follows.")
     logit_bias: list[tuple[int | str, float | bool]] | dict[str, float | bool] | None = Field(
         default=None,
@@ -476,19 +489,15 @@ class NativeCompletionRequest(SamplingBody):
 
     @field_validator("prompt")
     @classmethod
-    def _one_prompt(cls, prompt: str | list[Any]) -> NativePrompt:
-        if isinstance(prompt, str):
+    def _prompt_shape(cls, prompt: str | NativePromptObject | list[Any]) -> Any:
+        if not isinstance(prompt, list):
             return prompt
         if any(isinstance(part, int) for part in prompt):  # token ids, maybe with text: one prompt
-            if any(isinstance(part, list) for part in prompt):
-                raise ValueError("a prompt of token ids holds ids and strings, not lists")
-            return prompt
-        if len(prompt) != 1:
-            raise ValueError(f"prompt must hold exactly one prompt, got {len(prompt)}; send one request each")
-        only = prompt[0]
-        if not only:
-            raise ValueError("the prompt is empty")
-        return list(only) if isinstance(only, list) else str(only)
+            if not all(isinstance(part, int | str) for part in prompt):
+                raise ValueError("a prompt of token ids holds ids and strings, not lists or objects")
+        elif not prompt:
+            raise ValueError("prompt must not be empty")
+        return prompt
 
     @field_validator("logit_bias")
     @classmethod
@@ -504,12 +513,12 @@ class NativeCompletionRequest(SamplingBody):
             raise ValueError("give either grammar or json_schema, not both")
         return self
 
-    def one_prompt(self) -> NativePrompt:
-        """The prompt, checked to be one (text, ids, or both)."""
+    def prompts(self) -> list[NativePrompt]:
+        """The prompts to complete: one, unless ``prompt`` is a list of prompts (a batch)."""
         prompt = self.prompt
-        if isinstance(prompt, str):
-            return prompt
-        return [part for part in prompt if not isinstance(part, list)]  # the validator left no lists
+        if not isinstance(prompt, list) or any(isinstance(part, int) for part in prompt):
+            return [cast(NativePrompt, prompt)]  # the validator left no list in a list with ids
+        return cast(list[NativePrompt], prompt)
 
     def stops(self) -> list[str]:
         """The stop strings, as a list (empty ones dropped)."""

@@ -521,7 +521,8 @@ class DecodeLoop:
         pieces = [self.vocab.token_to_piece(ids[i]) for i in range(top_n)]
         top = [(p.decode("utf-8", "replace"), float(values[i])) for i, p in enumerate(pieces)]
         piece = self.vocab.token_to_piece(token)
-        return token, TokenLogprob(token, piece.decode("utf-8", "replace"), float(own), top, piece, pieces)
+        text = piece.decode("utf-8", "replace")
+        return token, TokenLogprob(token, text, float(own), top, piece, pieces, list(ids[0:top_n]))
 
     def _retire_now(self, job: Job) -> None:
         with self._schedule.cv:

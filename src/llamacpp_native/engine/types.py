@@ -31,7 +31,7 @@ class TokenLogprob:
 
     ``logprob`` is the chosen token's own, whether or not it is among ``top``; ``piece`` and
     ``top_pieces`` are the tokens' raw bytes (a token may hold part of a UTF-8 character, which
-    ``text`` shows as U+FFFD).
+    ``text`` shows as U+FFFD); ``top_ids`` are the alternatives' token ids.
     """
 
     token: int
@@ -40,6 +40,7 @@ class TokenLogprob:
     top: list[tuple[str, float]]
     piece: bytes = b""
     top_pieces: list[bytes] = field(default_factory=list)
+    top_ids: list[int] = field(default_factory=list)
 
 
 @dataclass

@@ -19,8 +19,7 @@ from llamacpp_integrations.server.errors import ERROR_RESPONSES, APIError
 from llamacpp_integrations.server.generation import EventStream, llama_kwargs, until_disconnected
 from llamacpp_integrations.server.infill import InfillRequest
 from llamacpp_integrations.server.middleware import request_record
-from llamacpp_integrations.server.models import Lease
-from llamacpp_integrations.server.native import NativeCompletion, normalize, props, slots
+from llamacpp_integrations.server.native import NativeBatch, NativeCompletion, normalize, props, slots
 from llamacpp_integrations.server.schemas import (
     ApplyTemplateRequest,
     NativeCompletionRequest,
@@ -43,14 +42,25 @@ _ANSWERS = {
 @router.post("/completion", responses=_ANSWERS)
 @router.post("/completions", responses=_ANSWERS, include_in_schema=False)
 async def completion(body: NativeCompletionRequest, request: Request) -> Response:
-    """Continue a prompt (text, token ids or both): ``content``, ``stop_type``, ``timings``, ..."""
-    lease = await server_state(request).registry.acquire(body.model, generation=True)
-    return await _complete(lease, body, request)
+    """Continue a prompt (text, token ids or both): ``content``, ``stop_type``, ``timings``, ...
+
+    Several prompts (a batch) are answered with a list of those objects, in order.
+    """
+    registry = server_state(request).registry
+    record = request_record(request.scope)
+    started: list[NativeCompletion] = []
+    try:
+        for index, prompt in enumerate(body.prompts()):
+            lease = await registry.acquire(body.model, generation=True)
+            started.append(await NativeCompletion.start(lease, body, record, prompt, index))
+    except BaseException:
+        await NativeBatch(started).close()
+        raise
+    return await _answer(started[0] if len(started) == 1 else NativeBatch(started), body.stream, request)
 
 
-async def _complete(lease: Lease, body: NativeCompletionRequest, request: Request) -> Response:
-    generation = await NativeCompletion.start(lease, body, request_record(request.scope))
-    if body.stream:
+async def _answer(generation: NativeCompletion | NativeBatch, stream: bool, request: Request) -> Response:
+    if stream:
         return EventStream(generation)
     try:
         return JSONResponse(await until_disconnected(request, generation.response()))
@@ -68,7 +78,9 @@ async def infill(body: InfillRequest, request: Request) -> Response:
     except BaseException:
         lease.release()
         raise
-    return await _complete(lease, completion, request)
+    record = request_record(request.scope)
+    generation = await NativeCompletion.start(lease, completion, record, completion.prompts()[0])
+    return await _answer(generation, completion.stream, request)
 
 
 @router.post("/embedding", responses=ERROR_RESPONSES)
