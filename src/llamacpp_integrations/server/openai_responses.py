@@ -12,15 +12,12 @@ from __future__ import annotations
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
-from sse_starlette import ServerSentEvent
 
-from llamacpp_integrations.server.chat_events import ChatEvents, named_event
-from llamacpp_integrations.server.errors import APIError, api_error
+from llamacpp_integrations.server.errors import APIError
 from llamacpp_integrations.server.schemas import ChatCompletionRequest, SamplingBody
 from llamacpp_native.events import Event, Finish, ReasoningDelta, TextDelta, ToolCallDelta, Usage
 
@@ -154,6 +151,14 @@ class ResponsesRequest(SamplingBody):
     store: bool = Field(default=True, description="Keep the response for previous_response_id.")
     previous_response_id: str | None = None
     metadata: dict[str, str] | None = None
+    timings_per_token: bool = Field(
+        default=False, description="llama-server's extension: 'timings' on each streamed batch's last event."
+    )
+    return_progress: bool = Field(
+        default=False,
+        description="llama-server's extension: a streamed response.in_progress with 'prompt_progress' "
+        "once the prompt is read.",
+    )
 
     def chat_request(self, conversation: list[dict[str, Any]]) -> ChatCompletionRequest:
         """The chat request: ``instructions``, then ``conversation`` (an earlier one's and ``input``)."""
@@ -362,6 +367,11 @@ class ResponseRenderer:
             self._event("response.in_progress", response=snapshot),
         ]
 
+    def progress(self, prompt_progress: dict[str, Any]) -> dict[str, Any]:
+        """Another ``response.in_progress``, carrying llama-server's ``prompt_progress``."""
+        snapshot = {**self.response, "status": "in_progress", "output": []}
+        return self._event("response.in_progress", response=snapshot, prompt_progress=prompt_progress)
+
     def feed(self, batch: list[Event]) -> list[dict[str, Any]]:
         """The events of one batch."""
         events: list[dict[str, Any]] = []
@@ -542,58 +552,3 @@ class ResponseRenderer:
         self.output[item.index] = done
         events.append(self._event("response.output_item.done", output_index=item.index, item=done))
         return events
-
-
-class ResponseRun:
-    """One ``/v1/responses`` request: its events (SSE) or its response object; kept when it ends."""
-
-    def __init__(
-        self,
-        chat: ChatEvents,
-        body: ResponsesRequest,
-        conversation: list[dict[str, Any]],
-        store: ResponseStore,
-    ) -> None:
-        self.chat = chat
-        self.body = body
-        self.renderer = ResponseRenderer.for_request(body, chat.lease.alias)
-        self.id: str = self.renderer.response["id"]
-        self._conversation = conversation
-        self._store = store
-
-    async def _events(self) -> AsyncIterator[dict[str, Any]]:
-        renderer = self.renderer
-        for event in renderer.start():
-            yield event
-        async for batch in self.chat.batches():
-            for event in renderer.feed(batch):
-                yield event
-        for event in renderer.finish():
-            yield event
-        if self.body.store:
-            conversation = self._conversation + renderer.messages()
-            self._store.put(self.id, StoredResponse(renderer.response, conversation))
-
-    async def response(self) -> dict[str, Any]:
-        """The finished response object."""
-        try:
-            async for _ in self._events():
-                pass
-        finally:
-            await self.close()
-        return self.renderer.response
-
-    async def events(self) -> AsyncIterator[ServerSentEvent]:
-        """The Responses stream; an error after it began is its last event, ``response.failed``."""
-        try:
-            async for event in self._events():
-                yield named_event(event)
-        except Exception as error:
-            for event in self.renderer.fail(api_error(error)):
-                yield named_event(event)
-        finally:
-            await self.close()
-
-    async def close(self) -> None:
-        """Stop generating if still running and release the model (safe to call again)."""
-        await self.chat.close()

@@ -11,7 +11,8 @@ from llamacpp_integrations.server.auth import require_api_key
 from llamacpp_integrations.server.chat_events import ChatEvents, answer
 from llamacpp_integrations.server.errors import ERROR_RESPONSES, APIError
 from llamacpp_integrations.server.middleware import request_record
-from llamacpp_integrations.server.openai_responses import ResponseRun, ResponsesRequest, ResponseStore
+from llamacpp_integrations.server.openai_responses import ResponsesRequest, ResponseStore
+from llamacpp_integrations.server.responses_run import ResponseRun, Telemetry
 from llamacpp_integrations.server.state import server_state
 
 router = APIRouter(dependencies=[Depends(require_api_key)], tags=["responses"])
@@ -41,12 +42,20 @@ Store = Annotated[ResponseStore, Depends(response_store)]
 @router.post("/v1/responses", responses=_ANSWERS)
 @router.post("/responses", responses=_ANSWERS, include_in_schema=False)
 async def create_response(body: ResponsesRequest, request: Request, store: Store) -> Response:
-    """Answer ``input`` (after ``previous_response_id``'s conversation), with tools and structured output."""
+    """Answer ``input`` (after ``previous_response_id``'s conversation), with tools and structured output.
+
+    A stream takes llama-server's ``return_progress`` and ``timings_per_token``.
+    """
     conversation = store.history(body.previous_response_id) + body.input_messages()
     chat = body.chat_request(conversation)
     lease = await server_state(request).registry.acquire(chat.model, generation=True)
-    events = await ChatEvents.start(lease, chat, request_record(request.scope))
-    return await answer(request, ResponseRun(events, body, conversation, store), body.stream)
+    record = request_record(request.scope)
+    if body.stream and (body.return_progress or body.timings_per_token):
+        events, telemetry = await Telemetry.start(lease, body, chat, record)
+        run = ResponseRun(events, body, conversation, store, telemetry)
+    else:
+        run = ResponseRun(await ChatEvents.start(lease, chat, record), body, conversation, store)
+    return await answer(request, run, body.stream)
 
 
 @router.get("/v1/responses/{response_id}", responses=ERROR_RESPONSES)
