@@ -66,6 +66,11 @@ class Llama(LlamaChat, LlamaRerank, LlamaEmbeddings, LlamaInfill):
     ``input_audio`` parts.  ``media_policy`` says where their bytes may come from;
     remote ``http(s)`` URLs are refused unless it allows them.
 
+    Parallel requests: ``n_parallel`` sequences share the ``n_ctx`` tokens of one KV cache,
+    and one request may use all of them; ``n_ctx_per_slot`` caps each request (prompt and
+    output) at that many tokens, like llama-server's per-slot context, and ``n_ctx`` then
+    reports the cap.
+
     Speculative decoding: ``draft_model`` is a path to a smaller GGUF with the same
     tokenizer (or ``DraftModel(path, num_pred_tokens=...)``), or
     ``PromptLookupDecoding()`` for n-gram lookup in the prompt and reply with no draft
@@ -106,6 +111,7 @@ class Llama(LlamaChat, LlamaRerank, LlamaEmbeddings, LlamaInfill):
         embedding: bool = False,
         pooling: str | None = None,
         n_parallel: int = 4,
+        n_ctx_per_slot: int | None = None,
         last_n_tokens_size: int = 64,
         verbose: bool = False,
         progress: ProgressCallback | None = None,
@@ -194,6 +200,7 @@ class Llama(LlamaChat, LlamaRerank, LlamaEmbeddings, LlamaInfill):
                 self._engine = Engine(
                     self.model,
                     n_slots=n_parallel,
+                    n_ctx_per_slot=n_ctx_per_slot,
                     lora=default_lora,
                     speculative=as_speculation(draft_model),
                     **self._context_kwargs,

@@ -69,6 +69,11 @@ class Engine(DecodeLoop):
     ``speculative`` (``PromptLookupDecoding`` or ``DraftModel``) adds guessed tokens after
     each sequence's next token and keeps those its sampler agrees with: the same output,
     in fewer steps when the guesses are good (``speculative.py``).
+
+    ``n_ctx_per_slot`` caps the tokens one request may hold (prompt and output), as
+    llama-server's per-slot context does; the slots still share the one KV cache.  ``n_ctx``
+    is then that cap: a longer prompt is refused and generation stops there ("length").
+    None: one request may use the whole context.
     """
 
     def __init__(
@@ -76,10 +81,15 @@ class Engine(DecodeLoop):
         model: Model,
         *,
         n_slots: int = 4,
+        n_ctx_per_slot: int | None = None,
         lora: Iterable[tuple[LoraAdapter, float]] = (),
         speculative: Speculation | None = None,
         **context_kwargs: Any,
     ) -> None:
+        if n_ctx_per_slot is not None and (isinstance(n_ctx_per_slot, bool) or n_ctx_per_slot < 1):
+            raise ValueError(
+                f"n_ctx_per_slot must be a positive number of tokens or None, got {n_ctx_per_slot!r}"
+            )
         self.model = model
         self.lora: LoraSet = self._checked_lora(normalise_lora(lora))
         """The adapters of a request whose ``lora`` is None."""
@@ -98,6 +108,10 @@ class Engine(DecodeLoop):
                 drafter.close()
             raise
         super().__init__(model, context, drafter)
+        self._n_ctx_setting = "n_ctx"  # the load setting that bounds one request, named in errors
+        if n_ctx_per_slot is not None and n_ctx_per_slot < self.n_cells:
+            self.n_ctx = n_ctx_per_slot
+            self._n_ctx_setting = "n_ctx_per_slot"
         self._drafter = drafter  # freed at close even if the loop stopped drafting (self.drafter None)
         self._closed = False
         self._close_lock = threading.Lock()
@@ -335,7 +349,7 @@ class Engine(DecodeLoop):
         if request.media:
             self._check_media(request)
         else:
-            request.validate(self.n_ctx, self.vocab.n_tokens)
+            request.validate(self.n_ctx, self.vocab.n_tokens, self._n_ctx_setting)
             self.vocab.check_tokens(request.prompt_tokens)
         return self.lora if request.lora is None else self._checked_lora(normalise_lora(request.lora))
 
@@ -362,9 +376,9 @@ class Engine(DecodeLoop):
             raise MediaTooLargeError(
                 f"the prompt takes {len(tokens)} tokens ({n_media} of them for images or audio) but the "
                 f"context window is {self.n_ctx} tokens; send fewer or smaller media, or load the model "
-                "with a larger n_ctx"
+                f"with a larger {self._n_ctx_setting}"
             )
-        request.validate(self.n_ctx, self.vocab.n_tokens)
+        request.validate(self.n_ctx, self.vocab.n_tokens, self._n_ctx_setting)
         self.vocab.check_tokens(text)
 
     def _checked_lora(self, lora: LoraSet) -> LoraSet:

@@ -92,7 +92,10 @@ class DecodeLoop:
         self._accepted = 0
         self.vocab = model.vocab
         self.context = context
-        self.n_ctx = context.n_ctx
+        self.n_cells = context.n_ctx
+        """KV cells, shared by all slots."""
+        self.n_ctx = self.n_cells
+        """Tokens one request's sequence may hold (``Engine`` may cap it per slot)."""
         self.n_ubatch = int(lib.llama_n_ubatch(context.handle))
         self.slots = [Slot(i) for i in range(context.n_seq_max)]
         self._media_decoded = 0
@@ -214,7 +217,7 @@ class DecodeLoop:
 
     def _free_cells(self, needed: int, keep: Slot | None = None) -> bool:
         """Evict idle cached slots (``policy.eviction_candidate``) until ``needed`` cells are free."""
-        while self.n_ctx - cells_in_use(self.slots) < needed:
+        while self.n_cells - cells_in_use(self.slots) < needed:
             idle = eviction_candidate(self.slots, keep)
             if idle is None:
                 return False
@@ -272,7 +275,7 @@ class DecodeLoop:
             generating = [job for job in generating if job.slot is not None]
         batch = self._batch
         batch.n_tokens = 0
-        budget = min(self.context.n_batch, self.n_ctx - cells_in_use(self.slots))
+        budget = min(self.context.n_batch, self.n_cells - cells_in_use(self.slots))
         chosen = generating[:budget]
         add = lib.lcpp_batch_add
         if self.drafter is not None and chosen:

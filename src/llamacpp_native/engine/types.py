@@ -68,8 +68,9 @@ class GenerationRequest:
     lora: LoraSet | None = None
     media: PromptMedia = ()
 
-    def validate(self, n_ctx: int, n_vocab: int) -> None:
-        """Raise a clear error for requests that cannot run."""
+    def validate(self, n_ctx: int, n_vocab: int, n_ctx_setting: str = "n_ctx") -> None:
+        """Raise a clear error for requests that cannot run (``n_ctx_setting``: the load setting that
+        sets ``n_ctx``, named in the advice)."""
         if self.max_tokens is not None and self.max_tokens < 0:
             raise ValueError(f"max_tokens must be >= 0 or None (no limit), got {self.max_tokens}")
         if not self.prompt_tokens:
@@ -77,7 +78,7 @@ class GenerationRequest:
         if len(self.prompt_tokens) > n_ctx:
             raise ContextOverflowError(
                 f"the prompt has {len(self.prompt_tokens)} tokens but the context window is {n_ctx} tokens; "
-                "shorten the prompt or load the model with a larger n_ctx"
+                f"shorten the prompt or load the model with a larger {n_ctx_setting}"
             )
         if self.logprobs is not None and not 0 <= self.logprobs <= n_vocab:
             raise ValueError(
