@@ -5,6 +5,10 @@ never unloaded under it, nor closed at shutdown before the request lets go.
 Generation leases also count against the model's queue bound: ``n_parallel``
 running plus ``max_queue`` waiting, beyond which a request is refused with 503
 and ``Retry-After``.
+
+With ``sleep_idle_seconds`` a model that no lease has held for that long is
+unloaded (llama-server's sleeping) and loaded again by the next request that
+acquires it; requests arriving meanwhile wait for that one load.
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from llamacpp_integrations.server.errors import model_not_found, server_overloaded, shutting_down
 from llamacpp_integrations.server.metrics import ModelGauges
@@ -38,7 +43,13 @@ class ModelEntry:
         self.in_flight = 0  # generation leases held (running or waiting for a slot)
         self.last_used = 0.0
         self.load_lock = asyncio.Lock()
+        self.sleeping = False
+        """Whether the model was unloaded for being idle (``sleep_idle_seconds``); the next lease wakes it."""
+        self.description: dict[str, Any] | None = None
+        """The registry's ``describe(lease)`` of this model, taken once, for answering while it sleeps."""
         self._end_tokens: list[int] | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._closing: asyncio.Future[None] | None = None  # the close of its last Llama, until done
 
     @property
     def alias(self) -> str:
@@ -75,7 +86,7 @@ class ModelEntry:
             busy_slots=stats["busy_slots"],
             queued=stats["queued"],
             in_flight=self.in_flight,
-            n_ctx=engine.n_ctx,
+            n_ctx=engine.n_cells,
             kv_cache_tokens=sum(int(slot["n_cached"]) for slot in slots if slot["is_processing"]),
             lora_adapters=tuple(sorted(llama.lora_adapters)),
             draft_tokens=stats["draft_tokens"],
@@ -116,7 +127,11 @@ class ModelRegistry:
         max_queue: int,
         verbose: bool = False,
         strict_names: bool = False,
+        sleep_idle_seconds: float | None = None,
+        describe: Callable[[Lease], dict[str, Any]] | None = None,
     ) -> None:
+        """``sleep_idle_seconds``: unload a model no lease has held for that long (None: never);
+        ``describe(lease)``: what ``/props`` says of a model, kept to answer while it sleeps."""
         if not models:
             raise ValueError("no model to serve")
         for settings in models:
@@ -128,6 +143,8 @@ class ModelRegistry:
         self.verbose = verbose
         self.strict_names = strict_names
         """404 for a name not served even when one model is; else that model answers to any name."""
+        self.sleep_idle_seconds = sleep_idle_seconds
+        self.describe = describe
         self._unknown_names: set[str] = set()
         self.closing = False
         self._names: dict[str, ModelEntry] = {}
@@ -177,20 +194,33 @@ class ModelRegistry:
             raise server_overloaded()
         entry.users += 1
         entry.in_flight += generation
+        if entry._idle_timer is not None:
+            entry._idle_timer.cancel()
+            entry._idle_timer = None
         try:
             llama = await self._loaded(entry)
         except BaseException:
             entry.users -= 1
             entry.in_flight -= generation
             self._note_returned()
+            self._start_idle_timer(entry)
             raise
         entry.last_used = time.monotonic()
-        return Lease(self, entry, llama, generation)
+        lease = Lease(self, entry, llama, generation)
+        if self.describe is not None and entry.description is None:
+            try:
+                entry.description = await asyncio.to_thread(self.describe, lease)
+            except BaseException:
+                lease.release()
+                raise
+        return lease
 
     async def _loaded(self, entry: ModelEntry) -> Llama:
         async with entry.load_lock:
             if entry.llama is None:
                 self._unload_idle(keep=entry, room_for_one=True)
+                if entry._closing is not None:  # its last Llama is still being freed: not twice in memory
+                    await asyncio.gather(entry._closing, return_exceptions=True)
                 settings = entry.settings
                 logger.info("loading model %s from %s", entry.alias, settings.model)
                 try:
@@ -205,6 +235,7 @@ class ModelRegistry:
                     await asyncio.to_thread(llama.close)
                     raise shutting_down()
                 entry.llama = llama
+                entry.sleeping = False
             return entry.llama
 
     def _release(self, lease: Lease) -> None:
@@ -214,6 +245,22 @@ class ModelRegistry:
         entry.last_used = time.monotonic()
         self._note_returned()
         self._unload_idle()
+        self._start_idle_timer(entry)
+
+    def _start_idle_timer(self, entry: ModelEntry) -> None:
+        """Put ``entry`` to sleep after ``sleep_idle_seconds`` unless a lease holds it before then."""
+        if self.sleep_idle_seconds is None or entry.users or entry.llama is None or self.closing:
+            return
+        entry._idle_timer = asyncio.get_running_loop().call_later(self.sleep_idle_seconds, self._sleep, entry)
+
+    def _sleep(self, entry: ModelEntry) -> None:
+        """Unload ``entry`` (idle for ``sleep_idle_seconds``); its next lease loads it again."""
+        entry._idle_timer = None
+        if entry.users or entry.llama is None or self.closing:
+            return
+        logger.info("model %s idle for %g s: sleeping (unloading it)", entry.alias, self.sleep_idle_seconds)
+        entry.sleeping = True
+        self._close_in_background(entry)
 
     def _note_returned(self) -> None:
         """Wake ``close()`` once the last lease is given back."""
@@ -235,6 +282,8 @@ class ModelRegistry:
             future = asyncio.ensure_future(asyncio.to_thread(llama.close))
             self._closes.add(future)
             future.add_done_callback(self._closes.discard)
+            entry._closing = future
+            future.add_done_callback(lambda done: _forget_close(entry, done))
 
     async def close(self, grace: float = LEASE_GRACE_S) -> None:
         """Stop admitting, end running generations, and close each model once no request holds it.
@@ -247,6 +296,9 @@ class ModelRegistry:
         under a call in flight).
         """
         self.closing = True
+        for entry in self.entries:
+            if entry._idle_timer is not None:
+                entry._idle_timer.cancel()
         held = [entry for entry in self.entries if entry.users]
         for entry in self.entries:
             if not entry.users:
@@ -268,6 +320,12 @@ class ModelRegistry:
     def gauges(self) -> list[ModelGauges]:
         """Every model's current load, for /metrics."""
         return [entry.gauges() for entry in self.entries]
+
+
+def _forget_close(entry: ModelEntry, done: asyncio.Future[None]) -> None:
+    """Clear ``entry``'s pending close once ``done`` (the close of its last ``Llama``) has finished."""
+    if entry._closing is done:
+        entry._closing = None
 
 
 def _stop_generating(llama: Llama) -> None:

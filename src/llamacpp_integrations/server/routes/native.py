@@ -118,8 +118,16 @@ async def apply_template(body: ApplyTemplateRequest, request: Request) -> dict[s
 
 @router.get("/props", responses=ERROR_RESPONSES)
 async def get_props(request: Request, model: str | None = None) -> dict[str, Any]:
-    """The model's default generation settings, slots, chat template and build (``?model=`` picks one)."""
-    lease = await server_state(request).registry.acquire(model)
+    """The model's default generation settings, slots, chat template and build (``?model=`` picks one).
+
+    With ``--sleep_idle_seconds`` the model is described as it was when it first loaded: asking
+    neither wakes it nor counts as using it.
+    """
+    registry = server_state(request).registry
+    entry = registry.resolve(model)
+    if entry.description is not None:
+        return {**entry.description, "is_sleeping": entry.sleeping}
+    lease = await registry.acquire(model)
     try:
         return await asyncio.to_thread(props, lease)
     finally:
