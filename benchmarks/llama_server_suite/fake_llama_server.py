@@ -31,6 +31,7 @@ VALUED = {
     "--model": "--model",
     "-a": "--model_alias",
     "--alias": "--model_alias",
+    "--tags": "--model_tags",
     "-c": "--n_ctx",
     "--ctx-size": "--n_ctx",
     "-np": "--n_parallel",
@@ -78,18 +79,22 @@ VALUED = {
 IGNORED_SWITCHES = {
     "--embedding": "the embedding routes are always on",
     "--embeddings": "the embedding routes are always on",
-    "--metrics": "/metrics is always on",
-    "--slots": "/slots is always on",
-    "--no-slots": "/slots is always on (cannot be turned off)",
     "--cont-batching": "continuous batching is always on",
     "-cb": "continuous batching is always on",
     "--jinja": "chat templates are always rendered with llama.cpp's Jinja engine",
     "--no-jinja": "chat templates are always rendered with llama.cpp's Jinja engine",
-    "--kv-unified": "all slots share one KV cache already",
     "--no-ui": "there is no web UI",
     "--offline": "nothing is ever downloaded",
     "--no-mmproj": "no projector unless --mmproj is given",
     "--swa-full": "KV cache sizing detail; nothing a client sees",
+    "--no-cache-idle-slots": "turns off moving idle slots to the host-memory prompt cache, which ours lacks",
+}
+
+# Endpoints llama-server serves only when asked: name -> (flag on, flag off, llama-server's default,
+# our switch, which is on by default).
+ENDPOINT_SWITCHES = {
+    "metrics": ("--metrics", None, False, "--metrics_endpoint"),
+    "slots": ("--slots", "--no-slots", True, "--slots_endpoint"),
 }
 
 # Flags with one value that are dropped, with the reason.
@@ -112,7 +117,6 @@ REFUSED = {
     "--lora-scaled": "LoRA adapters at start (the server has no --lora)",
     "--spec-synth-len": "synthetic draft acceptance (benchmarking only)",
     "--spec-synth-rates": "synthetic draft acceptance (benchmarking only)",
-    "--tags": "model tags",
     "--slot-save-path": "saving and restoring slots",
     "--grp-attn-n": "group attention (self-extend)",
     "--grp-attn-w": "group attention (self-extend)",
@@ -126,9 +130,7 @@ REFUSED = {
     "--mcp-servers-config": "MCP (out of scope)",
     "--mcp-servers-json": "MCP (out of scope)",
     "--ui-mcp-proxy": "the CORS proxy (out of scope)",
-    "--sleep-idle-seconds": "sleeping when idle",
     "--cache-ram": "the host-memory prompt cache",
-    "--no-cache-idle-slots": "the host-memory prompt cache",
     "--backend_sampling": "sampling on the backend",
     "--hf-repo": "downloading models (nothing is downloaded)",
     "-hf": "downloading models (nothing is downloaded)",
@@ -160,9 +162,36 @@ def _flash_attn(value: str) -> list[str]:
     return []  # auto: llama.cpp decides, our default
 
 
+def _slot_context(given: dict[str, str], unified: bool, per_slot: str | None) -> list[str]:
+    """llama-server's per-slot context, as our ``--n_ctx_per_slot`` (and ``--n_ctx``).
+
+    With ``-np`` and without ``--kv-unified``, each slot gets ``-c / -np`` tokens (with ``-c``
+    given; without it llama-server's context is the model's, which ours does not follow).
+    ``--kv-unified-per-slot N`` caps each slot at N, and without ``-c`` sizes the cache
+    ``n_parallel * N`` (``-np`` defaults to 4 there, as ours does).
+    """
+    try:
+        n_ctx = int(given["--n_ctx"]) if "--n_ctx" in given else None
+        n_parallel = int(given["--n_parallel"]) if "--n_parallel" in given else None
+        cap = int(per_slot) if per_slot is not None else 0
+    except ValueError as error:
+        raise Refused(f"a context size or slot count that is not a number: {error}") from None
+    extra: list[str] = []
+    if cap > 0 and n_ctx is None:
+        n_ctx = (n_parallel or 4) * cap
+        extra += ["--n_ctx", str(n_ctx)]
+    if n_ctx is not None and n_parallel is not None and n_parallel > 0 and not unified:
+        cap = min(cap, n_ctx // n_parallel) if cap > 0 else n_ctx // n_parallel
+    return extra + (["--n_ctx_per_slot", str(cap)] if cap > 0 else [])
+
+
 def translate(argv: list[str]) -> list[str]:
     """llama-server's arguments -> ours; raises ``Refused`` for a feature we lack."""
     ours: list[str] = []
+    given: dict[str, str] = {}  # our valued flags as given, for the per-slot context
+    unified = False
+    per_slot: str | None = None
+    endpoints = {name: default for name, (_, _, default, _) in ENDPOINT_SWITCHES.items()}
     args = list(argv)
     while args:
         flag = args.pop(0)
@@ -177,8 +206,22 @@ def translate(argv: list[str]) -> list[str]:
                 raise Refused(f"{flag} needs a value")
             return args.pop(0)
 
-        if flag in VALUED:
-            ours += [VALUED[flag], take()]
+        switched = [name for name, (on, off, _, _) in ENDPOINT_SWITCHES.items() if flag in (on, off)]
+        if switched:
+            endpoints[switched[0]] = flag == ENDPOINT_SWITCHES[switched[0]][0]
+        elif flag in VALUED:
+            given[VALUED[flag]] = take()
+            ours += [VALUED[flag], given[VALUED[flag]]]
+        elif flag in ("-kvu", "--kv-unified", "-no-kvu", "--no-kv-unified"):
+            unified = "no-" not in flag  # ours always shares one KV cache; this decides the per-slot cap
+        elif flag == "--kv-unified-per-slot":
+            per_slot = take()
+        elif flag == "--sleep-idle-seconds":
+            seconds = take()
+            if not seconds.lstrip("-").isdigit():
+                raise Refused(f"--sleep-idle-seconds {seconds!r}: not a whole number")
+            if int(seconds) >= 0:  # -1: never sleep, llama-server's default and ours
+                ours += ["--sleep_idle_seconds", seconds]
         elif flag in IGNORED_SWITCHES:
             _note(f"ignoring {flag}: {IGNORED_SWITCHES[flag]}")
         elif flag in IGNORED_VALUED:
@@ -205,7 +248,10 @@ def translate(argv: list[str]) -> list[str]:
             raise Refused(f"{flag}: a flag this wrapper does not know")
     if "--model" not in ours:
         raise Refused("no --model: llama-server's router mode (out of scope)")
-    return ours
+    for name, served in endpoints.items():
+        if not served:  # ours serves it unless told not to
+            ours += [ENDPOINT_SWITCHES[name][3], "false"]
+    return ours + _slot_context(given, unified, per_slot)
 
 
 def main(argv: list[str]) -> int:

@@ -33,10 +33,22 @@ class ModelOptions(BaseModel):
     """How a model is named and loaded (shared by ``--model`` and the config file's models)."""
 
     model_alias: str | None = Field(
-        default=None, description="The name clients use in 'model' (default: the path as given)."
+        default=None,
+        description="The name clients use in 'model' (default: the path as given); several, comma-separated, "
+        "are all accepted, and the first in sorted order is the one reported (as llama-server's --alias).",
+    )
+    model_tags: str | None = Field(
+        default=None,
+        description="Comma-separated tags listed with the model in /v1/models (llama-server's --tags).",
     )
     n_ctx: int = Field(default=2048, ge=1, description="Context window in tokens, shared by all slots.")
     n_parallel: int = Field(default=4, ge=1, description="Slots: requests decoded together in one batch.")
+    n_ctx_per_slot: int | None = Field(
+        default=None,
+        ge=1,
+        description="Most tokens one request may hold, prompt and reply (llama-server's per-slot context, "
+        "e.g. n_ctx / n_parallel); longer prompts get exceed_context_size_error (default: all of n_ctx).",
+    )
     n_threads: int | None = Field(default=None, ge=1, description="CPU threads (default: all cores).")
     n_batch: int = Field(default=512, ge=1, description="Prompt tokens decoded per step.")
     n_gpu_layers: int = Field(
@@ -216,12 +228,22 @@ class ModelSettings(ModelOptions):
 
     @property
     def alias(self) -> str:
-        """The model's public name."""
-        return self.model_alias or self.model
+        """The model's public name: the first of its aliases in sorted order, else its path."""
+        return min(self.aliases, default=self.model)
+
+    @property
+    def aliases(self) -> list[str]:
+        """The names ``model_alias`` gives the model, sorted (none: it goes by its path)."""
+        return sorted({name.strip() for name in (self.model_alias or "").split(",") if name.strip()})
+
+    @property
+    def tags(self) -> list[str]:
+        """The model's ``model_tags``, in the order given."""
+        return [tag.strip() for tag in (self.model_tags or "").split(",") if tag.strip()]
 
     def names(self) -> set[str]:
-        """Every name a request may use for this model: the alias, the path, the file name."""
-        return {self.alias, self.model, Path(self.model).name}
+        """Every name a request may use for this model: its aliases, the path, the file name."""
+        return {*self.aliases, self.model, Path(self.model).name}
 
     def llama_kwargs(self, verbose: bool) -> dict[str, Any]:
         """Keyword arguments for ``llamacpp_native.Llama``."""
@@ -231,6 +253,7 @@ class ModelSettings(ModelOptions):
             exclude={
                 "model",
                 "model_alias",
+                "model_tags",
                 "rpc",
                 "tensor_split",
                 "chat_template_file",
@@ -274,7 +297,11 @@ class ServerSettings(BaseSettings, ModelOptions):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
 
     model: str | None = Field(default=None, description=MODEL_HELP)
-    host: str = Field(default="127.0.0.1", description="Address to bind (loopback by default).")
+    host: str = Field(
+        default="127.0.0.1",
+        description="Address to bind (loopback by default); several, comma-separated, are all served "
+        "(e.g. 127.0.0.1,::1).",
+    )
     port: int = Field(default=8000, ge=0, le=65535, description="Port to listen on.")
     api_key: str | None = Field(
         default=None, description="If set, /v1/*, /tokenize, /detokenize and /metrics need 'Bearer <key>'."
@@ -286,6 +313,13 @@ class ServerSettings(BaseSettings, ModelOptions):
         default_factory=list, description="Models to serve (from the config file); loaded on first use."
     )
     models_max: int = Field(default=1, ge=1, description="Most models kept loaded at once (LRU).")
+    sleep_idle_seconds: float | None = Field(
+        default=None,
+        ge=0,
+        description="Unload a model no request has used for this long, freeing its memory; the next "
+        "request that needs it loads it again (/health, /props, /models and /metrics do not). "
+        "Default: never.",
+    )
     max_queue: int = Field(
         default=64, ge=0, description="Requests that may wait for a slot per model; more get 503."
     )
@@ -297,6 +331,12 @@ class ServerSettings(BaseSettings, ModelOptions):
         "llama-server's keyword); * for any (default: none, no CORS headers).",
     )
     verbose: bool = Field(default=False, description="Debug logging, llama.cpp's log included.")
+    metrics_endpoint: bool = Field(
+        default=True, description="Serve GET /metrics (false: 501, as llama-server without --metrics)."
+    )
+    slots_endpoint: bool = Field(
+        default=True, description="Serve GET /slots (false: 501, as llama-server's --no-slots)."
+    )
     strict_model_name: bool = Field(
         default=False,
         description="Answer 404 to a model name that is not served, as OpenAI does (by default a server "
@@ -310,6 +350,18 @@ class ServerSettings(BaseSettings, ModelOptions):
             if origin not in ("*", "localhost") and not origin.startswith(("http://", "https://")):
                 raise ValueError(f"a CORS origin is *, localhost or scheme://host[:port], not {origin!r}")
         return value
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, value: str) -> str:
+        if not any(host.strip() for host in value.split(",")):
+            raise ValueError("host needs at least one address")
+        return value
+
+    @property
+    def hosts(self) -> list[str]:
+        """The addresses in ``host`` (IPv6 ones without brackets)."""
+        return [host.strip().strip("[]") for host in self.host.split(",") if host.strip()]
 
     @staticmethod
     def origins_of(value: str | None) -> list[str]:

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from llamacpp_integrations.server.errors import APIError, shutting_down
 from llamacpp_integrations.server.metrics import Metrics
 from llamacpp_integrations.server.models import ModelRegistry
+from llamacpp_integrations.server.native import props
 from llamacpp_integrations.server.settings import ServerSettings
 from llamacpp_native.binding import rpc
 from llamacpp_native.errors import RpcServerError
@@ -32,6 +33,8 @@ class ServerState:
             max_queue=settings.max_queue,
             verbose=settings.verbose,
             strict_names=settings.strict_model_name,
+            sleep_idle_seconds=settings.sleep_idle_seconds,
+            describe=props if settings.sleep_idle_seconds is not None else None,
         )
         self.metrics = Metrics()
         self.ready = False
