@@ -44,14 +44,6 @@ class ReplyParser:
 
     def feed(self, text: str, mode: int, out: list[Event]) -> None:
         """Append ``text`` (``mode``: more to come, cut off, or the end) and add its deltas to ``out``."""
-        if self._opening is not None:
-            start = len(out)
-            self._feed(text, mode, out)
-            self._skip(out, start)
-        else:
-            self._feed(text, mode, out)
-
-    def _feed(self, text: str, mode: int, out: list[Event]) -> None:
         data = text.encode()
         count = lib.lcpp_chat_stream_feed(self._handle, data, len(data), mode, self._deltas, self._error)
         if count < 0:
@@ -81,6 +73,14 @@ class ReplyParser:
         and the events carry only what the model adds."""
         self._opening = opening
         self._left = opening.reasoning if opening.in_reasoning else opening.content
+        self.feed = self._feed_skipping  # type: ignore[method-assign]  # until the opening is past
+
+    def _feed_skipping(self, text: str, mode: int, out: list[Event]) -> None:
+        start = len(out)
+        ReplyParser.feed(self, text, mode, out)
+        self._skip(out, start)
+        if self._opening is None:
+            del self.feed  # back to the plain method: nothing more per chunk
 
     def _skip(self, out: list[Event], start: int) -> None:
         """Drop the opening from the events from ``start`` on: the turn's closed reasoning,
