@@ -733,6 +733,7 @@ llama_token lcpp_grammar_sample(struct llama_sampler * chain, struct llama_sampl
         throw std::runtime_error("the sampler chain selected no token");
     }
     llama_token token = all.data[all.selected].id;
+    lcpp_note_choice(all, chain);
 
     if (g->grammar != nullptr && !g->grammar->awaiting_trigger) {
         llama_token_data single{token, 0.0f, 0.0f};
@@ -787,6 +788,7 @@ llama_token lcpp_grammar_sample(struct llama_sampler * chain, struct llama_sampl
                     throw std::runtime_error("the grammar admits no token here");
                 }
                 token = pick.data[pick.selected].id;
+                lcpp_note_choice(pick, chain);
             } else {
                 // not a chain: run it on the whole vocabulary with the rejected tokens masked
                 s.all.resize(static_cast<size_t>(n_vocab));
@@ -799,6 +801,7 @@ llama_token lcpp_grammar_sample(struct llama_sampler * chain, struct llama_sampl
                 llama_token_data_array masked{s.all.data(), s.all.size(), -1, false};
                 llama_sampler_apply(chain, &masked);
                 token = masked.data[masked.selected].id;
+                lcpp_note_choice(masked, chain);
             }
         }
     }

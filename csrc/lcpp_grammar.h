@@ -71,6 +71,10 @@ llama_token lcpp_grammar_sample(struct llama_sampler * chain, struct llama_sampl
  * lower id), stored in `out`. */
 llama_token_data_array lcpp_candidates(const float * logits, int32_t n_vocab, int32_t top,
                                        std::vector<llama_token_data> & out);
+
+/* C++ only (lcpp_shim.cpp): note the candidates the chain made its final choice among,
+ * for lcpp_sampled_probs; `final` must stay valid until this thread samples again. */
+void lcpp_note_choice(const llama_token_data_array & final, struct llama_sampler * chain);
 #endif
 
 #endif /* LCPP_GRAMMAR_H */

@@ -374,6 +374,25 @@ extern "C++" llama_token_data_array lcpp_candidates(const float * logits, int32_
     return llama_token_data_array{out.data(), out.size(), -1, false};
 }
 
+namespace {
+
+// The candidates of this thread's last final choice (see lcpp_note_choice).
+struct last_choice {
+    const llama_token_data * data = nullptr;
+    size_t                   size = 0;
+    bool                     greedy = false;
+};
+
+thread_local last_choice g_last_choice;
+
+}  // namespace
+
+extern "C++" void lcpp_note_choice(const llama_token_data_array & final, struct llama_sampler * chain) {
+    const int32_t n = std::strcmp(llama_sampler_name(chain), "chain") == 0 ? llama_sampler_chain_n(chain) : 0;
+    const struct llama_sampler * last = n > 0 ? llama_sampler_chain_get(chain, n - 1) : chain;
+    g_last_choice = {final.data, final.size, std::strcmp(llama_sampler_name(last), "greedy") == 0};
+}
+
 llama_token lcpp_sample(struct llama_sampler * chain, struct llama_sampler * grammar, struct llama_context * ctx,
                         int32_t idx, int32_t top, char ** error) {
     *error = nullptr;
@@ -392,6 +411,7 @@ llama_token lcpp_sample(struct llama_sampler * chain, struct llama_sampler * gra
         if (all.selected < 0 || static_cast<size_t>(all.selected) >= all.size) {
             throw std::runtime_error("the sampler chain selected no token");
         }
+        lcpp_note_choice(all, chain);
         if (grammar == nullptr) {
             const llama_token token = all.data[all.selected].id;
             llama_sampler_accept(chain, token);
@@ -407,6 +427,7 @@ llama_token lcpp_sample(struct llama_sampler * chain, struct llama_sampler * gra
             llama_sampler_apply(grammar, &all);
             llama_sampler_apply(chain, &all);
             token = all.data[all.selected].id;
+            lcpp_note_choice(all, chain);
         }
         llama_sampler_accept(grammar, token);
         llama_sampler_accept(chain, token);
@@ -491,6 +512,53 @@ int lcpp_sampler_accept(struct llama_sampler * smpl, llama_token token, char ** 
         *error = copy_string("unknown C++ exception while accepting a token");
     }
     return 1;
+}
+
+float lcpp_sampled_probs(llama_token token, int32_t k, llama_token * top_ids, float * top_probs, int32_t * n_top) {
+    *n_top = 0;
+    const last_choice & last = g_last_choice;
+    if (last.data == nullptr) {
+        return NAN;
+    }
+    thread_local std::vector<llama_token_data> probs;
+    probs.clear();
+    if (last.greedy) {
+        probs.push_back(llama_token_data{token, 0.0f, 1.0f});
+    } else {
+        float max_logit = -INFINITY;
+        for (size_t i = 0; i < last.size; ++i) {
+            max_logit = std::max(max_logit, last.data[i].logit);
+        }
+        double sum = 0.0;
+        for (size_t i = 0; i < last.size && std::isfinite(max_logit); ++i) {
+            const float p = std::exp(last.data[i].logit - max_logit);
+            if (p > 0.0f) {
+                probs.push_back(llama_token_data{last.data[i].id, last.data[i].logit, p});
+                sum += p;
+            }
+        }
+        for (auto & candidate : probs) {
+            candidate.p = static_cast<float>(candidate.p / sum);
+        }
+    }
+    float own = 0.0f;
+    for (const auto & candidate : probs) {
+        if (candidate.id == token) {
+            own = candidate.p;
+            break;
+        }
+    }
+    const size_t count = std::min(probs.size(), static_cast<size_t>(std::max(k, 0)));
+    std::partial_sort(probs.begin(), probs.begin() + static_cast<std::ptrdiff_t>(count), probs.end(),
+                      [](const llama_token_data & a, const llama_token_data & b) {
+                          return a.p > b.p || (a.p == b.p && a.id < b.id);
+                      });
+    for (size_t i = 0; i < count; ++i) {
+        top_ids[i] = probs[i].id;
+        top_probs[i] = probs[i].p;
+    }
+    *n_top = static_cast<int32_t>(count);
+    return own;
 }
 
 float lcpp_logprobs(struct llama_context * ctx, int32_t idx, int32_t n_vocab, llama_token token, int32_t k,

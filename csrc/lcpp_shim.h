@@ -129,6 +129,15 @@ int32_t lcpp_sample_draft(struct llama_context * ctx, const struct llama_vocab *
 llama_token lcpp_sample(struct llama_sampler * chain, struct llama_sampler * grammar,
                         struct llama_context * ctx, int32_t idx, int32_t top, char ** error);
 
+/* The probabilities after sampling (llama-server's post_sampling_probs), read after this
+ * thread's last lcpp_sample, lcpp_sample_many or lcpp_sample_draft: the softmax of the
+ * logits of the candidates the chain's final choice was made among (after every stage:
+ * bias, penalties, grammar, truncation, temperature); under greedy decoding the chosen
+ * token alone, with probability 1.  Writes at most k ids and probabilities, most likely
+ * first (ties to the lower id), leaving out zeros, and their number to *n_top; returns
+ * `token`'s probability (0 when it is not among them, NaN before any sampling). */
+float lcpp_sampled_probs(llama_token token, int32_t k, llama_token * top_ids, float * top_probs, int32_t * n_top);
+
 /* Repeat/frequency/presence penalties over the last `last_n` tokens, computed
  * exactly as llama.cpp's llama_sampler_init_penalties does, but touching only
  * the penalised tokens when the candidates are the whole vocabulary in id order

@@ -360,6 +360,7 @@ int32_t lcpp_sample_draft(struct llama_context * ctx, const struct llama_vocab *
 int lcpp_sampler_accept(struct llama_sampler * smpl, llama_token token, char ** error);
 struct llama_sampler * lcpp_sampler_init_penalties(int32_t n_vocab, int32_t last_n, float repeat, float freq,
                                                    float present);
+float lcpp_sampled_probs(llama_token token, int32_t k, llama_token * top_ids, float * top_probs, int32_t * n_top);
 float lcpp_logprobs(struct llama_context * ctx, int32_t idx, int32_t n_vocab, llama_token token, int32_t k,
                     llama_token * top_ids, float * top_logprobs);
 

@@ -256,7 +256,9 @@ class Engine(DecodeLoop):
         return [dataclasses.replace(aggregate(iter(chunks)), seconds=elapsed) for chunks in collected]
 
     def stats(self) -> dict[str, int]:
-        """Queue length and slot use, for monitoring."""
+        """Queue length and slot use, for monitoring; ``decode_calls`` counts the token batches decoded
+        and ``decoded_sequences`` the sequences they carried (their mean: busy slots per decode),
+        ``longest_sequence`` the most tokens one sequence has held."""
         with self._schedule.cv:
             return {
                 "slots": len(self.slots),
@@ -265,6 +267,9 @@ class Engine(DecodeLoop):
                 "cached_tokens": sum(len(s.tokens) for s in self.slots),
                 "media_decoded": self._media_decoded,
                 "prompt_tokens_decoded": self._prompt_decoded,
+                "decode_calls": self._decode_calls,
+                "decoded_sequences": self._decoded_sequences,
+                "longest_sequence": self.longest_sequence,
                 "draft_tokens": self._drafted,
                 "draft_tokens_accepted": self._accepted,
             }

@@ -29,6 +29,7 @@ from llamacpp_native.engine.policy import (
 )
 from llamacpp_native.engine.request_stream import MAX_BACKLOG, RequestStream, wake_all
 from llamacpp_native.engine.speculative import Drafter
+from llamacpp_native.engine.token_probs import sample_after_sampling, sample_with_logprobs
 from llamacpp_native.engine.types import TokenLogprob
 from llamacpp_native.errors import ClosedError, GrammarError
 
@@ -100,6 +101,9 @@ class DecodeLoop:
         self.slots = [Slot(i) for i in range(context.n_seq_max)]
         self._media_decoded = 0
         self._prompt_decoded = 0  # prompt tokens decoded (a prefix cache hit or a fork decodes none)
+        self._decode_calls = 0  # llama_decode calls of token batches, and the sequences they carried
+        self._decoded_sequences = 0
+        self._longest_sequence = 0  # the most tokens a sequence held before it was cut (see longest_sequence)
         self._schedule = Schedule()
         self._decoding: list[Job] = []
         self._piece_stride = PIECE_CAPACITY
@@ -192,6 +196,9 @@ class DecodeLoop:
                 stream = job.stream()
                 if stream is not None:
                     stream.cached_tokens = len(slot.tokens)
+                    if job.request.report_progress:
+                        stream.progress(len(slot.tokens))
+                        stream.wake()
 
     def _prompt_on_its_way(self, leader: Job) -> bool:
         """Whether an n-choices leader's prompt is still to be decoded: its followers wait, then copy it."""
@@ -239,12 +246,19 @@ class DecodeLoop:
             schedule.waiting.appendleft(victim)
         return True
 
+    @property
+    def longest_sequence(self) -> int:
+        """The most tokens one sequence has held (measured when sequences are cut, and now)."""
+        return max(self._longest_sequence, *(len(slot.tokens) for slot in self.slots))
+
     def _forget(self, slot: Slot) -> None:
+        self._longest_sequence = max(self._longest_sequence, len(slot.tokens))
         self.context.kv_remove(slot.seq_id, -1, -1)
         slot.tokens = []
 
     def _truncate(self, slot: Slot, keep: int, job: Job) -> None:
         if keep < len(slot.tokens):
+            self._longest_sequence = max(self._longest_sequence, len(slot.tokens))
             if not self.context.kv_remove(slot.seq_id, position(job, keep), -1):
                 self._forget(slot)
                 return
@@ -399,12 +413,22 @@ class DecodeLoop:
             return
         if status:
             context.check_status(status, "decode", log.errors)
+        self._decode_calls += 1
+        self._decoded_sequences += len(batch)
+        progressed: list[RequestStream] = []
         for job in batch:
             assert job.slot is not None
             job.slot.tokens.extend(job.in_batch)
             if job.decodes_pending and job.pending is not None:
                 job.tokens.append(job.pending)
                 job.pending = None
+            elif job.request.report_progress:  # a batch of its prompt went in
+                stream = job.stream()
+                if stream is not None:
+                    stream.progress(len(job.slot.tokens))
+                    progressed.append(stream)
+        if progressed:
+            wake_all(progressed)
 
     def _evict_idle(self) -> bool:
         idle = eviction_candidate(self.slots)
@@ -446,7 +470,8 @@ class DecodeLoop:
                 )
                 self._hand_out(job, token, eog[i], piece, None, woken)
         for job in scored:
-            token, logprob = self._sample_with_logprobs(job.sampler, job.request.logprobs or 0, job.output)
+            sample = sample_after_sampling if job.request.post_sampling_probs else sample_with_logprobs
+            token, logprob = sample(self.context, self.vocab, job.sampler, job.request.logprobs or 0, job.output)
             end = bool(lib.llama_vocab_is_eog(self._vocab_ptr, token))
             self._hand_out(job, token, end, self.vocab.token_to_piece(token), logprob, woken)
         wake_all(woken)
@@ -511,21 +536,6 @@ class DecodeLoop:
         else:
             job.pending = token
             woken.append(stream)
-
-    def _sample_with_logprobs(
-        self, sampler: SamplerChain, top_n: int, index: int
-    ) -> tuple[int, TokenLogprob]:
-        handle, n_vocab = self.context.handle, self.vocab.n_tokens
-        ids = ffi.new("llama_token[]", max(top_n, 1))
-        values = ffi.new("float[]", max(top_n, 1))
-        lib.lcpp_logprobs(handle, index, n_vocab, -1, top_n, ids, values)  # read before sampling
-        token = sampler.sample(self.context, index)
-        own = lib.lcpp_logprobs(handle, index, n_vocab, token, 0, ffi.NULL, ffi.NULL)
-        pieces = [self.vocab.token_to_piece(ids[i]) for i in range(top_n)]
-        top = [(p.decode("utf-8", "replace"), float(values[i])) for i, p in enumerate(pieces)]
-        piece = self.vocab.token_to_piece(token)
-        text = piece.decode("utf-8", "replace")
-        return token, TokenLogprob(token, text, float(own), top, piece, pieces, list(ids[0:top_n]))
 
     def _retire_now(self, job: Job) -> None:
         with self._schedule.cv:

@@ -30,6 +30,10 @@ class _Token(NamedTuple):
     logprob: TokenLogprob | None
 
 
+class _Progress(NamedTuple):
+    processed: int  # prompt tokens in the sequence so far
+
+
 class SequenceOutput:
     """Per-sequence output bookkeeping: tokens -> safe text chunks, stop, length, logprobs.
 
@@ -137,7 +141,7 @@ class RequestStream:
         self._output = SequenceOutput(request, limit)
         self._on_change = on_change  # tells the engine that this stream was cancelled or drained
         self._lock = threading.Condition()
-        self._tokens: deque[_Token] = deque()
+        self._tokens: deque[_Token | _Progress] = deque()
         self._end: tuple[str, BaseException | None] | None = None
         self._ready: deque[Chunk] = deque()
         self._held: list[int] = []  # ids of tokens whose text is still held back
@@ -169,6 +173,10 @@ class RequestStream:
     def push(self, token: int, piece: bytes, logprob: TokenLogprob | None) -> None:
         """Append one generated token (call ``wake()`` after a step's pushes)."""
         self._tokens.append(_Token(token, piece, logprob))
+
+    def progress(self, processed: int) -> None:
+        """Note that ``processed`` prompt tokens are in the sequence (call ``wake()`` after a step's notes)."""
+        self._tokens.append(_Progress(processed))
 
     def finish(self, reason: str, error: BaseException | None = None) -> None:
         """No more tokens will come: the sequence ended with ``reason`` or failed with ``error``."""
@@ -274,7 +282,13 @@ class RequestStream:
                 return None
         return ready.popleft() if ready else None
 
-    def _take(self, item: _Token) -> None:
+    def _take(self, item: _Token | _Progress) -> None:
+        if type(item) is _Progress:
+            prompt = len(self.request.prompt_tokens)
+            self._ready.append(
+                Chunk("", [], prompt_tokens=prompt, cached_tokens=self.cached_tokens, prompt_processed=item.processed)
+            )
+            return
         output = self._output
         if output.finish_reason is not None:
             return  # tokens generated after a stop string: never shown

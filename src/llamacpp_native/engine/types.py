@@ -63,6 +63,13 @@ class GenerationRequest:
     max_tokens: int | None = 256
     stop: Sequence[str] = ()
     logprobs: int | None = None
+    post_sampling_probs: bool = False
+    """With ``logprobs``: log-probabilities after the sampler chain instead of the model's (llama-server's
+    ``post_sampling_probs``), the top ones being the candidates the chain kept (fewer than asked once
+    those sum to 1; one, of probability 1, under greedy decoding)."""
+    report_progress: bool = False
+    """Yield a ``Chunk`` with ``prompt_processed`` when the request is admitted and after each batch of
+    its prompt is decoded (llama-server's ``return_progress``)."""
     grammar_prefill: list[int] = field(default_factory=list)
     """Tokens already in the prompt that the sampler's grammar must accept first."""
     lora: LoraSet | None = None
@@ -101,6 +108,9 @@ class Chunk:
     draft_tokens: int = 0
     """Speculative guesses verified for this request, and how many were right (on the last chunk)."""
     draft_accepted: int = 0
+    prompt_processed: int | None = None
+    """On a progress chunk (``GenerationRequest.report_progress``): the prompt tokens in the sequence so
+    far, those from the prefix cache included (``cached_tokens`` says how many)."""
 
 
 @dataclass
