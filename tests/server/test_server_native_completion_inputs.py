@@ -105,7 +105,26 @@ def test_each_probability_and_alternative_carries_its_token_id(http: httpx.Clien
         assert item["top_logprobs"][0]["id"] == item["id"]  # greedy: the chosen token is the likeliest
 
 
-def test_post_sampling_probs_is_refused_until_the_sampler_reports_them(http: httpx.Client) -> None:
-    body = {"prompt": TEXT, "n_probs": 3, "post_sampling_probs": True}
-    error = assert_openai_error(http.post("/completion", json=body), 400)
-    assert error["code"] == "not_supported" and error["param"] == "post_sampling_probs"
+def test_post_sampling_probs_are_probabilities_of_what_the_sampler_kept(http: httpx.Client) -> None:
+    body = {"prompt": TEXT, "n_probs": 10, "n_predict": 4, "temperature": 1.0, "top_k": 5, "seed": 2}
+    probs = _post(http, post_sampling_probs=True, **body)["completion_probabilities"]
+    assert len(probs) == 4
+    for item in probs:
+        assert set(item) == {"id", "token", "bytes", "prob", "top_probs"}
+        assert 0.0 < item["prob"] <= 1.0
+        top = item["top_probs"]
+        assert 1 <= len(top) <= 5  # top-k 5 leaves at most 5
+        assert sum(entry["prob"] for entry in top) == pytest.approx(1.0, abs=1e-4)
+        assert all(set(entry) == {"id", "token", "bytes", "prob"} and entry["prob"] > 0 for entry in top)
+        assert item["prob"] == pytest.approx(next(e["prob"] for e in top if e["id"] == item["id"]))
+
+
+def test_post_sampling_probs_of_greedy_decoding_are_the_chosen_token_at_one(http: httpx.Client) -> None:
+    body = {"prompt": TEXT, "n_probs": 3, "post_sampling_probs": True, "stream": True, **GREEDY}
+    with http.stream("POST", "/completion", json=body) as response:
+        events = [json.loads(data) for data in sse_data(list(response.iter_lines()))]
+    probs = [item for event in events for item in event.get("completion_probabilities", [])]
+    assert len(probs) == 4
+    for item in probs:
+        assert item["prob"] == 1.0
+        assert item["top_probs"] == [{"id": item["id"], "token": item["token"], "prob": 1.0, "bytes": item["bytes"]}]

@@ -57,7 +57,6 @@ class NativeCompletion:
         self.stop_type = "none"
         self.stopping_word = ""
         self.predicted = 0
-        self.cached = 0
         self.drafted = (0, 0)  # speculative guesses verified and kept, for timings
         self._stream = stream
         self._prompt_text = prompt_text
@@ -80,14 +79,6 @@ class NativeCompletion:
         A body without ``n_predict`` (or ``max_tokens``) gets the model's ``--n_predict``.
         """
         try:
-            if body.post_sampling_probs and body.n_probs:
-                raise APIError(
-                    400,
-                    "post_sampling_probs is not supported yet: n_probs gives the model's probabilities "
-                    "before sampling (logprob, top_logprobs)",
-                    code="not_supported",
-                    param="post_sampling_probs",
-                )
             if "n_predict" not in body.model_fields_set:
                 body = body.model_copy(update={"n_predict": lease.entry.settings.n_predict})
             end_tokens = await lease.entry.end_tokens() if body.ignore_eos else []
@@ -107,30 +98,33 @@ class NativeCompletion:
             raise
         return cls(lease, body, request, stream, prompt_text, record, timings, index)
 
-    async def _pieces(self) -> AsyncIterator[tuple[str, list[int], list[TokenLogprob]]]:
-        """Each engine chunk's text (cut at a stop string), token ids and logprobs; notes how it ended."""
+    async def _pieces(self) -> AsyncIterator[tuple[str, list[int], list[TokenLogprob], int | None]]:
+        """Each engine chunk's text (cut at a stop string), token ids, logprobs and, on a progress chunk
+        (``return_progress``), the prompt tokens processed so far; notes how it ended."""
         stream = self._stream
         if stream is None:
             self.stop_type = "limit"
             return
         matcher = StopMatcher(self._stops)
         async for chunk in stream:
+            if chunk.prompt_processed is not None:
+                yield "", [], [], chunk.prompt_processed
+                continue
             self.timings.output()
             text = matcher.push(chunk.text)
             self.predicted += len(chunk.tokens)
             if matcher.stopped:
                 self.stop_type, self.stopping_word = "word", matcher.matched or ""
                 stream.cancel()
-                yield text, chunk.tokens, chunk.logprobs or []
+                yield text, chunk.tokens, chunk.logprobs or [], None
                 break
             if chunk.finish_reason is not None:
                 text += matcher.flush()
                 self.predicted = chunk.completion_tokens
                 self.stop_type = "limit" if chunk.finish_reason == "length" else "eos"
             if text or chunk.tokens or chunk.logprobs:
-                yield text, chunk.tokens, chunk.logprobs or []
+                yield text, chunk.tokens, chunk.logprobs or [], None
         self.timings.end()
-        self.cached = stream.cached_tokens
         self.drafted = (stream.draft_tokens, stream.draft_accepted)
 
     async def response(self) -> dict[str, Any]:
@@ -139,7 +133,7 @@ class NativeCompletion:
         tokens: list[int] = []
         probs: list[TokenLogprob] = []
         try:
-            async for text, ids, logprobs in self._pieces():
+            async for text, ids, logprobs, _ in self._pieces():
                 texts.append(text)
                 tokens.extend(ids)
                 probs.extend(logprobs)
@@ -148,7 +142,7 @@ class NativeCompletion:
             await self.close()
         result = self._final("".join(texts), tokens if self.body.return_tokens else [])
         if self.body.n_probs:
-            result["completion_probabilities"] = probabilities(probs)
+            result["completion_probabilities"] = probabilities(probs, self.body.post_sampling_probs)
         return result
 
     async def events(self) -> AsyncIterator[str]:
@@ -156,18 +150,23 @@ class NativeCompletion:
 
         As in llama-server there is no ``[DONE]``; an error after the first event is the last event.
         """
+        body, n_prompt = self.body, len(self.request.prompt_tokens)
         try:
-            async for text, ids, logprobs in self._pieces():
+            async for text, ids, logprobs, processed in self._pieces():
                 event: dict[str, Any] = {
                     "index": self.index,
                     "content": text,
                     "tokens": ids,
                     "stop": False,
                     "tokens_predicted": self.predicted,
-                    "tokens_evaluated": len(self.request.prompt_tokens),
+                    "tokens_evaluated": n_prompt,
                 }
-                if self.body.n_probs:
-                    event["completion_probabilities"] = probabilities(logprobs)
+                if processed is not None:
+                    event.update(self._progress(processed))
+                elif body.timings_per_token:
+                    event["timings"] = self._timings()
+                if body.n_probs and processed is None:
+                    event["completion_probabilities"] = probabilities(logprobs, body.post_sampling_probs)
                 yield _json(event)
             self._finished = True
             yield _json(self._final("", []))
@@ -176,6 +175,26 @@ class NativeCompletion:
             yield _json(api_error(error).body())
         finally:
             await self.close()
+
+    def _progress(self, processed: int) -> dict[str, Any]:
+        """llama-server's ``prompt_progress`` (and ``timings``, with ``timings_per_token``) at ``processed``."""
+        assert self._stream is not None
+        cached = self._stream.cached_tokens
+        fields: dict[str, Any] = {
+            "prompt_progress": {
+                "total": len(self.request.prompt_tokens),
+                "cache": cached,
+                "processed": processed,
+                "time_ms": self.timings.elapsed_ms(),
+            }
+        }
+        if self.body.timings_per_token:
+            fields["timings"] = self.timings.at_progress(processed, cached)
+        return fields
+
+    def _timings(self) -> dict[str, Any]:
+        cached = self._stream.cached_tokens if self._stream is not None else 0
+        return self.timings.as_json(len(self.request.prompt_tokens), cached, self.predicted, self.drafted)
 
     def _final(self, content: str, tokens: list[int]) -> dict[str, Any]:
         prompt_n = len(self.request.prompt_tokens)
@@ -195,7 +214,7 @@ class NativeCompletion:
             "stop_type": self.stop_type,
             "stopping_word": self.stopping_word,
             "tokens_cached": prompt_n + self.predicted,
-            "timings": self.timings.as_json(prompt_n, self.cached, self.predicted, self.drafted),
+            "timings": self._timings(),
         }
 
     async def close(self) -> None:
@@ -298,12 +317,15 @@ def completion_request(
     bias.update(dict.fromkeys(end_tokens, -math.inf))
     if bias:
         options["logit_bias"] = bias
-    return llama.completion_request(
+    request = llama.completion_request(
         prompt,
         max_tokens=body.n_predict if body.n_predict > 0 else None,
         logprobs=body.n_probs or None,
         **options,
     )
+    request.post_sampling_probs = body.post_sampling_probs
+    request.report_progress = body.stream and body.return_progress
+    return request
 
 
 def generation_settings(
@@ -338,17 +360,23 @@ def generation_settings(
     }
 
 
-def probabilities(items: list[TokenLogprob]) -> list[dict[str, Any]]:
+def probabilities(items: list[TokenLogprob], post_sampling: bool = False) -> list[dict[str, Any]]:
     """llama-server's ``completion_probabilities``: each token's id, text, bytes and logprob, and its
-    ``top_logprobs`` alike (``bytes`` are the token's own, which may hold part of a character)."""
+    ``top_logprobs`` alike (``bytes`` are the token's own, which may hold part of a character).
+
+    ``post_sampling`` (the engine's ``post_sampling_probs``) names them ``prob`` and ``top_probs``,
+    probabilities rather than their logs.
+    """
+    key, top_key = ("prob", "top_probs") if post_sampling else ("logprob", "top_logprobs")
+    value = math.exp if post_sampling else float
     return [
         {
             "id": item.token,
             "token": item.text,
-            "logprob": item.logprob,
+            key: value(item.logprob),
             "bytes": list(item.piece),
-            "top_logprobs": [
-                {"id": token, "token": text, "logprob": logprob, "bytes": list(piece)}
+            top_key: [
+                {"id": token, "token": text, key: value(logprob), "bytes": list(piece)}
                 for token, (text, logprob), piece in zip(item.top_ids, item.top, item.top_pieces, strict=True)
             ],
         }

@@ -479,8 +479,14 @@ class NativeCompletionRequest(SamplingBody):
     n_probs: int = Field(default=0, ge=0, le=INT32_MAX, description="Top alternatives per generated token.")
     post_sampling_probs: bool = Field(
         default=False,
-        description="n_probs as probabilities after the sampler chain (not supported yet: 400 with n_probs).",
+        description="n_probs as probabilities after the sampler chain ('prob', 'top_probs'): only the "
+        "candidates it kept, so fewer than n_probs once they sum to 1.",
     )
+    return_progress: bool = Field(
+        default=False,
+        description="Streamed: an event with 'prompt_progress' when the prompt starts and after each batch of it.",
+    )
+    timings_per_token: bool = Field(default=False, description="Streamed: 'timings' on every event.")
     json_schema: dict[str, Any] | None = Field(default=None, description="A JSON schema the output follows.")
     logit_bias: list[tuple[int | str, float | bool]] | dict[str, float | bool] | None = Field(
         default=None,

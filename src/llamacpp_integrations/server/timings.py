@@ -16,10 +16,12 @@ from typing import Any
 class Timings:
     """Start, first output and end of one generation; ``as_json`` renders llama-server's fields."""
 
-    __slots__ = ("started", "first_output", "ended")
+    __slots__ = ("started", "prompt_started", "first_output", "ended")
 
     def __init__(self, started: float | None = None) -> None:
         self.started = time.perf_counter() if started is None else started
+        self.prompt_started: float | None = None
+        """When the first prompt-progress event was rendered (the request's admission)."""
         self.first_output: float | None = None
         self.ended: float | None = None
 
@@ -32,6 +34,29 @@ class Timings:
         """Note the end of the generation (only the first call counts)."""
         if self.ended is None:
             self.ended = time.perf_counter()
+
+    def elapsed_ms(self) -> float:
+        """Milliseconds since the request started."""
+        return (time.perf_counter() - self.started) * 1000.0
+
+    def at_progress(self, processed: int, cached: int) -> dict[str, Any]:
+        """The ``timings`` of a prompt-progress event: ``processed`` prompt tokens in the sequence, ``cached``
+        of them from the prefix cache (``prompt_ms`` is 0 until one is decoded), nothing predicted yet."""
+        if self.prompt_started is None:
+            self.prompt_started = time.perf_counter()
+        prompt_n = max(processed - cached, 0)
+        prompt_ms = (time.perf_counter() - self.prompt_started) * 1000.0 if prompt_n else 0.0
+        return {
+            "cache_n": cached,
+            "prompt_n": prompt_n,
+            "prompt_ms": prompt_ms,
+            "prompt_per_token_ms": prompt_ms / prompt_n if prompt_n else 0.0,
+            "prompt_per_second": prompt_n * 1000.0 / prompt_ms if prompt_ms > 0 else 0.0,
+            "predicted_n": 0,
+            "predicted_ms": 0.0,
+            "predicted_per_token_ms": 0.0,
+            "predicted_per_second": 0.0,
+        }
 
     def as_json(
         self, prompt_tokens: int, cached_tokens: int, predicted_tokens: int, drafted: tuple[int, int] = (0, 0)
