@@ -17,7 +17,9 @@ from llamacpp_native import Llama, TokenLogprob
 PROMPT = "Today was the day. Today I would finally become a"
 
 
-def _probs(llama: Llama, prompt: str = PROMPT, n: int = 10, post: bool = True, **options: object) -> list[TokenLogprob]:
+def _probs(
+    llama: Llama, prompt: str = PROMPT, n: int = 10, post: bool = True, **options: object
+) -> list[TokenLogprob]:
     options.setdefault("seed", 11)
     request = llama.completion_request(prompt, max_tokens=4, logprobs=n, **options)  # type: ignore[arg-type]
     request.post_sampling_probs = post

@@ -46,7 +46,9 @@ def test_progress_counts_up_batch_by_batch_before_the_first_text(batched: Llama)
     assert processed[0] == progress[0].cached_tokens  # at admission: what the cache held
     assert processed == sorted(processed) and processed[-1] == n_prompt
     assert len(processed) >= 1 + -(-(n_prompt - processed[0]) // N_BATCH)  # admission, then each batch
-    assert all(chunk.text == "" and not chunk.tokens and chunk.prompt_tokens == n_prompt for chunk in progress)
+    assert all(
+        chunk.text == "" and not chunk.tokens and chunk.prompt_tokens == n_prompt for chunk in progress
+    )
 
 
 def test_a_cached_prompt_starts_from_the_cached_tokens(batched: Llama) -> None:

@@ -127,4 +127,6 @@ def test_post_sampling_probs_of_greedy_decoding_are_the_chosen_token_at_one(http
     assert len(probs) == 4
     for item in probs:
         assert item["prob"] == 1.0
-        assert item["top_probs"] == [{"id": item["id"], "token": item["token"], "prob": 1.0, "bytes": item["bytes"]}]
+        assert item["top_probs"] == [
+            {"id": item["id"], "token": item["token"], "prob": 1.0, "bytes": item["bytes"]}
+        ]

@@ -177,7 +177,7 @@ class NativeCompletion:
             await self.close()
 
     def _progress(self, processed: int) -> dict[str, Any]:
-        """llama-server's ``prompt_progress`` (and ``timings``, with ``timings_per_token``) at ``processed``."""
+        """llama-server's ``prompt_progress`` at ``processed`` prompt tokens (and ``timings_per_token``'s)."""
         assert self._stream is not None
         cached = self._stream.cached_tokens
         fields: dict[str, Any] = {

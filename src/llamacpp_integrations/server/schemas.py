@@ -484,7 +484,7 @@ class NativeCompletionRequest(SamplingBody):
     )
     return_progress: bool = Field(
         default=False,
-        description="Streamed: an event with 'prompt_progress' when the prompt starts and after each batch of it.",
+        description="Streamed: an event with 'prompt_progress' as the prompt starts and after each batch.",
     )
     timings_per_token: bool = Field(default=False, description="Streamed: 'timings' on every event.")
     json_schema: dict[str, Any] | None = Field(default=None, description="A JSON schema the output follows.")

@@ -15,7 +15,6 @@ from collections import deque
 from llamacpp_native.binding._library import CallLog, ffi, lib, take_message
 from llamacpp_native.binding.context import DECODE_ABORTED, DECODE_NO_KV_SLOT, Context
 from llamacpp_native.binding.model import Model
-from llamacpp_native.binding.sampling import SamplerChain
 from llamacpp_native.chat.multimodal import MediaChunk
 from llamacpp_native.engine.policy import (
     Job,
@@ -471,7 +470,9 @@ class DecodeLoop:
                 self._hand_out(job, token, eog[i], piece, None, woken)
         for job in scored:
             sample = sample_after_sampling if job.request.post_sampling_probs else sample_with_logprobs
-            token, logprob = sample(self.context, self.vocab, job.sampler, job.request.logprobs or 0, job.output)
+            token, logprob = sample(
+                self.context, self.vocab, job.sampler, job.request.logprobs or 0, job.output
+            )
             end = bool(lib.llama_vocab_is_eog(self._vocab_ptr, token))
             self._hand_out(job, token, end, self.vocab.token_to_piece(token), logprob, woken)
         wake_all(woken)

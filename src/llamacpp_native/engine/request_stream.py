@@ -175,7 +175,7 @@ class RequestStream:
         self._tokens.append(_Token(token, piece, logprob))
 
     def progress(self, processed: int) -> None:
-        """Note that ``processed`` prompt tokens are in the sequence (call ``wake()`` after a step's notes)."""
+        """Note ``processed`` prompt tokens in the sequence (call ``wake()`` after a step's notes)."""
         self._tokens.append(_Progress(processed))
 
     def finish(self, reason: str, error: BaseException | None = None) -> None:
@@ -283,10 +283,16 @@ class RequestStream:
         return ready.popleft() if ready else None
 
     def _take(self, item: _Token | _Progress) -> None:
-        if type(item) is _Progress:
+        if isinstance(item, _Progress):
             prompt = len(self.request.prompt_tokens)
             self._ready.append(
-                Chunk("", [], prompt_tokens=prompt, cached_tokens=self.cached_tokens, prompt_processed=item.processed)
+                Chunk(
+                    "",
+                    [],
+                    prompt_tokens=prompt,
+                    cached_tokens=self.cached_tokens,
+                    prompt_processed=item.processed,
+                )
             )
             return
         output = self._output

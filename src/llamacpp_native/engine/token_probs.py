@@ -42,7 +42,9 @@ def sample_after_sampling(
     return token, _token_logprob(vocab, token, _log(own), list(ids[0:n]), [_log(p) for p in values[0:n]])
 
 
-def _token_logprob(vocab: Vocab, token: int, logprob: float, top_ids: list[int], top: list[float]) -> TokenLogprob:
+def _token_logprob(
+    vocab: Vocab, token: int, logprob: float, top_ids: list[int], top: list[float]
+) -> TokenLogprob:
     pieces = [vocab.token_to_piece(t) for t in top_ids]
     texts = [(piece.decode("utf-8", "replace"), value) for piece, value in zip(pieces, top, strict=True)]
     piece = vocab.token_to_piece(token)

@@ -63,6 +63,10 @@ class GenerationRequest:
     max_tokens: int | None = 256
     stop: Sequence[str] = ()
     logprobs: int | None = None
+    grammar_prefill: list[int] = field(default_factory=list)
+    """Tokens already in the prompt that the sampler's grammar must accept first."""
+    lora: LoraSet | None = None
+    media: PromptMedia = ()
     post_sampling_probs: bool = False
     """With ``logprobs``: log-probabilities after the sampler chain instead of the model's (llama-server's
     ``post_sampling_probs``), the top ones being the candidates the chain kept (fewer than asked once
@@ -70,10 +74,6 @@ class GenerationRequest:
     report_progress: bool = False
     """Yield a ``Chunk`` with ``prompt_processed`` when the request is admitted and after each batch of
     its prompt is decoded (llama-server's ``return_progress``)."""
-    grammar_prefill: list[int] = field(default_factory=list)
-    """Tokens already in the prompt that the sampler's grammar must accept first."""
-    lora: LoraSet | None = None
-    media: PromptMedia = ()
 
     def validate(self, n_ctx: int, n_vocab: int, n_ctx_setting: str = "n_ctx") -> None:
         """Raise a clear error for requests that cannot run (``n_ctx_setting``: the load setting that

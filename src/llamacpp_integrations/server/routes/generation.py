@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 
 from llamacpp_integrations.server.auth import require_api_key
 from llamacpp_integrations.server.chat_events import input_tokens, render_prompt
-from llamacpp_integrations.server.errors import ERROR_RESPONSES, APIError
+from llamacpp_integrations.server.errors import ERROR_RESPONSES
 from llamacpp_integrations.server.generation import EventStream, Generation, llama_kwargs, until_disconnected
 from llamacpp_integrations.server.middleware import request_record
 from llamacpp_integrations.server.schemas import ChatCompletionRequest, CompletionRequest
