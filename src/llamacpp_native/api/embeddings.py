@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 from llamacpp_native.api import openai_shapes
 from llamacpp_native.api.base import LlamaBase
@@ -106,7 +106,7 @@ class LlamaEmbeddings(LlamaBase):
 
     def create_embedding(self, input: EmbeddingInput, model: str | None = None) -> dict[str, Any]:
         """OpenAI-shaped embeddings response (``input`` as ``embed`` takes it)."""
-        texts = [input] if _is_one(input) else list(input)
+        texts = cast("list[str | Sequence[int]]", [input] if _is_one(input) else list(input))
         vectors, n_tokens = self._embed_texts(texts, False, True)
         return openai_shapes.embedding_response(model or self.model_path, vectors, n_tokens)
 
