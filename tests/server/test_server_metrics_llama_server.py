@@ -1,5 +1,5 @@
 """``/metrics`` and ``timings`` as llama-server gives them: its header's exact spelling, its
-unlabelled counters, its generation rate, and turning ``/metrics`` and ``/slots`` off (501)."""
+unlabelled series, its generation rate, and turning ``/metrics`` and ``/slots`` off (501)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,26 @@ from server_support import RunningServer, assert_openai_error, metric_values
 
 NO_END = {"ignore_eos": True}
 
+COUNTERS = (
+    "prompt_tokens_total",
+    "prompt_tokens_cached_total",
+    "prompt_seconds_total",
+    "tokens_predicted_total",
+    "tokens_predicted_seconds_total",
+    "n_decode_total",
+    "n_tokens_max",
+    "spec_decode_num_draft_tokens_total",
+    "spec_decode_num_accepted_tokens_total",
+    "spec_decode_num_drafts_total",
+)
+GAUGES = (
+    "prompt_tokens_seconds",
+    "predicted_tokens_seconds",
+    "requests_processing",
+    "requests_deferred",
+    "n_busy_slots_per_decode",
+)
+
 
 def test_the_start_time_header_keeps_llama_servers_capitals(http: httpx.Client) -> None:
     response = http.get("/metrics")
@@ -20,6 +40,49 @@ def test_the_start_time_header_keeps_llama_servers_capitals(http: httpx.Client) 
     # Header names are case-insensitive in HTTP, but llama.cpp's suite looks this one up in a plain dict.
     sent = {name: value for name, value in response.headers.raw}
     assert int(sent[b"Process-Start-Time-Unix"]) > 0
+
+
+def test_llama_servers_series_are_unlabelled_and_each_name_has_one_help_and_type(
+    http: httpx.Client, model_name: str
+) -> None:
+    body = {"model": model_name, "prompt": "I believe", "max_tokens": 8, **NO_END}
+    assert http.post("/v1/completions", json=body).status_code == 200
+    text = http.get("/metrics").text
+    declared = [line.split(" ")[2:4] for line in text.splitlines() if line.startswith("# TYPE ")]
+    kinds = dict(declared)
+    assert len(kinds) == len(declared)  # no name declared twice: Prometheus would refuse the page
+    samples = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert all(line.split("{")[0].split(" ")[0] in kinds for line in samples)
+    values = metric_values(text)
+    for names, kind in ((COUNTERS, "counter"), (GAUGES, "gauge")):
+        for name in names:
+            assert kinds[f"llamacpp:{name}"] == kind
+            assert f"# HELP llamacpp:{name} " in text
+            assert f"llamacpp:{name}" in values  # the unlabelled sample llama-server's clients read
+    assert values["llamacpp:n_decode_total"] > 0
+    assert values["llamacpp:n_busy_slots_per_decode"] >= 1
+    assert values["llamacpp:n_tokens_max"] >= 8
+    assert values["llamacpp:prompt_seconds_total"] > 0
+    assert values["llamacpp:tokens_predicted_seconds_total"] > 0
+    assert values["llamacpp:requests_processing"] == values["llamacpp:requests_deferred"] == 0
+
+
+def test_prompt_tokens_decoded_are_counted_apart_from_those_the_cache_gave(
+    http: httpx.Client, model_name: str
+) -> None:
+    before = metric_values(http.get("/metrics").text)
+    body = {"model": model_name, "prompt": "the quick brown fox jumps over the lazy dog", "max_tokens": 4}
+    processed = cached = 0
+    for _ in range(2):
+        usage = http.post("/v1/completions", json=body).json()["usage"]
+        from_cache = usage["prompt_tokens_details"]["cached_tokens"]
+        processed += usage["prompt_tokens"] - from_cache
+        cached += from_cache
+    assert cached > 0  # the second request reused the first one's prompt
+    after = metric_values(http.get("/metrics").text)
+    growth = {name: after[f"llamacpp:{name}"] - before[f"llamacpp:{name}"] for name in COUNTERS}
+    assert growth["prompt_tokens_total"] == processed
+    assert growth["prompt_tokens_cached_total"] == cached
 
 
 def test_tokens_predicted_total_counts_every_generated_token(http: httpx.Client) -> None:

@@ -2,8 +2,9 @@
 sleeping) and loaded again by the next request that needs it.
 
 ``/health``, ``/props`` (with ``is_sleeping``), ``/models`` and ``/metrics`` answer while it sleeps
-without waking it; a request that holds the model (a running stream) keeps it awake; requests that
-arrive while it sleeps share one load.
+without waking it (``/metrics`` with what it measured just before, as llama-server's); a request
+that holds the model (a running stream) keeps it awake; requests that arrive while it sleeps share
+one load.
 """
 
 from __future__ import annotations
@@ -56,8 +57,7 @@ async def test_read_only_routes_answer_while_the_model_sleeps_without_waking_it(
         assert (await http.get("/health")).status_code == 200
         models = (await http.get("/models")).json()["data"]
         assert [model["id"] for model in models] == [str(model_path)]
-        values = metric_values((await http.get("/metrics")).text)
-        assert total(values, "llamacpp_model_loaded") == 0
+        assert (await http.get("/metrics")).status_code == 200
         props = (await http.get("/props")).json()
         assert props["is_sleeping"] is True
         assert props["model_path"] == str(model_path)
@@ -86,6 +86,37 @@ async def test_requests_arriving_while_the_model_sleeps_share_one_load(sleepy: R
         replies = await asyncio.gather(*(http.post("/completion", json=body) for _ in range(3)))
     assert [reply.status_code for reply in replies] == [200, 200, 200]
     assert sleepy.log().count(LOADING) == loads + 1
+
+
+async def test_metrics_read_while_asleep_are_those_read_just_before(sleepy: RunningServer) -> None:
+    async with _client(sleepy) as http:
+        body = {"prompt": "Hello", "max_tokens": 4}
+        assert (await http.post("/v1/completions", json=body)).status_code == 200
+        await http.get("/metrics")  # reports the generation's throughput, and starts a new window
+        awake = (await http.get("/metrics")).text
+        assert metric_values(awake)["llamacpp:tokens_predicted_total"] > 0
+        await _asleep(http)
+        loads = sleepy.log().count(LOADING)
+        assert (await http.get("/metrics")).text == awake
+        assert await _sleeping(http)
+    assert sleepy.log().count(LOADING) == loads
+
+
+async def test_a_throughput_window_is_reported_once_across_sleeping_and_waking(sleepy: RunningServer) -> None:
+    async with _client(sleepy) as http:
+        body = {"prompt": "Hello", "max_tokens": 8, "ignore_eos": True}
+        assert (await http.post("/v1/completions", json=body)).status_code == 200
+        await _asleep(http)
+
+        async def rate() -> float:
+            return metric_values((await http.get("/metrics")).text)["llamacpp:predicted_tokens_seconds"]
+
+        assert await rate() > 0  # the last generation's, measured before sleeping
+        assert await rate() == 0  # nothing ran since the last scrape
+        assert await _sleeping(http)
+        assert (await http.post("/tokenize", json={"content": "Hello"})).status_code == 200
+        assert not await _sleeping(http)
+        assert await rate() == 0  # waking does not report that window again
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the server's memory from /proc")

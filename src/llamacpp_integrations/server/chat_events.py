@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any, Protocol
 
@@ -23,6 +24,7 @@ from llamacpp_integrations.server.middleware import RequestRecord
 from llamacpp_integrations.server.models import Lease
 from llamacpp_integrations.server.schemas import ChatCompletionRequest
 from llamacpp_integrations.server.state import server_state
+from llamacpp_integrations.server.timings import Timings
 from llamacpp_native import Llama
 from llamacpp_native.events import Event, Usage
 
@@ -48,9 +50,12 @@ class ChatEvents:
         source: AsyncGenerator[list[Event], None],
         record: RequestRecord,
         kwargs: dict[str, Any],
+        started: float | None = None,
     ) -> None:
         self.lease = lease
         self.record = record
+        self.timings = Timings(started)
+        self._usage: Usage | None = None
         self._source = source
         self._kwargs = kwargs
         self._finished = self._failed = self._stopped = self._closed = False
@@ -58,22 +63,26 @@ class ChatEvents:
     @classmethod
     async def start(cls, lease: Lease, body: ChatCompletionRequest, record: RequestRecord) -> ChatEvents:
         """Check ``body`` and queue it on ``lease``'s model; raises (nothing sent yet) if it cannot run."""
+        started = time.perf_counter()
         try:
             kwargs = await llama_kwargs(lease, body)
             source = await lease.llama.achat_events(**kwargs)  # renders and tokenizes in a worker thread
         except BaseException:
             lease.release()
             raise
-        return cls(lease, source, record, kwargs)
+        return cls(lease, source, record, kwargs, started)
 
     async def batches(self) -> AsyncGenerator[list[Event], None]:
-        """The reply's event batches, one per engine chunk; usage is noted for the request log."""
+        """The reply's event batches, one per engine chunk; usage and timings are noted for the request
+        log and the metrics."""
         try:
             async for batch in self._source:
+                self.timings.output()
                 for event in batch:
                     if isinstance(event, Usage):
                         self.record.prompt_tokens = event.prompt_tokens
                         self.record.completion_tokens = event.completion_tokens
+                        self._usage = event
                 yield batch
         except Exception:
             self._failed = True
@@ -96,6 +105,12 @@ class ChatEvents:
             return
         self._closed = True
         self.record.cancelled = not (self._finished or self._failed or self._stopped)
+        usage = self._usage
+        if usage is not None:
+            self.timings.end()
+            drafted = (usage.draft_tokens, usage.draft_accepted)
+            counts = (usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens)
+            self.record.timings.append(self.timings.as_json(*counts, drafted))
         try:
             await self._source.aclose()
         finally:

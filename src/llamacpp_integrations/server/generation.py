@@ -202,6 +202,9 @@ class Generation:
             return
         self._closed = True
         self._record.cancelled = not (self._finished or self._failed)
+        if self.usage:
+            self.timings.end()
+            self._record.timings.append(self.timings_json())
         try:
             await self._source.aclose()
         finally:

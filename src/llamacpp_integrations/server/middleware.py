@@ -6,7 +6,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
@@ -57,6 +58,9 @@ class RequestRecord:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cancelled: bool = False
+    timings: list[Mapping[str, Any]] = field(default_factory=list)
+    """llama-server's ``timings`` of each generation the request ran (``Timings.as_json``), for the
+    prompt and generation times and throughputs of /metrics."""
 
 
 def request_record(scope: Scope) -> RequestRecord:
@@ -96,6 +100,7 @@ class RequestLogMiddleware:
             path = scope["path"]
             self.metrics.record_request(path if path in KNOWN_ENDPOINTS else "other", status)
             self.metrics.record_tokens(record.prompt_tokens, record.completion_tokens)
+            self.metrics.record_timings(record.timings)
             logger.info(
                 "%s %s %d tokens=%d+%d %.3fs",
                 scope["method"],

@@ -14,8 +14,10 @@ acquires it; requests arriving meanwhile wait for that one load.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,17 @@ from llamacpp_native import Llama
 from llamacpp_native.errors import LlamaError, ModelNotFoundError
 
 logger = logging.getLogger(__name__)
+
+ENGINE_COUNTERS = (
+    "prompt_tokens_decoded",
+    "decode_calls",
+    "decoded_sequences",
+    "draft_tokens",
+    "draft_tokens_accepted",
+    "draft_steps",
+)
+"""``Engine.stats()`` counters that ``/metrics`` reports since the server started, across reloads
+(one the engine does not count yet reads 0)."""
 
 LEASE_GRACE_S = 30.0
 """Seconds ``ModelRegistry.close`` waits for requests to give their models back before closing them anyway."""
@@ -48,6 +61,8 @@ class ModelEntry:
         self.description: dict[str, Any] | None = None
         """The registry's ``describe(lease)`` of this model, taken once, for answering while it sleeps."""
         self._end_tokens: list[int] | None = None
+        self._counted: Counter[str] = Counter()  # ENGINE_COUNTERS of the Llamas closed before
+        self._longest = 0
         self._idle_timer: asyncio.TimerHandle | None = None
         self._closing: asyncio.Future[None] | None = None  # the close of its last Llama, until done
 
@@ -67,30 +82,47 @@ class ModelEntry:
         return self._end_tokens
 
     def unload(self) -> Llama | None:
-        """Forget the loaded ``Llama`` (returned, for the caller to close)."""
+        """Forget the loaded ``Llama`` (returned, for the caller to close), keeping its engine's counters."""
         llama, self.llama, self._end_tokens = self.llama, None, None
+        if llama is not None:
+            stats = _engine_stats(llama)
+            self._counted.update({name: stats.get(name, 0) for name in ENGINE_COUNTERS})
+            self._longest = max(self._longest, stats.get("longest_sequence", 0))
         return llama
 
     def gauges(self) -> ModelGauges:
-        """Current load, for /metrics."""
+        """Current load and the engine's counters since the server started, for /metrics."""
         llama = self.llama
+        stats = llama.engine.stats() if llama is not None else {}
+        total = {name: self._counted[name] + stats.get(name, 0) for name in ENGINE_COUNTERS}
+        counters = ModelGauges(
+            self.alias,
+            loaded=False,
+            slots=self.settings.n_parallel,
+            busy_slots=0,
+            queued=0,
+            in_flight=self.in_flight,
+            prompt_tokens_decoded=total["prompt_tokens_decoded"],
+            decode_calls=total["decode_calls"],
+            decoded_sequences=total["decoded_sequences"],
+            longest_sequence=max(self._longest, stats.get("longest_sequence", 0)),
+            draft_tokens=total["draft_tokens"],
+            draft_tokens_accepted=total["draft_tokens_accepted"],
+            draft_steps=total["draft_steps"],
+        )
         if llama is None:
-            return ModelGauges(self.alias, False, self.settings.n_parallel, 0, 0, self.in_flight)
+            return counters
         engine = llama.engine
-        stats = engine.stats()
         slots = engine.slot_stats()
-        return ModelGauges(
-            model=self.alias,
+        return dataclasses.replace(
+            counters,
             loaded=True,
             slots=stats["slots"],
             busy_slots=stats["busy_slots"],
             queued=stats["queued"],
-            in_flight=self.in_flight,
             n_ctx=engine.n_cells,
             kv_cache_tokens=sum(int(slot["n_cached"]) for slot in slots if slot["is_processing"]),
             lora_adapters=tuple(sorted(llama.lora_adapters)),
-            draft_tokens=stats["draft_tokens"],
-            draft_tokens_accepted=stats["draft_tokens_accepted"],
         )
 
 
@@ -129,9 +161,12 @@ class ModelRegistry:
         strict_names: bool = False,
         sleep_idle_seconds: float | None = None,
         describe: Callable[[Lease], dict[str, Any]] | None = None,
+        on_sleep: Callable[[bool], None] | None = None,
     ) -> None:
         """``sleep_idle_seconds``: unload a model no lease has held for that long (None: never);
-        ``describe(lease)``: what ``/props`` says of a model, kept to answer while it sleeps."""
+        ``describe(lease)``: what ``/props`` says of a model, kept to answer while it sleeps;
+        ``on_sleep(True)``: the server is about to sleep (its last loaded model still is),
+        ``on_sleep(False)``: it woke (a model is loaded again)."""
         if not models:
             raise ValueError("no model to serve")
         for settings in models:
@@ -145,6 +180,7 @@ class ModelRegistry:
         """404 for a name not served even when one model is; else that model answers to any name."""
         self.sleep_idle_seconds = sleep_idle_seconds
         self.describe = describe
+        self.on_sleep = on_sleep
         self._unknown_names: set[str] = set()
         self.closing = False
         self._names: dict[str, ModelEntry] = {}
@@ -153,6 +189,11 @@ class ModelRegistry:
         self._closes: set[asyncio.Future[None]] = set()
         self._leases_returned = asyncio.Event()
         """Set once closing and no lease is held."""
+
+    @property
+    def asleep(self) -> bool:
+        """Whether the server sleeps: no model is loaded, and one was unloaded for being idle."""
+        return any(e.sleeping for e in self.entries) and all(e.llama is None for e in self.entries)
 
     @property
     def default(self) -> ModelEntry:
@@ -234,8 +275,11 @@ class ModelRegistry:
                 if self.closing:
                     await asyncio.to_thread(llama.close)
                     raise shutting_down()
+                woke = self.asleep
                 entry.llama = llama
                 entry.sleeping = False
+                if woke and self.on_sleep is not None:
+                    self.on_sleep(False)
             return entry.llama
 
     def _release(self, lease: Lease) -> None:
@@ -259,6 +303,8 @@ class ModelRegistry:
         if entry.users or entry.llama is None or self.closing:
             return
         logger.info("model %s idle for %g s: sleeping (unloading it)", entry.alias, self.sleep_idle_seconds)
+        if self.on_sleep is not None and all(e.llama is None for e in self.entries if e is not entry):
+            self.on_sleep(True)
         entry.sleeping = True
         self._close_in_background(entry)
 
@@ -326,6 +372,14 @@ def _forget_close(entry: ModelEntry, done: asyncio.Future[None]) -> None:
     """Clear ``entry``'s pending close once ``done`` (the close of its last ``Llama``) has finished."""
     if entry._closing is done:
         entry._closing = None
+
+
+def _engine_stats(llama: Llama) -> dict[str, int]:
+    """``llama``'s ``Engine.stats()``, or nothing for a Llama without a usable engine."""
+    try:
+        return llama.engine.stats()
+    except (ValueError, LlamaError):  # vocab-only, closed, or an RPC worker stopped
+        return {}
 
 
 def _stop_generating(llama: Llama) -> None:

@@ -58,7 +58,7 @@ class Telemetry:
             lease.release()
             raise
         telemetry = cls(stream, timings, body.return_progress, body.timings_per_token)
-        return ChatEvents(lease, telemetry._batches(output), record, kwargs), telemetry
+        return ChatEvents(lease, telemetry._batches(output), record, kwargs, timings.started), telemetry
 
     async def _batches(self, output: ChatOutput) -> AsyncGenerator[list[Event], None]:
         stream = self.stream

@@ -27,6 +27,7 @@ class ServerState:
 
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
+        self.metrics = Metrics()
         self.registry = ModelRegistry(
             settings.model_list(),
             models_max=settings.models_max,
@@ -35,8 +36,8 @@ class ServerState:
             strict_names=settings.strict_model_name,
             sleep_idle_seconds=settings.sleep_idle_seconds,
             describe=props if settings.sleep_idle_seconds is not None else None,
+            on_sleep=self._on_sleep,
         )
-        self.metrics = Metrics()
         self.ready = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._preload: asyncio.Task[None] | None = None
@@ -56,6 +57,17 @@ class ServerState:
         lease.release()
         self.ready = True
         logger.info("ready: serving %s", ", ".join(entry.alias for entry in self.registry.entries))
+
+    def _on_sleep(self, asleep: bool) -> None:
+        """Keep what ``/metrics`` says while the server sleeps (it must not wake a model to answer)."""
+        if asleep:
+            self.metrics.fall_asleep(self.registry.gauges())
+        else:
+            self.metrics.wake()
+
+    def metrics_text(self) -> str:
+        """The text of ``GET /metrics`` (while the server sleeps: what it measured before)."""
+        return self.metrics.scrape(self.registry.gauges(), asleep=self.registry.asleep)
 
     def health_error(self) -> APIError | None:
         """Why the server cannot serve yet (or any more), or None when it is ready."""

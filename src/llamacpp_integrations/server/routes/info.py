@@ -60,12 +60,12 @@ async def retrieve_model(model: str, request: Request) -> dict[str, Any]:
 
 @router.get("/metrics", dependencies=_protected, response_class=PlainTextResponse)
 async def metrics(request: Request) -> PlainTextResponse:
-    """Prometheus text: requests, tokens in and out, tokens/s, and per model its slots and queue.
+    """Prometheus text: requests, tokens in and out, tokens/s, per model its slots and queue, and
+    llama-server's series.  Never wakes a sleeping model.
 
     The ``Process-Start-Time-Unix`` header (llama-server's, for rates) keeps its capitals.
     """
-    state = server_state(request)
-    text = state.metrics.render(state.registry.gauges())
+    text = server_state(request).metrics_text()
     response = PlainTextResponse(text, media_type="text/plain; version=0.0.4")
     # Raw ASGI bytes: Starlette lowercases the names given as headers=; the HTTP layer (h11) keeps these.
     response.raw_headers.append((b"Process-Start-Time-Unix", str(_STARTED).encode()))
