@@ -58,6 +58,9 @@ async def test_slots_list_each_slot_idle(server: RunningServer) -> None:
     assert [slot["id"] for slot in slots] == list(range(8))
     assert all(slot["n_ctx"] == 2048 for slot in slots)
     assert not any(slot["is_processing"] for slot in slots)
+    # llama-server's shape: a one-item list; an idle slot keeps nothing of its last request's budget
+    idle = {"has_next_token": False, "has_new_line": False, "n_remain": -1, "n_decoded": 0}
+    assert all(slot["next_token"] == [idle] for slot in slots)
 
 
 def test_slots_refuse_a_bad_query_parameter(http: httpx.Client) -> None:
@@ -74,7 +77,10 @@ async def test_a_running_request_shows_in_slots_and_gauges(server: RunningServer
             await first_event(lines)
             busy = [slot for slot in (await http.get("/slots")).json() if slot["is_processing"]]
             assert len(busy) == 1
-            assert busy[0]["next_token"]["n_decoded"] >= 1 and busy[0]["n_prompt_tokens"] > 0
+            (next_token,) = busy[0]["next_token"]
+            assert next_token["has_next_token"] and next_token["n_remain"] > 0
+            assert next_token["n_decoded"] >= 1
+            assert busy[0]["n_prompt_tokens"] > 0
             values = metric_values((await http.get("/metrics")).text)
             assert total(values, "vllm:num_requests_running") == 1
             assert total(values, "llamacpp:requests_processing") == 1

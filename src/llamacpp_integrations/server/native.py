@@ -426,7 +426,8 @@ def chat_template(llama: Llama) -> str:
 
 
 def slots(lease: Lease) -> list[dict[str, Any]]:
-    """``GET /slots``: each slot of the model's engine, in llama-server's field names."""
+    """``GET /slots``: each slot of the model's engine, in llama-server's field names and shapes (an
+    idle slot's ``next_token`` says -1 tokens remain, none decoded; ``has_new_line`` is not tracked)."""
     engine = lease.llama.engine
     return [
         {
@@ -436,11 +437,14 @@ def slots(lease: Lease) -> list[dict[str, Any]]:
             "is_processing": slot["is_processing"],
             "n_cached_tokens": slot["n_cached"],
             "n_prompt_tokens": slot["n_prompt"],
-            "next_token": {
-                "has_next_token": slot["is_processing"],
-                "n_remain": slot["n_remain"],
-                "n_decoded": slot["n_decoded"],
-            },
+            "next_token": [
+                {
+                    "has_next_token": slot["is_processing"],
+                    "has_new_line": False,
+                    "n_remain": slot["n_remain"] if slot["is_processing"] else -1,
+                    "n_decoded": slot["n_decoded"],
+                }
+            ],
         }
         for slot in engine.slot_stats()
     ]
