@@ -62,6 +62,7 @@ VALUED = {
     "--main-gpu": "--main_gpu",
     "-sm": "--split_mode",
     "--split-mode": "--split_mode",
+    "--temp": "--temp",
     "-n": "--n_predict",
     "--n-predict": "--n_predict",
     "--pooling": "--pooling",
@@ -99,7 +100,6 @@ ENDPOINT_SWITCHES = {
 
 # Flags with one value that are dropped, with the reason.
 IGNORED_VALUED = {
-    "--temp": "the server-wide default temperature is not settable; requests set their own",
     "-ub": "the micro-batch size is llama.cpp's default",
     "--ubatch-size": "the micro-batch size is llama.cpp's default",
     "--spec-draft-n-min": "ours guesses whenever it finds a guess; there is no minimum",

@@ -102,6 +102,12 @@ class ModelOptions(BaseModel):
         description="Most thinking tokens per reply, then the end tag is forced (-1: no limit).",
     )
     seed: int = Field(default=0xFFFFFFFF, description="Default sampling seed (0xFFFFFFFF = random).")
+    temp: float | None = Field(
+        default=None,
+        ge=0,
+        description="Temperature of the requests that set none, on every route (llama-server's --temp; "
+        "default: 0.8 for completions, 0.2 for chat).",
+    )
     n_predict: int = Field(
         default=-1,
         ge=-1,
@@ -259,11 +265,13 @@ class ModelSettings(ModelOptions):
                 "chat_template_file",
                 "n_predict",
                 "reasoning",
+                "temp",
             }
             | media
             | speculative
         )
         options["draft_model"] = self.speculation()
+        options["temperature"] = self.temp
         if self.chat_template_file:
             options["chat_template"] = Path(self.chat_template_file).read_text(encoding="utf-8")
         if self.rpc:

@@ -34,7 +34,7 @@ class SamplingOptions(TypedDict, total=False):
     """Sampling keyword arguments of completions and chat, with llama-cpp-python's names.
 
     Defaults: top_k 40, top_p 0.95, min_p 0.05, typical_p 1.0, no penalties,
-    the instance's seed, no logit bias; temperature 0.8 (completions) or 0.2 (chat).
+    the instance's seed, no logit bias; the instance's temperature, else 0.8 (completions) or 0.2 (chat).
     """
 
     temperature: float
@@ -85,6 +85,7 @@ class LlamaBase:
     model: Model
     model_path: str
     seed: int
+    temperature: float | None
     last_n_tokens_size: int
     chat_format: str | None
     chat_template: str | None
@@ -225,6 +226,8 @@ class LlamaBase:
             raise TypeError(f"unknown sampling option(s) {unknown}; known: {known}")
         seed = options.get("seed")
         bias = options.get("logit_bias") or {}
+        if self.temperature is not None:
+            temperature = self.temperature
         return SamplingParams(
             temperature=options.get("temperature", temperature),
             top_k=options.get("top_k", 40),

@@ -104,6 +104,7 @@ class Llama(LlamaChat, LlamaRerank, LlamaEmbeddings, LlamaInfill):
         rope_freq_base: float = 0.0,
         rope_freq_scale: float = 0.0,
         seed: int = DEFAULT_SEED,
+        temperature: float | None = None,
         chat_format: str | None = None,
         chat_template: str | None = None,
         reasoning_format: str = "auto",
@@ -157,6 +158,8 @@ class Llama(LlamaChat, LlamaRerank, LlamaEmbeddings, LlamaInfill):
             use_extra_bufts=use_extra_bufts,
         )
         self.seed = seed
+        self.temperature = temperature
+        """The temperature of requests that set none (None: 0.8 for completions, 0.2 for chat)."""
         self.last_n_tokens_size = last_n_tokens_size
         self.chat_format = chat_format
         self._context_kwargs: dict[str, Any] = dict(
@@ -220,7 +223,8 @@ class Llama(LlamaChat, LlamaRerank, LlamaEmbeddings, LlamaInfill):
         lora: LoraSpec | None = None,
         **options: Unpack[SamplingOptions],
     ) -> GenerationRequest:
-        """Build the engine request that ``create_completion`` would run (temperature 0.8 by default).
+        """Build the engine request that ``create_completion`` would run (temperature: the instance's,
+        else 0.8).
 
         ``lora={name_or_path: scale}`` runs this request under those LoRA adapters
         instead of the instance's (``{}``: the base model); a path not loaded yet is
