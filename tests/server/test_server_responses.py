@@ -118,6 +118,23 @@ def test_instructions_and_input_items_make_the_chat_prompt(client: openai.OpenAI
     assert response.usage.input_tokens == _chat_prompt_tokens(client, chat)
 
 
+def test_input_tokens_counts_the_prompt_a_response_would_use(
+    client: openai.OpenAI, http: httpx.Client
+) -> None:
+    body = {"instructions": "Be brief.", "input": "Hello world"}
+    counted = client.responses.input_tokens.count(model="any", **body)
+    assert counted.object == "response.input_tokens"
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello world"}]
+    assert counted.input_tokens == _chat_prompt_tokens(client, chat)
+    unversioned = http.post("/responses/input_tokens", json=body)
+    assert unversioned.json() == {"object": "response.input_tokens", "input_tokens": counted.input_tokens}
+
+
+def test_input_tokens_after_an_unknown_previous_response_is_a_400(http: httpx.Client) -> None:
+    body = {"input": "Hi", "previous_response_id": "resp_unknown"}
+    assert_openai_error(http.post("/v1/responses/input_tokens", json=body), 400)
+
+
 def test_tool_choice_required_forces_a_function_call(client: openai.OpenAI) -> None:
     response = client.responses.create(
         model="any",

@@ -1,14 +1,15 @@
-"""``POST /v1/responses`` (OpenAI's Responses API) and ``GET /v1/responses/{id}``."""
+"""``POST /v1/responses`` (OpenAI's Responses API), ``GET /v1/responses/{id}`` and
+``POST /v1/responses/input_tokens``."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from llamacpp_integrations.server.auth import require_api_key
-from llamacpp_integrations.server.chat_events import ChatEvents, answer
+from llamacpp_integrations.server.chat_events import ChatEvents, answer, input_tokens
 from llamacpp_integrations.server.errors import ERROR_RESPONSES, APIError
 from llamacpp_integrations.server.middleware import request_record
 from llamacpp_integrations.server.openai_responses import ResponsesRequest, ResponseStore
@@ -46,7 +47,7 @@ async def create_response(body: ResponsesRequest, request: Request, store: Store
 
     A stream takes llama-server's ``return_progress`` and ``timings_per_token``.
     """
-    conversation = store.history(body.previous_response_id) + body.input_messages()
+    conversation = _conversation(body, store)
     chat = body.chat_request(conversation)
     lease = await server_state(request).registry.acquire(chat.model, generation=True)
     record = request_record(request.scope)
@@ -56,6 +57,20 @@ async def create_response(body: ResponsesRequest, request: Request, store: Store
     else:
         run = ResponseRun(await ChatEvents.start(lease, chat, record), body, conversation, store)
     return await answer(request, run, body.stream)
+
+
+@router.post("/v1/responses/input_tokens", responses=ERROR_RESPONSES)
+@router.post("/responses/input_tokens", responses=ERROR_RESPONSES, include_in_schema=False)
+async def count_input_tokens(body: ResponsesRequest, request: Request, store: Store) -> dict[str, Any]:
+    """``{"object": "response.input_tokens", "input_tokens": n}``: the prompt tokens this request
+    would use (its ``usage.input_tokens``), after ``previous_response_id``'s conversation."""
+    counted = await input_tokens(request, body.chat_request(_conversation(body, store)))
+    return {"object": "response.input_tokens", **counted}
+
+
+def _conversation(body: ResponsesRequest, store: ResponseStore) -> list[dict[str, Any]]:
+    """The messages ``body`` continues (``previous_response_id``'s) followed by its ``input``."""
+    return store.history(body.previous_response_id) + body.input_messages()
 
 
 @router.get("/v1/responses/{response_id}", responses=ERROR_RESPONSES)
