@@ -44,6 +44,8 @@ def test_guesses_are_counted_in_usage_timings_and_metrics(ngram_server: RunningS
     assert total(metrics, "vllm:spec_decode_num_accepted_tokens") >= details["accepted_prediction_tokens"]
     assert total(metrics, "vllm:spec_decode_num_draft_tokens") >= answer["timings"]["draft_n"]
     assert 0 < total(metrics, "llamacpp:draft_acceptance_ratio") <= 1
+    drafts = total(metrics, "llamacpp:spec_decode_num_drafts_total")
+    assert 0 < drafts <= total(metrics, "llamacpp:spec_decode_num_draft_tokens_total")
 
 
 def test_llama_cpps_native_completion_reports_the_guesses(ngram_server: RunningServer) -> None:

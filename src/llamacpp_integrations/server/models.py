@@ -38,8 +38,7 @@ ENGINE_COUNTERS = (
     "draft_tokens_accepted",
     "draft_steps",
 )
-"""``Engine.stats()`` counters that ``/metrics`` reports since the server started, across reloads
-(one the engine does not count yet reads 0)."""
+"""``Engine.stats()`` counters that ``/metrics`` reports since the server started, across reloads."""
 
 LEASE_GRACE_S = 30.0
 """Seconds ``ModelRegistry.close`` waits for requests to give their models back before closing them anyway."""

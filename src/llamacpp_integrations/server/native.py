@@ -225,6 +225,8 @@ class NativeCompletion:
         self._record.prompt_tokens += len(self.request.prompt_tokens)
         self._record.completion_tokens += self.predicted
         self._record.cancelled |= not (self._finished or self._failed)
+        if self._stream is not None:
+            self._record.timings.append(self._timings())  # /metrics' prompt and generation seconds
         try:
             if self._stream is not None:
                 self._stream.cancel()

@@ -258,7 +258,8 @@ class Engine(DecodeLoop):
     def stats(self) -> dict[str, int]:
         """Queue length and slot use, for monitoring; ``decode_calls`` counts the token batches decoded
         and ``decoded_sequences`` the sequences they carried (their mean: busy slots per decode),
-        ``longest_sequence`` the most tokens one sequence has held."""
+        ``longest_sequence`` the most tokens one sequence has held, ``draft_steps`` the speculative drafts
+        verified (of ``draft_tokens`` guesses)."""
         with self._schedule.cv:
             return {
                 "slots": len(self.slots),
@@ -271,6 +272,7 @@ class Engine(DecodeLoop):
                 "decoded_sequences": self._decoded_sequences,
                 "longest_sequence": self.longest_sequence,
                 "draft_tokens": self._drafted,
+                "draft_steps": self._drafts,
                 "draft_tokens_accepted": self._accepted,
             }
 

@@ -88,7 +88,8 @@ class DecodeLoop:
         self.model = model
         self.drafter = drafter
         """Speculative decoding's source of guesses (``speculative``); None decodes one token per step."""
-        self._drafted = 0  # draft tokens verified, and how many of them were accepted
+        self._drafted = 0  # draft tokens verified, in how many drafts, and how many of them were accepted
+        self._drafts = 0
         self._accepted = 0
         self.vocab = model.vocab
         self.context = context
@@ -500,6 +501,7 @@ class DecodeLoop:
                 self.drafter = None
         job.tokens.extend(draft[:accepted])
         self._drafted += len(draft)
+        self._drafts += 1
         self._accepted += accepted
         stream = job.stream()
         if stream is not None:
