@@ -76,8 +76,10 @@ class ChatEvents:
         """The reply's event batches, one per engine chunk; usage and timings are noted for the request
         log and the metrics."""
         try:
+            timings = self.timings
             async for batch in self._source:
-                self.timings.output()
+                if timings.first_output is None:  # no call per batch once the first output is noted
+                    timings.output()
                 for event in batch:
                     if isinstance(event, Usage):
                         self.record.prompt_tokens = event.prompt_tokens

@@ -49,7 +49,7 @@ class ModelGauges:
     decoded_sequences: int = 0
     longest_sequence: int = 0
     draft_steps: int = 0
-    """Speculative verification steps (0 while the engine does not count them)."""
+    """Speculative drafts verified (each of one or more guesses)."""
 
     @property
     def draft_acceptance(self) -> float:

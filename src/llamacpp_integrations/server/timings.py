@@ -46,17 +46,7 @@ class Timings:
             self.prompt_started = time.perf_counter()
         prompt_n = max(processed - cached, 0)
         prompt_ms = (time.perf_counter() - self.prompt_started) * 1000.0 if prompt_n else 0.0
-        return {
-            "cache_n": cached,
-            "prompt_n": prompt_n,
-            "prompt_ms": prompt_ms,
-            "prompt_per_token_ms": prompt_ms / prompt_n if prompt_n else 0.0,
-            "prompt_per_second": prompt_n * 1000.0 / prompt_ms if prompt_ms > 0 else 0.0,
-            "predicted_n": 0,
-            "predicted_ms": 0.0,
-            "predicted_per_token_ms": 0.0,
-            "predicted_per_second": 0.0,
-        }
+        return _timings(cached, prompt_n, prompt_ms, 0, 0.0)
 
     def as_json(
         self, prompt_tokens: int, cached_tokens: int, predicted_tokens: int, drafted: tuple[int, int] = (0, 0)
@@ -71,20 +61,28 @@ class Timings:
         ended = self.ended if self.ended is not None else now
         first = self.first_output if self.first_output is not None else ended
         prompt_n = max(prompt_tokens - cached_tokens, 0)
-        steps = max(predicted_tokens - 1, 0)  # the first token cost no decode of its own
         prompt_ms = (first - self.started) * 1000.0
         predicted_ms = (ended - first) * 1000.0
-        timings: dict[str, Any] = {
-            "cache_n": cached_tokens,
-            "prompt_n": prompt_n,
-            "prompt_ms": prompt_ms,
-            "prompt_per_token_ms": prompt_ms / prompt_n if prompt_n else 0.0,
-            "prompt_per_second": prompt_n * 1000.0 / prompt_ms if prompt_ms > 0 else 0.0,
-            "predicted_n": predicted_tokens,
-            "predicted_ms": predicted_ms,
-            "predicted_per_token_ms": predicted_ms / steps if steps else 0.0,
-            "predicted_per_second": 1e3 / predicted_ms * steps if predicted_ms > 0 else 0.0,
-        }
+        timings = _timings(cached_tokens, prompt_n, prompt_ms, predicted_tokens, predicted_ms)
         if drafted[0]:
             timings["draft_n"], timings["draft_n_accepted"] = drafted
         return timings
+
+
+def _timings(
+    cache_n: int, prompt_n: int, prompt_ms: float, predicted_n: int, predicted_ms: float
+) -> dict[str, Any]:
+    """llama-server's ``timings`` fields from its counts and times; the generation rate counts the
+    steps after the first token, which cost no decode of their own."""
+    steps = max(predicted_n - 1, 0)
+    return {
+        "cache_n": cache_n,
+        "prompt_n": prompt_n,
+        "prompt_ms": prompt_ms,
+        "prompt_per_token_ms": prompt_ms / prompt_n if prompt_n else 0.0,
+        "prompt_per_second": prompt_n * 1000.0 / prompt_ms if prompt_ms > 0 else 0.0,
+        "predicted_n": predicted_n,
+        "predicted_ms": predicted_ms,
+        "predicted_per_token_ms": predicted_ms / steps if steps else 0.0,
+        "predicted_per_second": 1e3 / predicted_ms * steps if predicted_ms > 0 else 0.0,
+    }
