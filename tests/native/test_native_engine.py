@@ -178,6 +178,23 @@ def test_parallel_chunks_are_reported_per_prompt(llama: Llama) -> None:
         assert received[i][-1].finish_reason == "length"
 
 
+def test_requests_submitted_together_decode_in_lockstep(two_slot_engine: Engine, vocab: Vocab) -> None:
+    prompt = vocab.tokenize("I believe the meaning of life is")
+    streams = two_slot_engine.submit_many([GenerationRequest(prompt, GREEDY, 40) for _ in range(2)])
+    texts = ["".join(chunk.text for chunk in stream) for stream in streams]
+    stats = two_slot_engine.stats()
+    assert stats["decoded_sequences"] == 2 * stats["decode_calls"]  # every decode carried both
+    assert texts[0] == texts[1]
+
+
+def test_submit_many_queues_nothing_if_one_request_is_invalid(two_slot_engine: Engine, vocab: Vocab) -> None:
+    good = GenerationRequest(vocab.tokenize("1, 2, 3, 4,"), GREEDY, 4)
+    with pytest.raises(ValueError, match="the prompt is empty"):
+        two_slot_engine.submit_many([good, GenerationRequest([], GREEDY, 4)])
+    assert two_slot_engine.idle
+    assert two_slot_engine.stats()["decode_calls"] == 0
+
+
 # -- the context window ---------------------------------------------------------------------------
 
 

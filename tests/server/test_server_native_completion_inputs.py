@@ -49,6 +49,15 @@ def test_a_batch_of_prompts_answers_a_list_in_order(http: httpx.Client) -> None:
     assert all(result["tokens_predicted"] == 4 for result in results)
 
 
+def test_equal_prompts_in_a_batch_get_equal_greedy_answers_however_written(http: httpx.Client) -> None:
+    """The batch is queued at once, so its prompts decode side by side: no one joins the others late,
+    at a batch size that could tip a near-tie the other way."""
+    body = {**GREEDY, "n_predict": 48}
+    results = _post(http, prompt=[_tokens(http, TEXT), TEXT], **body)
+    assert results[0]["content"] == results[1]["content"]
+    assert results[0]["tokens_predicted"] == 48
+
+
 def test_a_list_of_one_prompt_answers_one_object(http: httpx.Client) -> None:
     result = _post(http, prompt=[TEXT], **GREEDY)
     assert isinstance(result, dict) and result["tokens_predicted"] == 4

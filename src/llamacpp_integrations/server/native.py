@@ -67,36 +67,40 @@ class NativeCompletion:
     @classmethod
     async def start(
         cls,
-        lease: Lease,
+        leases: list[Lease],
         body: NativeCompletionRequest,
         record: RequestRecord,
-        prompt: NativePrompt,
-        index: int = 0,
-    ) -> NativeCompletion:
-        """Check ``body`` and queue ``prompt`` (one of ``body.prompts()``) on ``lease``'s model; raises
-        (nothing sent yet) if it cannot run.
+        prompts: list[NativePrompt],
+    ) -> list[NativeCompletion]:
+        """Check ``body`` and queue each of ``prompts`` (``body.prompts()``) on its lease's model, all
+        together (``Engine.submit_many``: a batch of equal prompts gets equal greedy answers); raises,
+        with nothing queued and every lease released, if one cannot run.
 
         A body without ``n_predict`` (or ``max_tokens``) gets the model's ``--n_predict``.
         """
         try:
             if "n_predict" not in body.model_fields_set:
-                body = body.model_copy(update={"n_predict": lease.entry.settings.n_predict})
-            end_tokens = await lease.entry.end_tokens() if body.ignore_eos else []
-            llama = lease.llama
+                body = body.model_copy(update={"n_predict": leases[0].entry.settings.n_predict})
+            end_tokens = await leases[0].entry.end_tokens() if body.ignore_eos else []
+            llama = leases[0].llama
 
-            def begin() -> tuple[GenerationRequest, RequestStream | None, str, Timings]:
-                request = completion_request(llama, body, prompt, end_tokens)
-                prompt_text = llama.detokenize(request.prompt_tokens, special=True).decode("utf-8", "replace")
-                timings = Timings()
+            def begin() -> list[NativeCompletion]:
+                requests = [completion_request(llama, body, prompt, end_tokens) for prompt in prompts]
                 # n_predict 0 asks for no token: nothing is queued.
-                stream = llama.engine.submit(request) if body.n_predict != 0 else None
-                return request, stream, prompt_text, timings
+                streams: list[RequestStream | None] = [None] * len(requests)
+                if body.n_predict != 0:
+                    streams = list(llama.engine.submit_many(requests))
+                runs = zip(leases, requests, streams, strict=True)
+                return [
+                    cls(lease, body, request, stream, _prompt_text(llama, request), record, Timings(), index)
+                    for index, (lease, request, stream) in enumerate(runs)
+                ]
 
-            request, stream, prompt_text, timings = await asyncio.to_thread(begin)
+            return await asyncio.to_thread(begin)
         except BaseException:
-            lease.release()
+            for lease in leases:
+                lease.release()
             raise
-        return cls(lease, body, request, stream, prompt_text, record, timings, index)
 
     async def _pieces(self) -> AsyncIterator[tuple[str, list[int], list[TokenLogprob], int | None]]:
         """Each engine chunk's text (cut at a stop string), token ids, logprobs and, on a progress chunk
@@ -278,6 +282,11 @@ class NativeBatch:
         """Stop every prompt's generation and release its model (safe to call again)."""
         for completion in self.completions:
             await completion.close()
+
+
+def _prompt_text(llama: Llama, request: GenerationRequest) -> str:
+    """The prompt as text, special tokens spelled out (the answer's ``prompt``)."""
+    return llama.detokenize(request.prompt_tokens, special=True).decode("utf-8", "replace")
 
 
 def completion_request(

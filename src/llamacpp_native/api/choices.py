@@ -76,13 +76,7 @@ class Choices:
 
     def submit(self, engine: Engine) -> None:
         """Queue every group of choices; if one cannot run, none runs."""
-        try:
-            for group in self.groups:
-                self.streams.extend(engine.submit_choices(group))
-        except BaseException:
-            for stream in self.streams:
-                stream.cancel()
-            raise
+        self.streams.extend(engine.submit_groups(self.groups))
 
     def run(
         self,

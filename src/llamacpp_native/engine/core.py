@@ -140,24 +140,44 @@ class Engine(DecodeLoop):
         own (a prompt of at most ``MIN_COPIED_PREFIX`` tokens is decoded by each).  More choices
         than the context has slots (``n_parallel``) is a ``ValueError``.
         """
-        if len(requests) > len(self.slots):
-            raise ValueError(
-                f"n={len(requests)} choices need as many parallel sequences, but this model has "
-                f"{len(self.slots)} (n_parallel): ask for at most {len(self.slots)}"
-            )
+        return self.submit_groups([requests])
+
+    def submit_many(self, requests: Sequence[GenerationRequest]) -> list[RequestStream]:
+        """Queue several independent requests together; their streams, in order.
+
+        All are checked before any is queued, and nothing comes between them in the queue, so
+        those that find free slots are admitted at the same step and decode in lockstep: a
+        batch of equal prompts gets equal greedy answers.  One by one, each would join the
+        others' batches at a different point, and a batch's size can change a logit's last bits.
+        """
+        return self.submit_groups([[request] for request in requests])
+
+    def submit_groups(self, groups: Sequence[Sequence[GenerationRequest]]) -> list[RequestStream]:
+        """Queue several prompts' choices together (see ``submit_choices`` and ``submit_many``);
+        every stream, group after group.  If one request cannot run, none is queued."""
+        for group in groups:
+            if len(group) > len(self.slots):
+                raise ValueError(
+                    f"n={len(group)} choices need as many parallel sequences, but this model has "
+                    f"{len(self.slots)} (n_parallel): ask for at most {len(self.slots)}"
+                )
         prepared: list[tuple[RequestStream, Job | None]] = []
+        jobs: list[Job] = []
         try:
-            for request in requests:
-                prepared.append(self._prepare(request))
+            for group in groups:
+                first = len(prepared)
+                for request in group:
+                    prepared.append(self._prepare(request))
+                choices = [job for _stream, job in prepared[first:] if job is not None]
+                if choices and len(choices[0].tokens) > MIN_COPIED_PREFIX:  # a shorter prompt is not copied
+                    for choice in choices[1:]:
+                        choice.after = choices[0]
+                jobs.extend(choices)
         except BaseException:
-            for _stream, job in prepared:
-                if job is not None:
-                    job.sampler.close()
+            for _stream, unqueued in prepared:
+                if unqueued is not None:
+                    unqueued.sampler.close()
             raise
-        jobs = [job for _stream, job in prepared if job is not None]
-        if jobs and len(jobs[0].tokens) > MIN_COPIED_PREFIX:  # a shorter prompt is not copied
-            for job in jobs[1:]:
-                job.after = jobs[0]
         if jobs:
             self._enqueue(jobs)
         return [stream for stream, _job in prepared]
@@ -224,18 +244,14 @@ class Engine(DecodeLoop):
         All requests are checked before any is queued; they then run beside each
         other and beside every other caller's requests.
         """
-        for request in requests:
-            self._check(request)
         started = time.perf_counter()
         wakeup = threading.Event()
-        streams: list[RequestStream] = []
+        streams = self.submit_many(requests)
         try:
-            for request in requests:
-                stream = self.submit(request)
+            for stream in streams:
                 stream.wakeup = wakeup
                 if cancellation is not None:
                     cancellation.attach(stream)
-                streams.append(stream)
             collected: list[list[Chunk]] = [[] for _ in streams]
             open_streams = set(range(len(streams)))
             while open_streams:

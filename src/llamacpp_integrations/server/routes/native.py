@@ -19,6 +19,7 @@ from llamacpp_integrations.server.errors import ERROR_RESPONSES, APIError
 from llamacpp_integrations.server.generation import EventStream, llama_kwargs, until_disconnected
 from llamacpp_integrations.server.infill import InfillRequest
 from llamacpp_integrations.server.middleware import request_record
+from llamacpp_integrations.server.models import Lease
 from llamacpp_integrations.server.native import NativeBatch, NativeCompletion, normalize, props, slots
 from llamacpp_integrations.server.schemas import (
     ApplyTemplateRequest,
@@ -47,15 +48,16 @@ async def completion(body: NativeCompletionRequest, request: Request) -> Respons
     Several prompts (a batch) are answered with a list of those objects, in order.
     """
     registry = server_state(request).registry
-    record = request_record(request.scope)
-    started: list[NativeCompletion] = []
+    prompts = body.prompts()
+    leases: list[Lease] = []
     try:
-        for index, prompt in enumerate(body.prompts()):
-            lease = await registry.acquire(body.model, generation=True)
-            started.append(await NativeCompletion.start(lease, body, record, prompt, index))
+        for _prompt in prompts:
+            leases.append(await registry.acquire(body.model, generation=True))
     except BaseException:
-        await NativeBatch(started).close()
+        for lease in leases:
+            lease.release()
         raise
+    started = await NativeCompletion.start(leases, body, request_record(request.scope), prompts)
     return await _answer(started[0] if len(started) == 1 else NativeBatch(started), body.stream, request)
 
 
@@ -79,7 +81,7 @@ async def infill(body: InfillRequest, request: Request) -> Response:
         lease.release()
         raise
     record = request_record(request.scope)
-    generation = await NativeCompletion.start(lease, completion, record, completion.prompts()[0])
+    (generation,) = await NativeCompletion.start([lease], completion, record, completion.prompts()[:1])
     return await _answer(generation, completion.stream, request)
 
 
