@@ -4,10 +4,20 @@ from llamacpp_native.engine.events import (
     Event,
     Finish,
     LogprobsDelta,
+    PromptProgress,
     ReasoningDelta,
     TextDelta,
     ToolCallDelta,
     Usage,
 )
 
-__all__ = ["Event", "Finish", "LogprobsDelta", "ReasoningDelta", "TextDelta", "ToolCallDelta", "Usage"]
+__all__ = [
+    "Event",
+    "Finish",
+    "LogprobsDelta",
+    "PromptProgress",
+    "ReasoningDelta",
+    "TextDelta",
+    "ToolCallDelta",
+    "Usage",
+]

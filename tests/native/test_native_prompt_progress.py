@@ -2,7 +2,8 @@
 
 A request that asks for it gets a chunk with ``prompt_processed`` when it is admitted (the tokens
 the prefix cache already holds) and after each batch of its prompt is decoded, before its first
-generated text; the text itself is what it would be without them.
+generated text; the text itself is what it would be without them.  ``create_completion`` and
+``create_chat_completion`` take it as ``return_progress`` and stream llama-server's chunks.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from llamacpp_native import Chunk, Llama
+from llamacpp_native.events import PromptProgress
 
 N_BATCH = 32
 PROMPT = "the quick brown fox jumps over the lazy dog " * 8
@@ -63,3 +65,35 @@ def test_the_generated_text_is_unchanged_by_progress(batched: Llama) -> None:
     with_progress = _run(batched, progress=True)
     assert "".join(c.text for c in with_progress) == "".join(c.text for c in plain)
     assert [t for c in with_progress for t in c.tokens] == [t for c in plain for t in c.tokens]
+
+
+def test_completion_chunks_carry_prompt_progress_before_the_text(batched: Llama) -> None:
+    chunks = list(batched.create_completion(PROMPT, max_tokens=3, stream=True, return_progress=True))
+    progress = [chunk for chunk in chunks if "prompt_progress" in chunk]
+    assert chunks[: len(progress)] == progress and progress
+    assert all(chunk["choices"][0]["text"] == "" for chunk in progress)
+    last = progress[-1]["prompt_progress"]
+    assert set(last) == {"total", "cache", "processed"}
+    assert last["processed"] == last["total"] == len(batched.tokenize(PROMPT))
+
+
+def test_chat_progress_chunks_carry_the_role_and_no_content(batched: Llama) -> None:
+    messages = [{"role": "user", "content": "A chat prompt read in batches: " + PROMPT}]
+    chunks = list(batched.create_chat_completion(messages, max_tokens=3, stream=True, return_progress=True))
+    progress = [chunk for chunk in chunks if "prompt_progress" in chunk]
+    assert len(progress) >= 3  # admission, then each of its batches
+    assert all(chunk["choices"][0]["delta"] == {"role": "assistant", "content": None} for chunk in progress)
+    processed = [chunk["prompt_progress"]["processed"] for chunk in progress]
+    assert processed == sorted(processed) and processed[-1] == progress[-1]["prompt_progress"]["total"]
+    greedy = {"max_tokens": 3, "temperature": 0.0}
+    plain = batched.create_chat_completion(messages, **greedy)
+    with_progress = batched.create_chat_completion(messages, return_progress=True, **greedy)
+    assert with_progress["choices"][0]["message"] == plain["choices"][0]["message"]
+
+
+def test_chat_events_report_progress_as_a_typed_event(batched: Llama) -> None:
+    messages = [{"role": "user", "content": "Events: " + PROMPT}]
+    batches = list(batched.chat_events(messages, max_tokens=2, return_progress=True))
+    progress = [event for batch in batches for event in batch if isinstance(event, PromptProgress)]
+    assert progress and progress[-1].processed == progress[-1].total
+    assert all(len(batch) == 1 for batch in batches if isinstance(batch[0], PromptProgress))

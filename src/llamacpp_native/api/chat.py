@@ -172,9 +172,11 @@ class LlamaChat(LlamaBase):
         top_logprobs: int | None = None,
         lora: LoraSpec | None = None,
         reasoning_budget: int | None = None,
+        return_progress: bool = False,
         **options: Unpack[SamplingOptions],
     ) -> GenerationRequest:
-        """The engine request for a rendered chat; ``lora`` as in ``completion_request``.
+        """The engine request for a rendered chat; ``lora`` and ``return_progress`` as in
+        ``completion_request`` (the progress chunks carry the assistant role and no content).
 
         ``reasoning_budget`` (tokens; None: the instance's) caps a thinking model's
         reasoning: once spent, the template's end-of-thinking tag is forced.
@@ -215,6 +217,7 @@ class LlamaChat(LlamaBase):
             prefill_tokens,
             self._lora_set(lora),
             media,
+            report_progress=return_progress,
         )
 
     def create_chat_completion(

@@ -15,6 +15,7 @@ from llamacpp_native.engine.events import (
     Event,
     Finish,
     LogprobsDelta,
+    PromptProgress,
     ReasoningDelta,
     TextDelta,
     ToolCallDelta,
@@ -44,7 +45,13 @@ class CompletionShaper:
         )
 
     def feed(self, chunk: Chunk) -> list[dict[str, Any]]:
-        """The chunk dicts for one engine chunk."""
+        """The chunk dicts for one engine chunk (a progress chunk: no text, ``prompt_progress``)."""
+        if chunk.prompt_processed is not None:
+            item = openai_shapes.completion(self.id, self.model, "", None, None, None, index=self.index)
+            item["prompt_progress"] = openai_shapes.prompt_progress(
+                chunk.prompt_tokens, chunk.cached_tokens, chunk.prompt_processed
+            )
+            return [item]
         text = chunk.text + (self.suffix if chunk.finish_reason else "")
         logprobs = None
         if chunk.logprobs:
@@ -114,10 +121,19 @@ class ChatShaper:
                     event.draft_tokens,
                     event.draft_accepted,
                 )
+            elif isinstance(event, PromptProgress):  # alone in its batch
+                return [self._progress(event)]
         if not delta and not logprobs and finish is None:
             return []
         block = openai_shapes.chat_logprobs(logprobs) if logprobs else None
         return [openai_shapes.chat_chunk(self.id, self.model, delta, finish, usage, block, self.index)]
+
+    def _progress(self, event: PromptProgress) -> dict[str, Any]:
+        """llama-server's progress chunk: the role, no content, and ``prompt_progress``."""
+        role = {"role": "assistant", "content": None}
+        chunk = openai_shapes.chat_chunk(self.id, self.model, role, index=self.index)
+        chunk["prompt_progress"] = openai_shapes.prompt_progress(event.total, event.cached, event.processed)
+        return chunk
 
 
 def _tool_call_fragment(event: ToolCallDelta) -> dict[str, Any]:

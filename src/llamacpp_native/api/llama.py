@@ -221,6 +221,7 @@ class Llama(LlamaChat, LlamaRerank, LlamaEmbeddings, LlamaInfill):
         grammar: GrammarLike = None,
         logprobs: int | None = None,
         lora: LoraSpec | None = None,
+        return_progress: bool = False,
         **options: Unpack[SamplingOptions],
     ) -> GenerationRequest:
         """Build the engine request that ``create_completion`` would run (temperature: the instance's,
@@ -228,12 +229,20 @@ class Llama(LlamaChat, LlamaRerank, LlamaEmbeddings, LlamaInfill):
 
         ``lora={name_or_path: scale}`` runs this request under those LoRA adapters
         instead of the instance's (``{}``: the base model); a path not loaded yet is
-        loaded and kept for later requests.
+        loaded and kept for later requests.  ``return_progress`` streams, before any text,
+        a chunk with ``prompt_progress`` (``total``, ``cache``, ``processed`` tokens) when the
+        request starts and after each batch of its prompt is read, as llama-server does.
         """
         sampling = self._sampling(options, 0.8, self._grammar_spec(grammar))
         prompt_tokens = self._prompt_tokens(prompt)
         return GenerationRequest(
-            prompt_tokens, sampling, max_tokens, stop_list(stop), logprobs, lora=self._lora_set(lora)
+            prompt_tokens,
+            sampling,
+            max_tokens,
+            stop_list(stop),
+            logprobs,
+            lora=self._lora_set(lora),
+            report_progress=return_progress,
         )
 
     # -- completions --------------------------------------------------------------------------

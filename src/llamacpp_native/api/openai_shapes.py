@@ -118,6 +118,11 @@ def chat_completion(
     }
 
 
+def prompt_progress(total: int, cached: int, processed: int) -> dict[str, int]:
+    """llama-server's ``prompt_progress``: ``processed`` of ``total`` prompt tokens read, ``cache`` reused."""
+    return {"total": total, "cache": cached, "processed": processed}
+
+
 def chat_chunk(
     response_id: str,
     model: str,

@@ -65,4 +65,16 @@ class Usage:
     draft_accepted: int = 0
 
 
-Event: TypeAlias = TextDelta | ReasoningDelta | ToolCallDelta | LogprobsDelta | Finish | Usage
+@dataclass(slots=True)
+class PromptProgress:
+    """How far the prompt has been read, before any output (only when asked: ``return_progress``):
+    ``processed`` of its ``total`` tokens, ``cached`` of them taken from the prefix cache."""
+
+    total: int
+    cached: int
+    processed: int
+
+
+Event: TypeAlias = (
+    TextDelta | ReasoningDelta | ToolCallDelta | LogprobsDelta | Finish | Usage | PromptProgress
+)

@@ -19,6 +19,7 @@ from llamacpp_native.engine.events import (
     Event,
     Finish,
     LogprobsDelta,
+    PromptProgress,
     ReasoningDelta,
     TextDelta,
     ToolCallDelta,
@@ -129,6 +130,8 @@ class ChatOutput:
 
     def feed(self, chunk: Chunk) -> list[Event]:
         """The events of one engine chunk (the last one ends with ``Finish`` and ``Usage``)."""
+        if chunk.prompt_processed is not None:
+            return [PromptProgress(chunk.prompt_tokens, chunk.cached_tokens, chunk.prompt_processed)]
         events: list[Event] = []
         parser = self._parser
         if chunk.text:
