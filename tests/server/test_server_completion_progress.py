@@ -1,8 +1,11 @@
-"""``/completion``'s ``return_progress`` and ``timings_per_token``, as llama-server streams them.
+"""``return_progress`` and ``timings_per_token``, as llama-server streams them, on ``/completion``
+and on the OpenAI routes.
 
 With ``return_progress`` a streamed completion sends an event with ``prompt_progress`` (``total``,
 ``cache``, ``processed``, ``time_ms``) when its prompt starts and after each batch of it, before any
-text; with ``timings_per_token`` every event carries ``timings``, which never go backwards.
+text; with ``timings_per_token`` every event carries ``timings``, which never go backwards.  On
+``/v1/chat/completions`` and ``/v1/completions`` the progress chunks are the route's own chunks
+(a chat's carry the assistant role and no content).
 """
 
 from __future__ import annotations
@@ -51,3 +54,36 @@ def test_without_return_progress_no_event_carries_progress(http: httpx.Client) -
     assert not any("prompt_progress" in event for event in events)
     assert all("timings" in event for event in events)
     assert not any("timings" in event for event in _stream(http)[:-1])  # only the final object's
+
+
+def _openai_stream(http: httpx.Client, path: str, **body: Any) -> list[dict[str, Any]]:
+    body = {"max_tokens": 2, "temperature": 0, "stream": True, "return_progress": True, **body}
+    with http.stream("POST", path, json=body) as response:
+        assert response.status_code == 200
+        return [json.loads(data) for data in sse_data(list(response.iter_lines())) if data != "[DONE]"]
+
+
+def test_a_chat_stream_reports_prompt_progress_before_its_text(http: httpx.Client) -> None:
+    messages = [{"role": "user", "content": "A chat about it: " + PROMPT}]
+    chunks = _openai_stream(http, "/v1/chat/completions", messages=messages)
+    progress = [chunk for chunk in chunks if "prompt_progress" in chunk]
+    assert len(progress) > 2
+    assert chunks[1 : 1 + len(progress)] == progress  # after the role chunk, before any text
+    assert all(chunk["choices"][0]["delta"] == {"role": "assistant", "content": None} for chunk in progress)
+    last = progress[-1]["prompt_progress"]
+    assert set(last) == {"total", "cache", "processed", "time_ms"}
+    assert last["processed"] == last["total"]
+    assert all(chunk["object"] == "chat.completion.chunk" for chunk in chunks)
+
+
+def test_a_completion_stream_reports_prompt_progress(http: httpx.Client) -> None:
+    chunks = _openai_stream(http, "/v1/completions", prompt="Completions: " + PROMPT)
+    progress = [chunk for chunk in chunks if "prompt_progress" in chunk]
+    assert progress and chunks[: len(progress)] == progress
+    assert all(chunk["choices"][0]["text"] == "" for chunk in progress)
+    assert progress[-1]["prompt_progress"]["processed"] == progress[-1]["prompt_progress"]["total"]
+
+
+def test_progress_is_only_sent_when_asked(http: httpx.Client) -> None:
+    chunks = _openai_stream(http, "/v1/completions", prompt=PROMPT, return_progress=False)
+    assert not any("prompt_progress" in chunk for chunk in chunks)

@@ -1,6 +1,7 @@
 """llama-server's telemetry on a streamed Responses request: ``return_progress`` (the prompt's
-progress in a ``response.in_progress`` event) and ``timings_per_token`` (``timings`` on each
-batch's last event); either one puts ``timings`` on the final event."""
+progress in ``response.in_progress`` events, at its start and after each batch) and
+``timings_per_token`` (``timings`` on each batch's last event); either one puts ``timings`` on
+the final event."""
 
 from __future__ import annotations
 
@@ -31,12 +32,14 @@ def _prompt_tokens(events: list[dict[str, Any]]) -> int:
 def test_return_progress_reports_the_prompt_read_before_any_text(http: httpx.Client) -> None:
     events = _events(http, return_progress=True)
     progress = [event for event in events if "prompt_progress" in event]
-    assert len(progress) == 1 and progress[0]["type"] == "response.in_progress"
-    report = progress[0]["prompt_progress"]
-    assert report["total"] == report["processed"] == _prompt_tokens(events)
-    assert 0 <= report["cache"] <= report["processed"] and report["time_ms"] >= 0
+    assert progress and all(event["type"] == "response.in_progress" for event in progress)
+    reports = [event["prompt_progress"] for event in progress]
+    assert reports[0]["processed"] == reports[0]["cache"]  # at admission: what the cache held
+    assert reports[-1]["total"] == reports[-1]["processed"] == _prompt_tokens(events)
+    assert [report["processed"] for report in reports] == sorted(report["processed"] for report in reports)
+    assert all(report["time_ms"] >= 0 for report in reports)
     first_text = next(i for i, event in enumerate(events) if event["type"] == "response.output_text.delta")
-    assert events.index(progress[0]) < first_text
+    assert events.index(progress[-1]) < first_text
     numbers = [event["sequence_number"] for event in events]
     assert numbers == list(range(len(events)))
 

@@ -26,7 +26,7 @@ from llamacpp_integrations.server.schemas import ChatCompletionRequest
 from llamacpp_integrations.server.state import server_state
 from llamacpp_integrations.server.timings import Timings
 from llamacpp_native import Llama
-from llamacpp_native.events import Event, Usage
+from llamacpp_native.events import Event, PromptProgress, Usage
 
 RENDER_OPTIONS = (
     "tools",
@@ -78,8 +78,8 @@ class ChatEvents:
         try:
             timings = self.timings
             async for batch in self._source:
-                if timings.first_output is None:  # no call per batch once the first output is noted
-                    timings.output()
+                if timings.first_output is None and not (batch and isinstance(batch[0], PromptProgress)):
+                    timings.output()  # no check per batch once the first output is noted
                 for event in batch:
                     if isinstance(event, Usage):
                         self.record.prompt_tokens = event.prompt_tokens

@@ -97,6 +97,7 @@ class Generation:
         self._source = source
         self._record = record
         self._include_usage = body.include_usage
+        self._progress = body.stream and body.return_progress
         self._with_logprobs = isinstance(body, CompletionRequest) and body.logprobs is not None
         self._check: Callable[[str], Any] | None = None
         self._opening = ""
@@ -130,6 +131,9 @@ class Generation:
         """One engine chunk as the client sees it: named after the alias, usage kept aside, and
         llama-server's ``timings`` on the chunk that finishes."""
         chunk["model"] = self.lease.alias
+        if self._progress and "prompt_progress" in chunk:  # neither an opener nor output
+            chunk["prompt_progress"]["time_ms"] = int(self.timings.elapsed_ms())
+            return chunk
         usage = chunk.pop("usage", None)
         if usage is not None:
             self.usage = usage

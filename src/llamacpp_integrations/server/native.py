@@ -189,7 +189,7 @@ class NativeCompletion:
                 "total": len(self.request.prompt_tokens),
                 "cache": cached,
                 "processed": processed,
-                "time_ms": self.timings.elapsed_ms(),
+                "time_ms": int(self.timings.elapsed_ms()),
             }
         }
         if self.body.timings_per_token:

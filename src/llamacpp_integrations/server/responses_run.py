@@ -1,16 +1,16 @@
 """One ``/v1/responses`` request run: the Responses stream or object, and llama-server's telemetry.
 
 llama-server adds two extensions to a streamed response: ``return_progress`` (a
-``response.in_progress`` event with ``prompt_progress``) and ``timings_per_token`` (its
-``timings`` on the last event of each batch); either one also puts ``timings`` on the
-final event.  They need the engine's chunks (token counts, the prompt's cached part), so a
-request that asks for them reads its chunks itself (``Telemetry``); any other request reads
-only the typed events, with no work per token added.
+``response.in_progress`` event with ``prompt_progress`` as the prompt starts and after each
+batch of it is read) and ``timings_per_token`` (its ``timings`` on the last event of each
+batch); either one also puts ``timings`` on the final event.  They need the engine's chunks
+(token counts, the prompt's cached part), so a request that asks for them reads its chunks
+itself (``Telemetry``); any other request reads only the typed events, with no work per token
+added.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
@@ -29,9 +29,10 @@ from llamacpp_integrations.server.openai_responses import (
 )
 from llamacpp_integrations.server.schemas import ChatCompletionRequest
 from llamacpp_integrations.server.timings import Timings
+from llamacpp_native.api import openai_shapes
 from llamacpp_native.engine.output import ChatOutput
 from llamacpp_native.engine.request_stream import RequestStream
-from llamacpp_native.events import Event
+from llamacpp_native.events import Event, PromptProgress
 
 
 class Telemetry:
@@ -43,7 +44,6 @@ class Telemetry:
         self.progress = progress
         self.per_token = per_token
         self.predicted = 0
-        self._progress_sent = False
 
     @classmethod
     async def start(
@@ -53,6 +53,8 @@ class Telemetry:
         timings = Timings()
         try:
             kwargs = await llama_kwargs(lease, chat)
+            if body.return_progress:
+                kwargs["return_progress"] = True
             stream, output = await lease.llama.achat_stream(**kwargs)
         except BaseException:
             lease.release()
@@ -64,28 +66,25 @@ class Telemetry:
         stream = self.stream
         try:
             async for chunk in stream:
-                self.timings.output()
-                self.predicted += len(chunk.tokens)
+                if chunk.prompt_processed is None:
+                    self.timings.output()
+                    self.predicted += len(chunk.tokens)
                 yield output.feed(chunk)
         finally:
             stream.cancel()
 
     def render(self, renderer: ResponseRenderer, batch: list[Event]) -> list[dict[str, Any]]:
-        """One batch's events with what was asked: the prompt's progress once it is read (before the
-        first batch's events), then ``timings`` on the batch's last event."""
-        events: list[dict[str, Any]] = []
-        if self.progress and not self._progress_sent:
-            self._progress_sent = True
-            total = len(self.stream.request.prompt_tokens)
-            elapsed_ms = (time.perf_counter() - self.timings.started) * 1000.0
-            progress = {
-                "total": total,
-                "cache": self.stream.cached_tokens,
-                "processed": total,
-                "time_ms": int(elapsed_ms),
-            }
-            events.append(renderer.progress(progress))
-        events += renderer.feed(batch)
+        """One batch's events with what was asked: a progress batch (alone in its batch, before any
+        output) as ``response.in_progress``, any other with ``timings`` on its last event."""
+        if batch and isinstance(batch[0], PromptProgress):
+            report = batch[0]
+            progress = openai_shapes.prompt_progress(report.total, report.cached, report.processed)
+            progress["time_ms"] = int(self.timings.elapsed_ms())
+            event = renderer.progress(progress)
+            if self.per_token:
+                event["timings"] = self.timings.at_progress(report.processed, report.cached)
+            return [event]
+        events = renderer.feed(batch)
         if self.per_token and events:
             events[-1]["timings"] = self.timings_json()
         return events

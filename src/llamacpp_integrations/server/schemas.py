@@ -80,6 +80,11 @@ class GenerationBody(SamplingBody):
         default=1, ge=1, le=MAX_CHOICES, description="Choices per prompt, at most the model's n_parallel."
     )
     logit_bias: dict[int, float] | None = Field(default=None, description="Token id (as a string) -> bias.")
+    return_progress: bool = Field(
+        default=False,
+        description="llama-server's extension, streamed: a chunk with 'prompt_progress' (total, cache, "
+        "processed, time_ms) as the prompt starts and after each batch of it is read.",
+    )
 
     @property
     def include_usage(self) -> bool:
@@ -101,6 +106,8 @@ class GenerationBody(SamplingBody):
             options["logit_bias"] = bias
         if self.n is not None and self.n != 1:
             options["n"] = self.n
+        if self.stream and self.return_progress:
+            options["return_progress"] = True
         return options
 
 
