@@ -27,35 +27,46 @@ def _tokens(http: httpx.Client, text: str) -> list[int]:
     return tokens
 
 
-def test_token_ids_complete_as_their_text_does(http: httpx.Client) -> None:
-    by_text = _post(http, prompt=TEXT, **GREEDY)
-    by_ids = _post(http, prompt=_tokens(http, TEXT), **GREEDY)
-    assert by_ids["content"] == by_text["content"]
-    assert by_ids["tokens_evaluated"] == by_text["tokens_evaluated"]
+def _first_step(result: dict[str, Any]) -> dict[int, float]:
+    """The first generated token's alternatives, id to log-probability."""
+    return {entry["id"]: entry["logprob"] for entry in result["completion_probabilities"][0]["top_logprobs"]}
+
+
+def _same_prompt(first: dict[str, Any], second: dict[str, Any]) -> None:
+    """Two answers came from one prompt: its text, its length and what the model made of it agree.
+
+    The distributions are compared with a tolerance, never the greedy text: the same prompt in another
+    batch row or after a cache hit takes other kernels, whose rounding can tip a near-tie."""
+    assert first["prompt"] == second["prompt"]
+    assert first["tokens_evaluated"] == second["tokens_evaluated"]
+    one, other = _first_step(first), _first_step(second)
+    shared = one.keys() & other.keys()
+    assert max(one, key=one.__getitem__) in other and max(other, key=other.__getitem__) in one
+    assert all(one[token] == pytest.approx(other[token], abs=1e-2) for token in shared)
+
+
+FIRST_STEP = {**GREEDY, "n_predict": 1, "n_probs": 5}
+
+
+def test_token_ids_are_the_prompt_their_text_is(http: httpx.Client) -> None:
+    by_ids = _post(http, prompt=_tokens(http, TEXT), **FIRST_STEP)
+    _same_prompt(_post(http, prompt=TEXT, **FIRST_STEP), by_ids)
 
 
 def test_a_json_prompt_object_is_its_prompt_string(http: httpx.Client) -> None:
-    by_object = _post(http, prompt={"prompt_string": TEXT}, **GREEDY)
-    assert by_object["content"] == _post(http, prompt=TEXT, **GREEDY)["content"]
+    by_object = _post(http, prompt={"prompt_string": TEXT}, **FIRST_STEP)
+    _same_prompt(by_object, _post(http, prompt=TEXT, **FIRST_STEP))
 
 
 def test_a_batch_of_prompts_answers_a_list_in_order(http: httpx.Client) -> None:
     ids = _tokens(http, TEXT)
-    results = _post(http, prompt=[ids, TEXT, {"prompt_string": TEXT}, "The sky is"], **GREEDY)
+    results = _post(http, prompt=[ids, TEXT, {"prompt_string": TEXT}, "The sky is"], **FIRST_STEP)
     assert isinstance(results, list) and len(results) == 4
     assert [result["index"] for result in results] == [0, 1, 2, 3]
-    assert results[0]["content"] == results[1]["content"] == results[2]["content"]
+    _same_prompt(results[0], results[1])
+    _same_prompt(results[1], results[2])
     assert results[3]["prompt"].endswith("The sky is")
-    assert all(result["tokens_predicted"] == 4 for result in results)
-
-
-def test_equal_prompts_in_a_batch_get_equal_greedy_answers_however_written(http: httpx.Client) -> None:
-    """The batch is queued at once, so its prompts decode side by side: no one joins the others late,
-    at a batch size that could tip a near-tie the other way."""
-    body = {**GREEDY, "n_predict": 48}
-    results = _post(http, prompt=[_tokens(http, TEXT), TEXT], **body)
-    assert results[0]["content"] == results[1]["content"]
-    assert results[0]["tokens_predicted"] == 48
+    assert all(result["tokens_predicted"] == 1 for result in results)
 
 
 def test_a_list_of_one_prompt_answers_one_object(http: httpx.Client) -> None:

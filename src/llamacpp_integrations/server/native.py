@@ -73,7 +73,7 @@ class NativeCompletion:
         prompts: list[NativePrompt],
     ) -> list[NativeCompletion]:
         """Check ``body`` and queue each of ``prompts`` (``body.prompts()``) on its lease's model, all
-        together (``Engine.submit_many``: a batch of equal prompts gets equal greedy answers); raises,
+        together (``Engine.submit_many``, so they decode in lockstep); raises,
         with nothing queued and every lease released, if one cannot run.
 
         A body without ``n_predict`` (or ``max_tokens``) gets the model's ``--n_predict``.

@@ -146,9 +146,10 @@ class Engine(DecodeLoop):
         """Queue several independent requests together; their streams, in order.
 
         All are checked before any is queued, and nothing comes between them in the queue, so
-        those that find free slots are admitted at the same step and decode in lockstep: a
-        batch of equal prompts gets equal greedy answers.  One by one, each would join the
-        others' batches at a different point, and a batch's size can change a logit's last bits.
+        those that find free slots are admitted at the same step and decode in lockstep.  One by
+        one, each would join the others' batches at a different point, and a batch's size can
+        change a logit's last bits.  (Rows of one batch still take their own kernels and KV
+        cells, so equal prompts are not promised bit-equal greedy answers.)
         """
         return self.submit_groups([[request] for request in requests])
 
