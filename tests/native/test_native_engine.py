@@ -21,6 +21,13 @@ from llamacpp_native import (
 )
 
 GREEDY = SamplingParams(temperature=0.0)
+
+
+def _no_end(vocab: Vocab) -> dict[int, float]:
+    """A logit bias that bans every end-of-generation token, so a request runs to its limit."""
+    return {token: float("-inf") for token in range(vocab.n_tokens) if vocab.is_eog(token)}
+
+
 STEADY_PROMPTS = [
     "1, 2, 3, 4,",
     "A, B, C, D,",
@@ -180,7 +187,8 @@ def test_parallel_chunks_are_reported_per_prompt(llama: Llama) -> None:
 
 def test_requests_submitted_together_decode_in_lockstep(two_slot_engine: Engine, vocab: Vocab) -> None:
     prompt = vocab.tokenize("I believe the meaning of life is")
-    streams = two_slot_engine.submit_many([GenerationRequest(prompt, GREEDY, 40) for _ in range(2)])
+    endless = SamplingParams(temperature=0.0, logit_bias=_no_end(vocab))  # both run all 40 steps
+    streams = two_slot_engine.submit_many([GenerationRequest(prompt, endless, 40) for _ in range(2)])
     generated = [sum(len(chunk.tokens) for chunk in stream) for stream in streams]
     stats = two_slot_engine.stats()
     assert stats["decoded_sequences"] == 2 * stats["decode_calls"]  # every decode carried both
@@ -318,10 +326,12 @@ def test_invalid_requests_are_value_errors(engine: Engine, kwargs: dict[str, Any
 
 def test_every_generated_token_id_reaches_a_chunk_even_when_its_text_was_held_back(llama: Llama) -> None:
     # "ab" could start the stop string "abz", so its text waits for the next token each time
-    vocab = llama.model.vocab
-    no_end = {token: float("-inf") for token in range(vocab.n_tokens) if vocab.is_eog(token)}
     request = llama.completion_request(
-        "Letters:", max_tokens=16, stop=["abz"], grammar='root ::= ("ab" "c ")+', logit_bias=no_end
+        "Letters:",
+        max_tokens=16,
+        stop=["abz"],
+        grammar='root ::= ("ab" "c ")+',
+        logit_bias=_no_end(llama.model.vocab),
     )
     chunks = list(llama.engine.stream(request))
     ids = [token for chunk in chunks for token in chunk.tokens]

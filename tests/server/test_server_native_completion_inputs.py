@@ -12,6 +12,7 @@ import pytest
 from server_support import assert_openai_error, sse_data
 
 GREEDY = {"temperature": 0, "seed": 1, "ignore_eos": True, "n_predict": 4}
+FIRST_STEP = {**GREEDY, "n_predict": 1, "n_probs": 5}
 TEXT = "I believe the meaning of life is"
 
 
@@ -43,9 +44,6 @@ def _same_prompt(first: dict[str, Any], second: dict[str, Any]) -> None:
     shared = one.keys() & other.keys()
     assert max(one, key=one.__getitem__) in other and max(other, key=other.__getitem__) in one
     assert all(one[token] == pytest.approx(other[token], abs=1e-2) for token in shared)
-
-
-FIRST_STEP = {**GREEDY, "n_predict": 1, "n_probs": 5}
 
 
 def test_token_ids_are_the_prompt_their_text_is(http: httpx.Client) -> None:
